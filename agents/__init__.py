@@ -1,0 +1,1 @@
+"""LLM roles (one module per role) and the provider layer (``llm``)."""

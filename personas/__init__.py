@@ -1,0 +1,1 @@
+"""The simulated person: episode schema, samplers and lexicons."""
