@@ -1,0 +1,119 @@
+"""Dialogue role (STARK §3.8): one session of conversation with image-sharing moments.
+
+The model writes alternating utterances plus a list of sharing moments anchored after an
+utterance. Code assigns turn ids and speaker names, inserts the sharing turns, fixes sources
+that cannot be (the assistant has no phone) and grows the album with new phone photos.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from mcu_sim.agents.base import RoleCall, ask
+from mcu_sim.agents.llm import Completion
+from mcu_sim.personas.schema import ASSISTANT, DeviceImage, SharingInfo, Turn
+from pydantic import BaseModel, Field, create_model
+
+PROMPT = "dialogue"
+MIN_TURNS = 6
+
+
+def dialogue_model(album_ids: list[int], min_sharing: int, max_turns: int) -> type[BaseModel]:
+    """Output model for one session; album ids are an enum so a dangling id cannot validate."""
+    choices: tuple[Any, ...] = (*album_ids, "new")
+    moment = create_model(
+        "SharingMoment",
+        after_utterance=(int, Field(ge=1, le=max_turns)),
+        shared_by=(Literal["user", "assistant"], ...),
+        rationale=(str, Field(min_length=5, max_length=200)),
+        image_description=(str, Field(min_length=10, max_length=250)),
+        image_source=(Literal["mobile", "internet"], ...),
+        keywords=(list[str], Field(min_length=1, max_length=5)),
+        image_id_from_mobile=(Literal[choices] | None, None),  # type: ignore[valid-type]
+    )
+    return create_model(
+        "DialogueOutput",
+        utterances=(
+            list[str],
+            Field(min_length=min(MIN_TURNS, max_turns), max_length=max_turns),
+        ),
+        sharing_moments=(list[moment], Field(min_length=min_sharing, max_length=min_sharing + 2)),
+    )
+
+
+def _sharing_info(moment: Any) -> SharingInfo:
+    source = moment.image_source
+    ref = moment.image_id_from_mobile
+    if moment.shared_by == "assistant" or source == "internet":
+        source, ref = "internet", None
+    elif ref is None:
+        ref = "new"
+    keywords = [k.strip()[:40] for k in moment.keywords if k.strip()][:5]
+    return SharingInfo(
+        rationale=moment.rationale.strip(),
+        image_description=moment.image_description.strip(),
+        image_source=source,
+        keywords=keywords,
+        image_id_from_mobile=ref,
+    )
+
+
+def to_turns(output: Any, user_name: str) -> list[Turn]:
+    """Alternating utterances (assistant first) with sharing turns inserted after anchors."""
+    moments: dict[int, list[Any]] = {}
+    last = len(output.utterances)
+    for moment in output.sharing_moments:
+        moments.setdefault(min(moment.after_utterance, last), []).append(moment)
+    turns: list[Turn] = []
+    for number, text in enumerate(output.utterances, start=1):
+        speaker = ASSISTANT if number % 2 == 1 else user_name
+        turns.append(Turn(id=len(turns) + 1, speaker=speaker, utterance=text.strip()))
+        for moment in moments.get(number, []):
+            who = ASSISTANT if moment.shared_by == "assistant" else user_name
+            turns.append(
+                Turn(id=len(turns) + 1, speaker=who, utterance="", sharing=_sharing_info(moment))
+            )
+    return turns
+
+
+def grow_album(
+    turns: list[Turn], album: list[DeviceImage], session_index: int
+) -> list[DeviceImage]:
+    """New phone photos shared in this session join the album from the next session on."""
+    added = []
+    next_id = max((d.id for d in album), default=0) + 1
+    for turn in turns:
+        info = turn.sharing
+        if info and info.image_source == "mobile" and info.image_id_from_mobile == "new":
+            added.append(
+                DeviceImage(
+                    id=next_id,
+                    description=info.image_description,
+                    categories=["shared"],
+                    added_in_session=session_index,
+                )
+            )
+            next_id += 1
+    return added
+
+
+async def generate_session(
+    call: RoleCall,
+    *,
+    variables: dict[str, Any],
+    album_ids: list[int],
+    min_sharing: int,
+    max_turns: int,
+    user_name: str,
+) -> tuple[list[Turn], Completion, str]:
+    model = dialogue_model(album_ids, min_sharing, max_turns)
+    output, completion, version = await ask(
+        call,
+        PROMPT,
+        model,
+        min_sharing=min_sharing,
+        min_turns=min(MIN_TURNS, max_turns),
+        max_turns=max_turns,
+        **variables,
+    )
+    return to_turns(output, user_name), completion, version

@@ -1,0 +1,81 @@
+"""Events role (STARK §3.6): a temporal event graph.
+
+The model writes events, which earlier event caused each one, the time that passed and the
+experience in between. Code assigns ids and derives every date from the episode's start
+date, so dates cannot go backwards and every ``caused_by`` is checked to exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from mcu_sim.agents.base import RoleCall, ask
+from mcu_sim.agents.llm import Completion
+from mcu_sim.personas.schema import CausedBy, Event, EventGraph, add_interval
+from pydantic import BaseModel, Field, create_model
+
+PROMPT = "events"
+
+
+class EventItem(BaseModel):
+    event: str = Field(min_length=10, max_length=320)
+    caused_by: int = Field(ge=0, le=40)
+    time_interval: int = Field(ge=1, le=36)
+    time_unit: Literal["hour", "day", "week", "month", "year"]
+    experience_op: Literal["add", "update"]
+    experience: str = Field(min_length=5, max_length=200)
+
+
+def events_model(count: int) -> type[BaseModel]:
+    """An output model asking for at least ``count`` events (a few more are allowed)."""
+    return create_model(
+        "EventsOutput",
+        events=(list[EventItem], Field(min_length=count, max_length=count + 3)),
+    )
+
+
+def check_causes(output: BaseModel) -> None:
+    """Every event after the first must name an earlier event as its cause."""
+    problems = []
+    for number, item in enumerate(output.events, start=1):
+        if number > 1 and not 1 <= item.caused_by < number:
+            problems.append(
+                f"event {number} has caused_by={item.caused_by}, but it must be the number "
+                f"of an earlier event (1..{number - 1})"
+            )
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def to_graph(output: BaseModel, start: dt.date) -> EventGraph:
+    events: list[Event] = []
+    for number, item in enumerate(output.events, start=1):
+        if number == 1:
+            events.append(Event(id=1, event=item.event.strip(), date=start))
+            continue
+        cause = events[item.caused_by - 1]
+        date = add_interval(cause.date, item.time_interval, item.time_unit)
+        edge = CausedBy(
+            id=cause.id,
+            time_interval=f"{item.time_interval} {item.time_unit}",
+            experience_op=item.experience_op,
+            experience=item.experience.strip(),
+        )
+        events.append(Event(id=number, event=item.event.strip(), date=date, caused_by=edge))
+    return EventGraph(events=events)
+
+
+async def generate_events(
+    call: RoleCall, name: str, narrative: str, count: int, start: dt.date
+) -> tuple[EventGraph, Completion, str]:
+    output, completion, version = await ask(
+        call,
+        PROMPT,
+        events_model(count),
+        validate=check_causes,
+        name=name,
+        narrative=narrative,
+        count=count,
+    )
+    return to_graph(output, start), completion, version

@@ -1,0 +1,105 @@
+"""The MCU episode graph (STARK §3): wiring only; the nodes live in ``graphs.nodes``.
+
+demographics → face → persona → commonsense → narrative → events → device_images
+→ session (loops until n_sessions) → align → finalize → END
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
+from mcu_sim.agents.llm import LLMTransportError
+from mcu_sim.graphs import nodes
+from mcu_sim.graphs.context import EpisodeContext, derive_seed
+from mcu_sim.graphs.state import EpisodeState, node_reads
+from mcu_sim.personas.schema import Episode
+
+# Order of the nodes as they first run; the debugger and progress bars use it.
+NODE_ORDER = (
+    "demographics",
+    "face",
+    "persona",
+    "commonsense",
+    "narrative",
+    "events",
+    "device_images",
+    "session",
+    "align",
+    "finalize",
+)
+
+# The provider layer already retries transport errors; this only covers a whole-node retry
+# when an endpoint stays down a little longer than one call's retry budget.
+NODE_RETRY = RetryPolicy(max_attempts=2, initial_interval=1.0, retry_on=LLMTransportError)
+
+
+def episode_seeds(state: EpisodeState) -> dict[str, int]:
+    seed = state["seed"]
+    return {
+        "sampler": seed,
+        "face": state["face"]["seed"],
+        "llm": derive_seed(seed, "llm"),
+    }
+
+
+@node_reads("*")
+def finalize_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
+    """reads: everything / writes: episode (the validated, assembled Episode as a dict)."""
+    ctx: EpisodeContext = runtime.context
+    ctx.executions["finalize"] += 1
+    episode = Episode(
+        episode_id=state["episode_id"],
+        seeds=episode_seeds(state),
+        config_fingerprint=ctx.config.fingerprint(),
+        prompt_versions=state.get("prompt_versions", {}),
+        usage=state.get("usage", {}),
+        demographics=state["demographics"],
+        face=state["face"],
+        persona_category=state["persona_category"]["category"],
+        persona_entity_key=state["persona_category"]["entity_key"],
+        persona=state["persona"],
+        commonsense=state["commonsense"],
+        narrative=state["narrative"],
+        events=state["events"],
+        device_images=sorted(state.get("device_images", []), key=lambda d: d["id"]),
+        sessions=sorted(state["sessions"], key=lambda s: s["index"]),
+        image_requests=sorted(state.get("image_requests", []), key=lambda r: r["id"]),
+        removals=state.get("removals", []),
+    )
+    return {"episode": episode.model_dump(mode="json")}
+
+
+def build_episode_graph(align_node: Any | None = None) -> StateGraph:
+    """The uncompiled graph; compile it with a checkpointer (``graph.compile(checkpointer=…)``)."""
+    from mcu_sim.graphs.aligner import align_node as default_align
+
+    graph = StateGraph(EpisodeState, context_schema=EpisodeContext)
+    graph.add_node("demographics", nodes.demographics_node)
+    graph.add_node("face", nodes.face_node)
+    for name, func in (
+        ("persona", nodes.persona_node),
+        ("commonsense", nodes.commonsense_node),
+        ("narrative", nodes.narrative_node),
+        ("events", nodes.events_node),
+        ("device_images", nodes.device_images_node),
+        ("session", nodes.session_node),
+    ):
+        graph.add_node(name, func, retry_policy=NODE_RETRY)
+    graph.add_node("align", align_node or default_align)
+    graph.add_node("finalize", finalize_node)
+    graph.add_edge(START, "demographics")
+    for before, after in itertools.pairwise(NODE_ORDER[:8]):
+        graph.add_edge(before, after)
+    graph.add_conditional_edges(
+        "session", nodes.more_sessions, {"session": "session", "done": "align"}
+    )
+    graph.add_edge("align", "finalize")
+    graph.add_edge("finalize", END)
+    return graph
+
+
+def compile_episode_graph(checkpointer: Any = None) -> Any:
+    return build_episode_graph().compile(checkpointer=checkpointer)

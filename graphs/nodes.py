@@ -1,0 +1,327 @@
+"""Episode graph nodes. Each reads a few state fields and returns a partial update.
+
+Every docstring starts with ``reads: … / writes: …``. Dependencies come from
+``runtime.context`` (:class:`~mcu_sim.graphs.context.EpisodeContext`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from typing import Any
+
+from langgraph.runtime import Runtime
+from mcu_sim.agents import commonsense, device, dialogue, events, narrative, persona, summarizer
+from mcu_sim.agents.llm import Completion
+from mcu_sim.graphs.context import EpisodeContext, derive_seed
+from mcu_sim.graphs.state import EpisodeState, node_reads
+from mcu_sim.personas import samplers
+from mcu_sim.personas.schema import (
+    DATE_FORMAT,
+    Demographics,
+    DeviceImage,
+    EventGraph,
+    PersonaAttribute,
+    Turn,
+    describe_gap,
+)
+
+START_DATE_RANGE = (dt.date(2021, 1, 1), dt.date(2023, 6, 30))
+Ctx = Runtime[EpisodeContext]
+
+
+def _accounting(node: str, completion: Completion, prompt: str, version: str) -> dict[str, Any]:
+    return {
+        "usage": {node: completion.usage.as_dict()},
+        "prompt_versions": {prompt: version},
+    }
+
+
+def _count(runtime: Ctx, node: str) -> EpisodeContext:
+    runtime.context.executions[node] += 1
+    return runtime.context
+
+
+def _demo(state: EpisodeState) -> Demographics:
+    return Demographics.model_validate(state["demographics"])
+
+
+@node_reads("seed")
+def demographics_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
+    """reads: seed / writes: demographics, persona_category, face (prompt), n_sessions, start_date.
+
+    Pure sampling, no LLM: the same seed always gives the same person.
+    """
+    ctx = _count(runtime, "demographics")
+    seed = state["seed"]
+    person = samplers.sample_person(seed)
+    rng = random.Random(derive_seed(seed, "episode-shape"))
+    episode = ctx.config.episode
+    n_sessions = rng.randint(episode.sessions_min, episode.sessions_max)
+    low, high = START_DATE_RANGE
+    start = low + dt.timedelta(days=rng.randint(0, (high - low).days))
+    return {
+        "demographics": person.demographics.model_dump(mode="json"),
+        "persona_category": {
+            "category": person.persona_category.category,
+            "entity_key": person.persona_category.entity_key,
+        },
+        "face": {
+            "prompt": person.face_prompt,
+            "attributes": person.face_attributes,
+            "seed": derive_seed(seed, "face"),
+            "status": "pending",
+        },
+        "n_sessions": n_sessions,
+        "start_date": start.isoformat(),
+    }
+
+
+@node_reads("face", "episode_id")
+async def face_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
+    """reads: face, episode_id / writes: face (image or the reason it is unavailable)."""
+    ctx = _count(runtime, "face")
+    face = dict(state["face"])
+    tools = ctx.tools
+    if tools is None or getattr(tools, "face", None) is None:
+        face.update(status="unavailable", reason="no face generator configured (images.face)")
+        return {"face": face}
+    return {"face": await tools.generate_face(face, state["episode_id"], ctx.run_dir)}
+
+
+@node_reads("seed", "demographics", "persona_category")
+async def persona_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
+    """reads: demographics, persona_category / writes: persona, persona_focus."""
+    ctx = _count(runtime, "persona")
+    category = state["persona_category"]
+    attributes, completion, version = await persona.generate_persona(
+        ctx.role("persona", state["seed"]),
+        _demo(state),
+        category["category"],
+        category["entity_key"],
+        ctx.config.episode.persona_sentences,
+    )
+    focus = random.Random(derive_seed(state["seed"], "persona-focus")).randrange(len(attributes))
+    return {
+        "persona": [a.model_dump(mode="json") for a in attributes],
+        "persona_focus": focus,
+        **_accounting("persona", completion, persona.PROMPT, version),
+    }
+
+
+def _focus_sentence(state: EpisodeState) -> str:
+    attribute = PersonaAttribute.model_validate(state["persona"][state.get("persona_focus", 0)])
+    return attribute.sentence
+
+
+@node_reads("seed", "demographics", "persona", "persona_focus")
+async def commonsense_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
+    """reads: demographics, persona[persona_focus] / writes: commonsense (five relations)."""
+    ctx = _count(runtime, "commonsense")
+    items, completion, version = await commonsense.generate_commonsense(
+        ctx.role("commonsense", state["seed"]), _demo(state), _focus_sentence(state)
+    )
+    return {
+        "commonsense": [c.model_dump(mode="json") for c in items],
+        **_accounting("commonsense", completion, commonsense.PROMPT, version),
+    }
+
+
+@node_reads("seed", "demographics", "persona", "persona_focus", "commonsense")
+async def narrative_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
+    """reads: demographics, persona focus, commonsense / writes: narrative.
+
+    One relation is drawn (seeded); its Table 4 template builds the sentence form.
+    """
+    ctx = _count(runtime, "narrative")
+    demo = _demo(state)
+    rng = random.Random(derive_seed(state["seed"], "narrative-relation"))
+    chosen = rng.choice(state["commonsense"])
+    form = samplers.sentence_form(
+        chosen["relation"], demo.name, demo, _focus_sentence(state), chosen["text"]
+    )
+    result, completion, version = await narrative.generate_narrative(
+        ctx.role("narrative", state["seed"]), chosen["relation"], form
+    )
+    return {
+        "narrative": result.model_dump(mode="json"),
+        **_accounting("narrative", completion, narrative.PROMPT, version),
+    }
+
+
+@node_reads("seed", "demographics", "narrative", "n_sessions", "start_date")
+async def events_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
+    """reads: narrative, n_sessions, start_date / writes: events (dates derived by code)."""
+    ctx = _count(runtime, "events")
+    graph, completion, version = await events.generate_events(
+        ctx.role("events", state["seed"]),
+        _demo(state).name,
+        state["narrative"]["narrative"],
+        state["n_sessions"],
+        dt.date.fromisoformat(state["start_date"]),
+    )
+    return {
+        "events": graph.model_dump(mode="json"),
+        **_accounting("events", completion, events.PROMPT, version),
+    }
+
+
+def album_request(image: DeviceImage) -> dict[str, Any]:
+    return {
+        "id": f"album-{image.id}",
+        "origin": "album",
+        "device_image_id": image.id,
+        "description": image.description,
+        "keywords": list(image.categories),
+        "image_source": "mobile",
+        "status": "pending",
+    }
+
+
+@node_reads("seed", "demographics", "narrative")
+async def device_images_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
+    """reads: narrative / writes: device_images (the album), image_requests (one per photo)."""
+    ctx = _count(runtime, "device_images")
+    images, completion, version = await device.generate_device_images(
+        ctx.role("device", state["seed"]),
+        _demo(state).name,
+        state["narrative"]["narrative"],
+        ctx.config.episode.device_images,
+    )
+    albums = []
+    for image in images:
+        albums.append(image.model_copy(update={"request_id": f"album-{image.id}"}))
+    return {
+        "device_images": [a.model_dump(mode="json") for a in albums],
+        "image_requests": [album_request(a) for a in albums],
+        **_accounting("device_images", completion, device.PROMPT, version),
+    }
+
+
+def _stark_date(iso: str) -> str:
+    return dt.date.fromisoformat(iso).strftime(DATE_FORMAT)
+
+
+def _session_variables(state: EpisodeState, index: int) -> dict[str, Any]:
+    demo = _demo(state)
+    chronology = EventGraph.model_validate(state["events"]).chronological()
+    event = chronology[index - 1]
+    album = [
+        DeviceImage.model_validate(d)
+        for d in sorted(state.get("device_images", []), key=lambda d: d["id"])
+        if d["added_in_session"] < index
+    ]
+    past = sorted(state.get("sessions", []), key=lambda s: s["index"])
+    variables: dict[str, Any] = {
+        "name": demo.name,
+        "age": demo.age,
+        "gender": demo.gender,
+        "birthplace": demo.birthplace,
+        "residence": demo.residence,
+        "album": album,
+        "date": event.date.strftime(DATE_FORMAT),
+        "event": event.event,
+        "history": [],
+        "event_id": event.id,
+    }
+    if past:
+        last = dt.date.fromisoformat(past[-1]["date"])
+        variables.update(
+            history=[
+                {
+                    "date": dt.date.fromisoformat(s["date"]).strftime(DATE_FORMAT),
+                    "event": s["event"],
+                }
+                for s in past
+            ],
+            last_date=last.strftime(DATE_FORMAT),
+            time_interval=describe_gap(last, event.date),
+            experience=event.caused_by.experience if event.caused_by else "",
+            experience_op=event.caused_by.experience_op if event.caused_by else None,
+        )
+    return variables
+
+
+def sharing_requests(turns: list[Turn], session_index: int) -> list[dict[str, Any]]:
+    requests = []
+    for turn in turns:
+        if not turn.sharing:
+            continue
+        ref = turn.sharing.image_id_from_mobile
+        requests.append(
+            {
+                "id": f"s{session_index}-t{turn.id}",
+                "origin": "sharing",
+                "session": session_index,
+                "turn_id": turn.id,
+                "device_image_id": ref if isinstance(ref, int) else None,
+                "description": turn.sharing.image_description,
+                "keywords": turn.sharing.keywords,
+                "image_source": turn.sharing.image_source,
+                "status": "pending",
+            }
+        )
+    return requests
+
+
+@node_reads("seed", "demographics", "events", "device_images", "sessions")
+async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
+    """reads: demographics, events, device_images, sessions / writes: one more session,
+    new album photos, image_requests for its sharing moments.
+
+    Session n talks about the n-th event in date order; it sees the earlier sessions' topics,
+    the time since the last one, the experience in between and the album as it stands.
+    """
+    ctx = _count(runtime, "session")
+    index = len(state.get("sessions", [])) + 1
+    variables = _session_variables(state, index)
+    album_ids = [image.id for image in variables["album"]]
+    episode = ctx.config.episode
+    turns, completion, version = await dialogue.generate_session(
+        ctx.role("dialogue", state["seed"], index),
+        variables={k: v for k, v in variables.items() if k not in {"event_id", "experience_op"}},
+        album_ids=album_ids,
+        min_sharing=episode.min_sharing_moments,
+        max_turns=episode.max_turns,
+        user_name=variables["name"],
+    )
+    requests = sharing_requests(turns, index)
+    by_turn = {r["turn_id"]: r["id"] for r in requests}
+    turns = [t.model_copy(update={"request_id": by_turn.get(t.id)}) for t in turns]
+    album = [DeviceImage.model_validate(d) for d in state.get("device_images", [])]
+    new_images = dialogue.grow_album(turns, album, index)
+    session = {
+        "index": index,
+        "date": dt.datetime.strptime(variables["date"], DATE_FORMAT).date().isoformat(),
+        "event_id": variables["event_id"],
+        "event": variables["event"],
+        "time_interval": variables.get("time_interval"),
+        "experience_op": variables.get("experience_op"),
+        "experience": variables.get("experience") or None,
+        "turns": [t.model_dump(mode="json") for t in turns],
+    }
+    update: dict[str, Any] = {
+        "sessions": [session],
+        "device_images": [d.model_dump(mode="json") for d in new_images],
+        "image_requests": requests,
+        **_accounting("session", completion, dialogue.PROMPT, version),
+    }
+    if episode.summarize_sessions:
+        summary, extra, summary_version = await summarizer.summarize_session(
+            ctx.role("summarizer", state["seed"], index),
+            variables["name"],
+            variables["date"],
+            turns,
+        )
+        session["summary"] = summary
+        update["usage"] = {
+            "session": completion.usage.as_dict(),
+            "summarizer": extra.usage.as_dict(),
+        }
+        update["prompt_versions"][summarizer.PROMPT] = summary_version
+    return update
+
+
+def more_sessions(state: EpisodeState) -> str:
+    """Route: another session until ``n_sessions`` are written."""
+    return "session" if len(state.get("sessions", [])) < state["n_sessions"] else "done"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotently) everything the tests need, then lint and run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh "all,dev"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,194 @@
+"""Schema-valid answers for every role, derived from the request itself.
+
+The fake endpoint (tests, benchmarks, dry runs) calls :func:`scripted_answer` with the
+chat-completions request body. The role is read from the JSON-schema name; counts and
+enums (album ids, number of events) come from the schema, so the answer always validates.
+Content varies with the prompt, so different people get different (if dull) answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from typing import Any
+
+WORDS = [
+    "garden",
+    "morning",
+    "market",
+    "river",
+    "coffee",
+    "bicycle",
+    "museum",
+    "festival",
+    "kitchen",
+    "violin",
+    "library",
+    "mountain",
+    "harbor",
+    "concert",
+    "bakery",
+    "station",
+    "sunset",
+    "football",
+    "classroom",
+    "painting",
+]
+
+
+def _rng(body: dict[str, Any]) -> random.Random:
+    blob = json.dumps(body.get("messages", []), sort_keys=True).encode()
+    return random.Random(int.from_bytes(hashlib.sha256(blob).digest()[:8], "big"))
+
+
+def _phrase(rng: random.Random, n: int = 6) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def schema_of(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(schema name, JSON schema) from a request, whichever structured mode sent it."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        spec = fmt["json_schema"]
+        return spec.get("name", ""), spec.get("schema", {})
+    for message in body.get("messages", []):
+        content = message.get("content", "")
+        marker = "JSON schema:\n"
+        if marker in content:
+            schema = json.loads(content.split(marker, 1)[1].strip().splitlines()[0])
+            return schema.get("title", ""), schema
+    return "", {}
+
+
+def _array_bounds(schema: dict[str, Any], field: str) -> tuple[int, int]:
+    spec = schema["properties"][field]
+    return spec.get("minItems", 1), spec.get("maxItems", spec.get("minItems", 1))
+
+
+def _persona(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    low, high = _array_bounds(schema, "items")
+    count = min(max(low, 8), high)
+    items = []
+    for i in range(count):
+        value = f"{rng.choice(WORDS)} {i + 1}"
+        items.append({"sentence": f"I really enjoy my {value} every week.", "entity_value": value})
+    return {"items": items}
+
+
+def _commonsense(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "routine_habit": f"visit the {rng.choice(WORDS)} on Sundays",
+        "characteristic": f"am curious about every {rng.choice(WORDS)}",
+        "experience": f"once got lost near a {rng.choice(WORDS)}",
+        "goal_plan": f"to open a small {rng.choice(WORDS)} shop",
+        "relationship": f"share my {rng.choice(WORDS)} stories with friends",
+    }
+
+
+def _narrative(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "narrative": (
+            f"Every weekend I walk to the {rng.choice(WORDS)} with my sister. "
+            f"Last spring we found an old {rng.choice(WORDS)} there and it changed my plans."
+        )
+    }
+
+
+def _events(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    count, _ = _array_bounds(schema, "events")
+    items = []
+    for number in range(1, count + 1):
+        items.append(
+            {
+                "event": f"I visit the {rng.choice(WORDS)} and meet an old friend there.",
+                "caused_by": 0 if number == 1 else rng.randint(1, number - 1),
+                "time_interval": rng.randint(1, 6),
+                "time_unit": "day" if number == 1 else rng.choice(["week", "month"]),
+                "experience_op": rng.choice(["add", "add", "update"]),
+                "experience": f"I learned to fix a {rng.choice(WORDS)}.",
+            }
+        )
+    return {"events": items}
+
+
+def _device(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    count, _ = _array_bounds(schema, "images")
+    item_schema = schema["$defs"]["DeviceItem"]["properties"]["categories"]["items"]
+    categories = item_schema.get("enum", ["other"])
+    return {
+        "images": [
+            {
+                "description": f"A photo of a {rng.choice(WORDS)} at the {rng.choice(WORDS)}",
+                "categories": [rng.choice(categories)],
+            }
+            for _ in range(count)
+        ]
+    }
+
+
+def _album_choices(schema: dict[str, Any]) -> list[Any]:
+    moment = schema["$defs"]["SharingMoment"]["properties"]["image_id_from_mobile"]
+    for option in moment.get("anyOf", [moment]):
+        if "enum" in option:
+            return option["enum"]
+        if "const" in option:
+            return [option["const"]]
+    return ["new"]
+
+
+def _dialogue(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    low, high = _array_bounds(schema, "utterances")
+    turns = min(max(low, 8), high)
+    utterances = [f"Line {i}: the {_phrase(rng, 4)}." for i in range(1, turns + 1)]
+    n_moments, _ = _array_bounds(schema, "sharing_moments")
+    album = _album_choices(schema)
+    moments = []
+    for i in range(n_moments):
+        mobile = i % 2 == 0
+        ref = rng.choice(album) if mobile else None
+        moments.append(
+            {
+                "after_utterance": rng.randint(2, turns),
+                "shared_by": "user",
+                "rationale": "to show what happened",
+                "image_description": f"a photo of the {_phrase(rng, 2)}",
+                "image_source": "mobile" if mobile else "internet",
+                "keywords": [rng.choice(WORDS), rng.choice(WORDS)],
+                "image_id_from_mobile": ref,
+            }
+        )
+    return {"utterances": utterances, "sharing_moments": moments}
+
+
+def _summary(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"summary": f"They talked about the {_phrase(rng, 3)} and shared two photos."}
+
+
+ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
+    "PersonaOutput": _persona,
+    "CommonsenseOutput": _commonsense,
+    "NarrativeOutput": _narrative,
+    "EventsOutput": _events,
+    "DeviceOutput": _device,
+    "DialogueOutput": _dialogue,
+    "SummaryOutput": _summary,
+}
+
+
+def register_role(name: str, answer: Callable[[random.Random, dict[str, Any]], dict]) -> None:
+    """Let other modules (planner, judge …) add their scripted answers."""
+    ROLES[name] = answer
+
+
+def scripted_object(body: dict[str, Any]) -> dict[str, Any]:
+    name, schema = schema_of(body)
+    if name not in ROLES:
+        raise KeyError(f"no scripted answer for schema {name!r}; known: {sorted(ROLES)}")
+    return ROLES[name](_rng(body), schema)
+
+
+def scripted_answer(body: dict[str, Any]) -> str:
+    """The JSON text a well-behaved model would answer to this request."""
+    return json.dumps(scripted_object(body))
