@@ -79,7 +79,10 @@ def to_turns(output: Any, user_name: str) -> list[Turn]:
 def grow_album(
     turns: list[Turn], album: list[DeviceImage], session_index: int
 ) -> list[DeviceImage]:
-    """New phone photos shared in this session join the album from the next session on."""
+    """New phone photos shared in this session join the album from the next session on.
+
+    The photo's ``request_id`` is the sharing turn's request, whose image it will show.
+    """
     added = []
     next_id = max((d.id for d in album), default=0) + 1
     for turn in turns:
@@ -91,6 +94,7 @@ def grow_album(
                     description=info.image_description,
                     categories=["shared"],
                     added_in_session=session_index,
+                    request_id=turn.request_id,
                 )
             )
             next_id += 1

@@ -12,7 +12,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 from mcu_sim.agents.llm import LLMTransportError
-from mcu_sim.graphs import nodes
+from mcu_sim.graphs import aligner, nodes
 from mcu_sim.graphs.context import EpisodeContext, derive_seed
 from mcu_sim.graphs.state import EpisodeState, node_reads
 from mcu_sim.personas.schema import Episode
@@ -26,8 +26,10 @@ NODE_ORDER = (
     "narrative",
     "events",
     "device_images",
+    "align_album",
     "session",
-    "align",
+    "align_sharing",
+    "link_album",
     "finalize",
 )
 
@@ -72,10 +74,15 @@ def finalize_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
     return {"episode": episode.model_dump(mode="json")}
 
 
-def build_episode_graph(align_node: Any | None = None) -> StateGraph:
-    """The uncompiled graph; compile it with a checkpointer (``graph.compile(checkpointer=…)``)."""
-    from mcu_sim.graphs.aligner import align_node as default_align
+def after_session(state: EpisodeState) -> Any:
+    """Another session, or fan the sharing moments out to the aligner."""
+    if nodes.more_sessions(state) == "session":
+        return "session"
+    return aligner.fan_out_sharing(state)
 
+
+def build_episode_graph() -> StateGraph:
+    """The uncompiled graph; compile it with a checkpointer (``graph.compile(checkpointer=…)``)."""
     graph = StateGraph(EpisodeState, context_schema=EpisodeContext)
     graph.add_node("demographics", nodes.demographics_node)
     graph.add_node("face", nodes.face_node)
@@ -88,15 +95,21 @@ def build_episode_graph(align_node: Any | None = None) -> StateGraph:
         ("session", nodes.session_node),
     ):
         graph.add_node(name, func, retry_policy=NODE_RETRY)
-    graph.add_node("align", align_node or default_align)
+    align = aligner.compile_aligner_graph()
+    graph.add_node("align_album", align)
+    graph.add_node("align_sharing", align)
+    graph.add_node("link_album", aligner.link_album_node)
     graph.add_node("finalize", finalize_node)
     graph.add_edge(START, "demographics")
-    for before, after in itertools.pairwise(NODE_ORDER[:8]):
+    for before, after in itertools.pairwise(NODE_ORDER[:7]):
         graph.add_edge(before, after)
+    graph.add_conditional_edges("device_images", aligner.fan_out_album, ["align_album", "session"])
+    graph.add_edge("align_album", "session")
     graph.add_conditional_edges(
-        "session", nodes.more_sessions, {"session": "session", "done": "align"}
+        "session", after_session, ["session", "align_sharing", "link_album"]
     )
-    graph.add_edge("align", "finalize")
+    graph.add_edge("align_sharing", "link_album")
+    graph.add_edge("link_album", "finalize")
     graph.add_edge("finalize", END)
     return graph
 

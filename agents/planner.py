@@ -1,0 +1,71 @@
+"""Planner role (STARK §3.8, Fig. 2): pick the module that will produce an image.
+
+For personalised generation the description must name the person as ``<class word> img``
+(PhotoMaker's trigger). The check is a validator, so a missing trigger is fed back to the
+model; after the repair budget the aligner defaults and records why.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mcu_sim.agents.base import RoleCall, ask
+from mcu_sim.agents.llm import Completion
+from pydantic import BaseModel, Field
+
+PROMPT = "planner"
+TRIGGER = "img"
+
+
+class PlanOutput(BaseModel):
+    module: Literal["personalized_t2i", "retrieval", "web_search"]
+    description: str = Field(min_length=5, max_length=300)
+
+
+def trigger_phrase(class_word: str) -> str:
+    return f"{class_word} {TRIGGER}"
+
+
+def check_trigger(class_word: str):
+    phrase = trigger_phrase(class_word)
+
+    def validate(plan: PlanOutput) -> None:
+        if plan.module == "personalized_t2i" and phrase not in plan.description:
+            raise ValueError(
+                f"for personalized_t2i the description must contain '{phrase}' exactly "
+                f"(got {plan.description!r})"
+            )
+
+    return validate
+
+
+def insert_trigger(description: str, class_word: str) -> str:
+    """Code's fallback when the model never wrote the trigger: prefix the subject."""
+    phrase = trigger_phrase(class_word)
+    if phrase in description:
+        return description
+    return f"a photo of {phrase}: {description}"
+
+
+async def plan_request(
+    call: RoleCall,
+    *,
+    name: str,
+    age: int,
+    gender: str,
+    class_word: str,
+    description: str,
+    image_source: str | None,
+) -> tuple[PlanOutput, Completion, str]:
+    return await ask(
+        call,
+        PROMPT,
+        PlanOutput,
+        validate=check_trigger(class_word),
+        name=name,
+        age=age,
+        gender=gender,
+        class_word=class_word,
+        description=description,
+        image_source=image_source or "unknown",
+    )

@@ -1,0 +1,85 @@
+"""Settings of the image tools (the ``images:`` section of the config)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mcu_sim.tools.scorers import ScorerSettings
+from pydantic import BaseModel, ConfigDict, Field
+
+Module = Literal["personalized_t2i", "retrieval", "web_search"]
+MODULES: tuple[Module, ...] = ("personalized_t2i", "retrieval", "web_search")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FaceSettings(Strict):
+    enabled: bool = True
+    base_model: str | None = Field(None, description="Local SDXL base folder or file.")
+    lightning_unet: str | None = None
+    lightning_lora: str | None = None
+    steps: int = Field(4, ge=1, le=50)
+    height: int = 1024
+    width: int = 1024
+
+
+class PhotoMakerSettings(Strict):
+    enabled: bool = True
+    base_model: str | None = None
+    checkpoint: str | None = Field(None, description="photomaker-v1.bin")
+    steps: int = Field(30, ge=1, le=100)
+    height: int = 1024
+    width: int = 1024
+
+
+class RetrievalSettings(Strict):
+    enabled: bool = True
+    database: str | None = Field(None, description="Index folder; None = the shipped DB.")
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    top_k: int = Field(5, ge=1, le=100)
+
+
+class WebSearchSettings(Strict):
+    enabled: bool = False
+    crawler: str = "bing"
+    top_k: int = Field(3, ge=1, le=20)
+    max_bytes: int = 10_000_000
+    timeout_s: float = 15.0
+    allow_loopback: bool = False
+    search_url: str | None = None
+
+
+class QASettings(Strict):
+    """MAGID's quality loop (App. I) and which scorers run."""
+
+    enabled: bool = True
+    clip_threshold: float = 0.21
+    aesthetic_threshold: float = 0.51
+    nsfw_threshold: float = 0.5
+    scorers: list[Literal["clip", "aesthetic", "nsfw"]] = Field(
+        default_factory=lambda: ["clip", "aesthetic", "nsfw"]
+    )
+    accept_unscored: bool = Field(
+        True, description="Accept an image a scorer could not score (recorded as such)."
+    )
+    retries_per_description: int = Field(2, ge=0, le=10)
+    max_rewrites: int = Field(1, ge=0, le=5)
+
+
+class ImagesConfig(Strict):
+    enabled: bool = True
+    device: Literal["cpu", "cuda", "mps"] = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    router_order: list[Module] = Field(default_factory=lambda: list(MODULES))
+    planner: Literal["llm", "rule"] = Field(
+        "llm", description="llm: the planner role picks; rule: keyword heuristics."
+    )
+    face: FaceSettings = Field(default_factory=FaceSettings)
+    photomaker: PhotoMakerSettings = Field(default_factory=PhotoMakerSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    web_search: WebSearchSettings = Field(default_factory=WebSearchSettings)
+    qa: QASettings = Field(default_factory=QASettings)
+    scorers: ScorerSettings = Field(default_factory=ScorerSettings)
