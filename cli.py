@@ -192,5 +192,64 @@ def validate(path: Annotated[Path, typer.Argument(help="An episode JSON file.")]
     typer.echo(f"{path}: valid")
 
 
+index_app = typer.Typer(help="Build image databases for retrieval.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Database folder to write.")],
+    images: Annotated[Path | None, typer.Option("--images", help="Folder of images.")] = None,
+    parquet: Annotated[
+        Path | None, typer.Option("--parquet", help="Parquet with image paths and captions.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="open_clip model name; omit for captions only.")
+    ] = "ViT-L-14-336",
+    pretrained: Annotated[str | None, typer.Option(help="Local CLIP weights file.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    device: Annotated[str, typer.Option(help="cpu | cuda | mps")] = "cpu",
+    minilm: Annotated[bool, typer.Option(help="Also embed captions with MiniLM.")] = True,
+) -> None:
+    """Embed images (and captions) in batches and build an AutoFaiss index."""
+    from mcu_sim.tools.base import ToolUnavailable
+    from mcu_sim.tools.index_build import build_index
+
+    try:
+        info = build_index(
+            images,
+            parquet,
+            out,
+            model_name=model,
+            pretrained=pretrained,
+            batch_size=batch_size,
+            device=device,
+            progress=True,
+            minilm=minilm,
+        )
+    except (ValueError, ToolUnavailable, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(info.__dict__ if hasattr(info, "__dict__") else info, default=str))
+
+
+@app.command("filter")
+def filter_run_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    write: Annotated[
+        bool, typer.Option(help="Rewrite the episode files with the new marks.")
+    ] = True,
+) -> None:
+    """Recompute the filter marks of a finished run (no LLM call); e.g.
+    ``mcu filter runs/x --set filters.clip_threshold=0.15``."""
+    from mcu_sim.graphs.filter_run import refilter
+
+    cfg = _load(config, overrides)
+    report = refilter(run_dir, cfg, write=write)
+    typer.echo(json.dumps(report, indent=1, sort_keys=True))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

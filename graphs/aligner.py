@@ -170,6 +170,7 @@ async def qa_node(state: AlignState, runtime: Any) -> dict[str, Any]:
             module=plan["module"],
             planned_description=plan["description"],
             image=verdict.best,
+            alternatives=verdict.alternatives,
             attempts=[
                 *state["request"].get("attempts", []),
                 *verdict.log,

@@ -12,8 +12,9 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 from mcu_sim.agents.llm import LLMTransportError
-from mcu_sim.graphs import aligner, nodes
+from mcu_sim.graphs import aligner, nodes, quality
 from mcu_sim.graphs.context import EpisodeContext, derive_seed
+from mcu_sim.graphs.filters import filter_episode
 from mcu_sim.graphs.state import EpisodeState, node_reads
 from mcu_sim.personas.schema import Episode
 
@@ -30,6 +31,7 @@ NODE_ORDER = (
     "session",
     "align_sharing",
     "link_album",
+    "safety",
     "finalize",
 )
 
@@ -71,6 +73,7 @@ def finalize_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
         image_requests=sorted(state.get("image_requests", []), key=lambda r: r["id"]),
         removals=state.get("removals", []),
     )
+    episode = filter_episode(episode, quality.filter_settings(ctx.config))
     return {"episode": episode.model_dump(mode="json")}
 
 
@@ -109,7 +112,9 @@ def build_episode_graph() -> StateGraph:
         "session", after_session, ["session", "align_sharing", "link_album"]
     )
     graph.add_edge("align_sharing", "link_album")
-    graph.add_edge("link_album", "finalize")
+    graph.add_node("safety", quality.safety_node)
+    graph.add_edge("link_album", "safety")
+    graph.add_edge("safety", "finalize")
     graph.add_edge("finalize", END)
     return graph
 

@@ -127,7 +127,7 @@ class EpisodeRunner:
         self.config = config
         self.run = RunDir(out_dir)
         self.llm = llm
-        self.tools = tools
+        self.tools = tools if tools is not None else build_toolbox(config)
         self.use_cache = use_cache
         self.max_in_flight = max_in_flight or config.run.max_in_flight
         self.max_cost = max_cost
@@ -271,6 +271,15 @@ def _minus(after: Usage, before: Usage) -> Usage:
         after.completion_tokens - before.completion_tokens,
         after.cost_usd - before.cost_usd,
     )
+
+
+def build_toolbox(config: Config) -> Any:
+    """The image toolbox from ``config.images`` (None when images are disabled)."""
+    from mcu_sim.tools.settings import ImagesConfig
+    from mcu_sim.tools.toolbox import ImageToolbox
+
+    settings = ImagesConfig.model_validate(config.images)
+    return ImageToolbox(settings) if settings.enabled else None
 
 
 def failed_jobs(run: RunDir) -> list[EpisodeJob]:

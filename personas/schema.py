@@ -107,7 +107,7 @@ class ImageRecord(Model):
     source_url: str | None = None
     db_id: str | None = None
     seed: int | None = None
-    scores: dict[str, float | str] = Field(default_factory=dict)
+    scores: dict[str, float | str | None] = Field(default_factory=dict)
 
 
 class Face(Model):
@@ -254,6 +254,9 @@ class Session(Model):
     experience: str | None = None
     turns: list[Turn] = Field(min_length=1)
     summary: str | None = None
+    safety: dict[str, str] | None = Field(
+        None, description="Text-safety verdict: label, reason, checker."
+    )
 
 
 class ImageRequest(Model):
@@ -272,6 +275,9 @@ class ImageRequest(Model):
     module: str | None = None
     planned_description: str | None = None
     image: ImageRecord | None = None
+    alternatives: list[ImageRecord] = Field(
+        default_factory=list, description="Other candidates that also passed QA."
+    )
     attempts: list[dict] = Field(default_factory=list)
 
 
@@ -279,7 +285,7 @@ class Removal(Model):
     rule: str
     target: str
     reason: str
-    scores: dict[str, float | str] = Field(default_factory=dict)
+    scores: dict[str, float | str | None] = Field(default_factory=dict)
     threshold: float | str | None = None
 
 

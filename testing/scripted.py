@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -166,6 +167,31 @@ def _summary(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
     return {"summary": f"They talked about the {_phrase(rng, 3)} and shared two photos."}
 
 
+def _plan(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    system = body["messages"][0]["content"]
+    user = body["messages"][-1]["content"]
+    match = re.search(r'exactly as "(.+?) img"', system)
+    class_word = match.group(1) if match else "person"
+    description = user.split("Image description:", 1)[-1].split("\n", 1)[0].strip()
+    lowered = description.lower()
+    if "selfie" in lowered or " me " in f" {lowered} ":
+        return {
+            "module": "personalized_t2i",
+            "description": f"a photo of {class_word} img, " + description,
+        }
+    if "news" in lowered or "latest" in lowered:
+        return {"module": "web_search", "description": description}
+    return {"module": "retrieval", "description": description}
+
+
+def _rewrite(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": f"a clear, well lit photo of a {rng.choice(WORDS)}"}
+
+
+def _judge(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"label": "safe", "reason": "an ordinary, friendly conversation"}
+
+
 ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
     "PersonaOutput": _persona,
     "CommonsenseOutput": _commonsense,
@@ -174,6 +200,11 @@ ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
     "DeviceOutput": _device,
     "DialogueOutput": _dialogue,
     "SummaryOutput": _summary,
+    "RewriteOutput": _rewrite,
+    "JudgeVerdict": _judge,
+}
+BODY_ROLES: dict[str, Callable[[random.Random, dict[str, Any], dict[str, Any]], dict]] = {
+    "PlanOutput": _plan,
 }
 
 
@@ -184,8 +215,11 @@ def register_role(name: str, answer: Callable[[random.Random, dict[str, Any]], d
 
 def scripted_object(body: dict[str, Any]) -> dict[str, Any]:
     name, schema = schema_of(body)
+    if name in BODY_ROLES:
+        return BODY_ROLES[name](_rng(body), schema, body)
     if name not in ROLES:
-        raise KeyError(f"no scripted answer for schema {name!r}; known: {sorted(ROLES)}")
+        known = sorted([*ROLES, *BODY_ROLES])
+        raise KeyError(f"no scripted answer for schema {name!r}; known: {known}")
     return ROLES[name](_rng(body), schema)
 
 

@@ -21,6 +21,7 @@ class Verdict:
     """QA outcome over all candidates of one try."""
 
     best: dict[str, Any] | None
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
 

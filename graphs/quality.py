@@ -1,0 +1,59 @@
+"""Episode-level quality nodes: text safety of each session, then the filter marks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcu_sim.graphs.filters import FilterSettings
+from mcu_sim.graphs.state import EpisodeState, node_reads
+
+
+def filter_settings(config: Any) -> FilterSettings:
+    """``config.filters`` with session bounds defaulting to the episode's own bounds."""
+    raw = dict(getattr(config, "filters", None) or {})
+    settings = FilterSettings.model_validate(raw)
+    return settings.model_copy(
+        update={
+            "min_sessions": settings.min_sessions or config.episode.sessions_min,
+            "max_sessions": settings.max_sessions or config.episode.sessions_max,
+        }
+    )
+
+
+def make_checker(ctx: Any, settings: FilterSettings) -> Any:
+    if settings.text_safety == "off":
+        return None
+    if settings.text_safety == "classifier":
+        from mcu_sim.tools.text_safety import ClassifierSafety
+
+        return ClassifierSafety(settings.safety_classifier)
+    from mcu_sim.tools.text_safety import LLMJudgeSafety
+
+    return LLMJudgeSafety(ctx.llm, ctx.role("judge", 0).settings)
+
+
+@node_reads("sessions")
+async def safety_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
+    """reads: sessions / writes: sessions[*].safety (label, reason, checker version)."""
+    from mcu_sim.tools.text_safety import dialogue_lines
+
+    ctx = runtime.context
+    ctx.executions["safety"] += 1
+    checker = make_checker(ctx, filter_settings(ctx.config))
+    if checker is None:
+        return {"notes": ["text safety check off (filters.text_safety)"]}
+    ok, why = checker.available()
+    updates = []
+    for session in state.get("sessions", []):
+        if session.get("safety"):
+            continue
+        if ok:
+            verdict = await checker.check(dialogue_lines(session["turns"]))
+            label = verdict.label or "not_judged"
+            reason, version = verdict.reason, verdict.version
+        else:
+            label, reason, version = "not_judged", f"not judged: {why}", checker.name
+        updates.append(
+            {**session, "safety": {"label": label, "reason": reason[:300], "checker": version}}
+        )
+    return {"sessions": updates}
