@@ -251,5 +251,17 @@ def filter_run_cmd(
     typer.echo(json.dumps(report, indent=1, sort_keys=True))
 
 
+def _register_extensions() -> None:
+    """Commands that live next to the code they drive (debugger, viewer)."""
+    from mcu_sim.graphs import debug_cli
+    from mcu_sim.viewer import cli as viewer_cli
+
+    debug_cli.register(app)
+    viewer_cli.register(app)
+
+
+_register_extensions()
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
