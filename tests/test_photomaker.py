@@ -249,3 +249,28 @@ def test_checkpoint_for_another_text_width_is_refused(
 
 def _without(state: dict, key: str) -> dict:
     return {k: v for k, v in state.items() if k != key}
+
+
+@pytest.mark.images
+def test_published_sizes_are_inferred_from_the_checkpoint_shapes() -> None:
+    """The real layout (CLIP ViT-L/14, SDXL text width 2048), as shapes only (meta tensors)."""
+    import torch
+    from mcu_sim.testing.tiny_sdxl import tiny_id_encoder_state
+    from mcu_sim.tools.photomaker import build_id_encoder
+
+    with torch.device("meta"):
+        state = tiny_id_encoder_state(
+            2048,
+            vision_hidden=1024,
+            vision_layers=24,
+            image_size=224,
+            patch_size=14,
+            projection_dim=768,
+        )
+        encoder = build_id_encoder(state, text_width=2048)
+    config = encoder.config
+    assert (config.num_attention_heads, config.image_size, config.patch_size) == (16, 224, 14)
+    assert (config.num_hidden_layers, config.intermediate_size) == (24, 4096)
+    assert encoder.visual_projection.out_features == 768
+    assert encoder.visual_projection_2.out_features == 1280
+    assert encoder.fuse_module["mlp1"]["fc1"].in_features == 4096
