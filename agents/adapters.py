@@ -7,11 +7,17 @@ adds them uniformly on top of every adapter.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
+import weakref
+from pathlib import Path
 from typing import Any
 
-from mcu_sim.agents.llm import RawReply, Request
+from mcu_sim.agents.llm import EndpointFault, LLMRequestError, RawReply, Request
 from mcu_sim.config import ConfigError, ProviderConfig
+
+log = logging.getLogger("mcu_sim.llm")
 
 
 def _sampling(request: Request) -> dict[str, Any]:
@@ -26,60 +32,157 @@ def _sampling(request: Request) -> dict[str, Any]:
 
 
 def openai_response_format(config: ProviderConfig, request: Request) -> dict[str, Any] | None:
-    if request.json_schema is None or config.structured_output == "prompt":
+    """The ``response_format`` field for ``config.structured_output`` (None: send nothing)."""
+    mode = config.structured_output
+    if request.json_schema is None or mode == "prompt":
         return None
-    if config.structured_output == "json_object":
+    if mode == "json_object":
         return {"type": "json_object"}
+    if mode == "json_object_schema":  # llama-cpp-python's server (and Anyscale) dialect
+        return {"type": "json_object", "schema": request.json_schema}
     return {
         "type": "json_schema",
         "json_schema": {"name": request.schema_name or "answer", "schema": request.json_schema},
     }
 
 
+def unbounded_fields(schema: dict[str, Any], path: str = "$") -> list[str]:
+    """Paths of strings without ``maxLength`` and arrays without ``maxItems`` in a JSON schema.
+
+    Constrained decoding with a small model only terminates reliably when every string and
+    array is bounded; role schemas can assert this returns ``[]``.
+    """
+    defs = schema.get("$defs", {})
+    found: list[str] = []
+
+    def visit(node: Any, where: str, seen: frozenset[str]) -> None:
+        if not isinstance(node, dict):
+            return
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.rsplit("/", 1)[-1]
+            if name not in seen:
+                visit(defs.get(name), where, seen | {name})
+            return
+        kind = node.get("type")
+        if kind == "string" and "maxLength" not in node and not {"enum", "const"} & set(node):
+            found.append(where)
+        if kind == "array":
+            if "maxItems" not in node and "prefixItems" not in node:
+                found.append(where)
+            visit(node.get("items"), f"{where}[]", seen)
+        for prop, sub in (node.get("properties") or {}).items():
+            visit(sub, f"{where}.{prop}", seen)
+        for combo in ("anyOf", "oneOf", "allOf"):
+            for sub in node.get(combo) or []:
+                visit(sub, where, seen)
+        if isinstance(node.get("additionalProperties"), dict):
+            visit(node["additionalProperties"], f"{where}.*", seen)
+
+    visit(schema, path, frozenset())
+    return found
+
+
+def _http_client(openai: Any, timeout_s: float) -> Any:
+    """The SDK's default HTTP client minus its ``__del__``, which schedules ``aclose`` on
+    whatever loop is running at garbage-collection time, not the one owning the sockets."""
+    return openai.DefaultAsyncHttpxClient(timeout=timeout_s)
+
+
 class OpenAICompatibleAdapter:
-    """Chat Completions over HTTP: OpenAI, vLLM, llama.cpp server, Ollama, LM Studio."""
+    """Chat Completions over HTTP: OpenAI, vLLM, llama.cpp server, Ollama, LM Studio.
+
+    The SDK client is made per event loop: its connection pool belongs to the loop that
+    opened it, and a client reused on a later loop fails on dead connections.
+    """
 
     name = "openai_compatible"
 
     def __init__(self, config: ProviderConfig, api_key: str) -> None:
-        import openai
+        import openai  # noqa: F401  (fail here, at construction, if the SDK is missing)
 
         self.config = config
-        # The SDK's own retries are off: LLMClient retries with one bounded policy.
-        self.client = self._make_client(openai, api_key)
+        self._api_key = api_key
+        self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
-    def _make_client(self, openai: Any, api_key: str) -> Any:
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.config.model!r}, url={self._where()!r})"
+
+    def _where(self) -> str | None:
+        return self.config.base_url
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key masked (for error messages and logs)."""
+        key = self._api_key
+        return text.replace(key, "***") if key and len(key) >= 6 else text
+
+    def _make_client(self) -> Any:
+        import openai
+
+        # The SDK's own retries are off: LLMClient retries with one bounded policy.
         return openai.AsyncOpenAI(
-            api_key=api_key,
+            api_key=self._api_key,
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=0,
+            http_client=_http_client(openai, self.config.timeout_s),
         )
+
+    @property
+    def client(self) -> Any:
+        """The SDK client for the running event loop."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = self._make_client()
+        return client
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.name, "base_url": self.config.base_url, "model": self.config.model}
 
-    async def send(self, request: Request) -> RawReply:
+    def request_kwargs(self, request: Request) -> dict[str, Any]:
+        """The Chat Completions arguments for ``request`` (what goes on the wire)."""
         model = request.settings.model or self.config.model
-        kwargs: dict[str, Any] = {"model": model, "messages": request.messages,
-                                  **_sampling(request)}
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": request.messages,
+            **_sampling(request),
+        }
         response_format = openai_response_format(self.config, request)
         if response_format:
             kwargs["response_format"] = response_format
         if request.seed is not None:
             kwargs["seed"] = request.seed
-        response = await self.client.chat.completions.create(**kwargs)
-        choice = response.choices[0]
+        return kwargs
+
+    async def send(self, request: Request) -> RawReply:
+        import openai
+
+        kwargs = self.request_kwargs(request)
+        try:
+            response = await self.client.chat.completions.create(**kwargs)
+        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+            raise EndpointFault(f"the endpoint sent a malformed body: {exc}") from exc
+        choices = getattr(response, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise EndpointFault(f"the endpoint sent a reply without choices: {response!r:.200}")
         usage = response.usage
         return RawReply(
-            text=choice.message.content or "",
+            text=choices[0].message.content or "",
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-            model=response.model or model,
+            model=response.model or kwargs["model"],
         )
 
     async def aclose(self) -> None:
-        await self.client.close()
+        """Close the SDK client of the running loop (others die with their loops)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.close()
 
 
 class AzureOpenAIAdapter(OpenAICompatibleAdapter):
@@ -87,14 +190,20 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
 
     name = "azure_openai"
 
-    def _make_client(self, openai: Any, api_key: str) -> Any:
+    def _where(self) -> str | None:
+        return self.config.azure_endpoint
+
+    def _make_client(self) -> Any:
+        import openai
+
         return openai.AsyncAzureOpenAI(
-            api_key=api_key,
+            api_key=self._api_key,
             azure_endpoint=self.config.azure_endpoint,
             azure_deployment=self.config.azure_deployment,
             api_version=self.config.api_version,
             timeout=self.config.timeout_s,
             max_retries=0,
+            http_client=_http_client(openai, self.config.timeout_s),
         )
 
     def identity(self) -> dict[str, Any]:
@@ -124,7 +233,12 @@ def bundled_gguf_path() -> str:
 
 
 class LlamaCppAdapter:
-    """In-process llama.cpp (llama-cpp-python) with JSON-schema-constrained decoding."""
+    """In-process llama.cpp (llama-cpp-python) with JSON-schema-constrained decoding.
+
+    The schema is turned into a GBNF grammar here (cached per schema) rather than by
+    llama-cpp-python's ``response_format``, which silently falls back to unconstrained
+    JSON when the conversion fails.
+    """
 
     name = "llamacpp"
     _load_lock = threading.Lock()
@@ -132,13 +246,20 @@ class LlamaCppAdapter:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.model_path = config.model_path or bundled_gguf_path()
+        if not Path(self.model_path).is_file():
+            raise ConfigError(
+                f"llm.provider.model_path is {self.model_path!r}, which is not a file: point "
+                "it at a .gguf model, or remove it to use the bundled SmolLM2-135M-Instruct."
+            )
         self._llama: Any = None
+        self._grammars: dict[str, Any] = {}
         # llama.cpp contexts are not thread-safe: one generation at a time per model.
         self._run_lock = threading.Lock()
 
-    def identity(self) -> dict[str, Any]:
-        from pathlib import Path
+    def __repr__(self) -> str:
+        return f"LlamaCppAdapter(model_file={Path(self.model_path).name!r})"
 
+    def identity(self) -> dict[str, Any]:
         return {"kind": self.name, "model_file": Path(self.model_path).name}
 
     def load(self) -> Any:
@@ -148,7 +269,8 @@ class LlamaCppAdapter:
                     from llama_cpp import Llama
                 except ImportError as exc:  # pragma: no cover - depends on install
                     raise ConfigError(
-                        "llm.provider.kind=llamacpp needs llama-cpp-python installed."
+                        "llm.provider.kind=llamacpp needs llama-cpp-python installed "
+                        "(pip install llama-cpp-python)."
                     ) from exc
                 self._llama = Llama(
                     model_path=self.model_path,
@@ -158,15 +280,43 @@ class LlamaCppAdapter:
                 )
         return self._llama
 
+    def grammar(self, schema: dict[str, Any]) -> Any:
+        """The GBNF grammar for ``schema`` (converted once, then reused)."""
+        from llama_cpp import LlamaGrammar
+
+        text = json.dumps(schema, sort_keys=True)
+        if text not in self._grammars:
+            loose = unbounded_fields(schema)
+            if loose:
+                log.warning(
+                    "schema %s has unbounded fields %s: a small model may ramble",
+                    schema.get("title", "?"),
+                    loose,
+                )
+            try:
+                self._grammars[text] = LlamaGrammar.from_json_schema(text, verbose=False)
+            except Exception as exc:
+                raise LLMRequestError(
+                    f"llama.cpp cannot turn the schema {schema.get('title', '?')} into a "
+                    f"grammar ({type(exc).__name__}: {exc}); simplify the schema."
+                ) from exc
+        return self._grammars[text]
+
     def _generate(self, request: Request) -> RawReply:
         llama = self.load()
         kwargs: dict[str, Any] = {"messages": request.messages, **_sampling(request)}
         if request.json_schema is not None and self.config.structured_output != "prompt":
-            kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
+            kwargs["grammar"] = self.grammar(request.json_schema)
         if request.seed is not None:
             kwargs["seed"] = request.seed
         with self._run_lock:
-            result = llama.create_chat_completion(**kwargs)
+            try:
+                result = llama.create_chat_completion(**kwargs)
+            except ValueError as exc:  # e.g. prompt longer than the context window
+                raise LLMRequestError(
+                    f"llama.cpp rejected the request: {exc} (llm.provider.n_ctx is "
+                    f"{self.config.n_ctx}; lower the step's max_tokens or raise n_ctx)"
+                ) from exc
         usage = result.get("usage") or {}
         return RawReply(
             text=result["choices"][0]["message"].get("content") or "",
@@ -180,6 +330,7 @@ class LlamaCppAdapter:
 
 
 def make_adapter(config: ProviderConfig, environ: dict[str, str] | None = None) -> Any:
+    """The adapter for ``config.kind``; raises :class:`ConfigError` if a key is missing."""
     if config.kind == "llamacpp":
         return LlamaCppAdapter(config)
     key = config.resolve_api_key(environ)

@@ -10,26 +10,33 @@ accounting, and a content-addressed SQLite cache.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import logging
 import re
+import sys
+import threading
 import time
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
-
-from pydantic import BaseModel, ValidationError
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
 
 from mcu_sim.agents.cache import ResponseCache, cache_key
 from mcu_sim.config import LLMConfig, ProviderConfig, StepSettings
+from pydantic import BaseModel, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
 
 Message = dict[str, str]
 T = TypeVar("T", bound=BaseModel)
+log = logging.getLogger("mcu_sim.llm")
 
 
 class LLMError(RuntimeError):
@@ -39,19 +46,41 @@ class LLMError(RuntimeError):
 class LLMOutputError(LLMError):
     """The model never produced a valid answer; ``raw_text`` keeps its last attempt."""
 
-    def __init__(self, message: str, raw_text: str, attempts: int) -> None:
+    def __init__(
+        self, message: str, raw_text: str, attempts: int, usage: Usage | None = None
+    ) -> None:
         super().__init__(message)
         self.raw_text = raw_text
         self.attempts = attempts
+        self.usage = usage or Usage()
 
 
 class LLMTransportError(LLMError):
-    """The endpoint kept failing after the bounded retries."""
+    """The endpoint kept failing (429/5xx/timeouts/bad bodies) after the bounded retries."""
+
+
+class LLMRequestError(LLMError):
+    """The endpoint refused the request (a 4xx such as 400/401/404): retrying cannot help."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class EndpointFault(LLMError):
+    """The endpoint answered with something unusable (a body that is not JSON, no choices).
+
+    Raised by adapters; retried like a 5xx and surfaced as :class:`LLMTransportError`.
+    """
 
 
 @dataclass
 class Usage:
-    """Token and cost counts; add them up per node, episode or run with ``+``."""
+    """Token and cost counts; add them up per node, episode or run with ``+``.
+
+    ``calls`` counts requests answered by the endpoint (repair turns included, retried
+    failures not); ``cached_calls`` counts answers served from the cache, which cost nothing.
+    """
 
     calls: int = 0
     cached_calls: int = 0
@@ -129,69 +158,76 @@ class Adapter(Protocol):
 
 # ----------------------------------------------------------------- retry policy
 
+RETRY_STATUSES = frozenset({408, 409, 429})
+
 
 def _status_of(exc: BaseException) -> int | None:
-    return getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """429, 5xx, timeouts and connection errors are worth another try; nothing else."""
-    import openai
-
-    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+    """429, 408, 409, 5xx, timeouts, connection errors and unusable bodies; nothing else."""
+    if isinstance(exc, EndpointFault):
         return True
+    openai = sys.modules.get("openai")  # an openai error implies openai is imported
+    if openai is not None and isinstance(exc, openai.APIConnectionError):
+        return True  # includes APITimeoutError
     status = _status_of(exc)
-    return status is not None and (status == 429 or status >= 500)
+    return status is not None and (status in RETRY_STATUSES or status >= 500)
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait (``Retry-After`` / ``retry-after-ms``)."""
+    """Seconds the server asked us to wait (``retry-after-ms``, ``Retry-After`` seconds or
+    HTTP date), or None."""
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     if not headers:
         return None
-    ms = headers.get("retry-after-ms")
-    if ms:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if not value:
+            continue
         try:
-            return float(ms) / 1000
+            return max(float(value) * scale, 0.0)
         except ValueError:
             pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            continue
+        return max(when.timestamp() - time.time(), 0.0)
+    return None
 
 
 class RetryAfterWait:
-    """tenacity wait: the server's Retry-After when given, else exponential with jitter."""
+    """tenacity wait: the server's Retry-After when given, else exponential with jitter.
+
+    A Retry-After is honoured in full (not capped): if it does not fit in the remaining
+    retry budget, ``stop_before_delay`` ends the retries instead of retrying too early.
+    """
 
     def __init__(self, initial: float, maximum: float) -> None:
-        self.fallback = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
-        self.maximum = maximum
+        self.fallback = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
 
-    def __call__(self, retry_state: Any) -> float:
+    def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         asked = retry_after_seconds(exc) if exc else None
-        if asked is not None:
-            return min(max(asked, 0.0), self.maximum)
-        return self.fallback(retry_state)
+        return asked if asked is not None else self.fallback(retry_state)
 
 
 class RateLimiter:
-    """Spaces request starts so that at most ``rpm`` begin per minute."""
+    """Spaces request starts so that at most ``rpm`` begin per minute (any event loop)."""
 
     def __init__(self, rpm: float | None) -> None:
         self.interval = 60.0 / rpm if rpm else 0.0
         self._next = 0.0
-        self._lock = asyncio.Lock()
+        self._lock = threading.Lock()  # held only for arithmetic, never across an await
 
     async def wait(self) -> None:
         if not self.interval:
             return
-        async with self._lock:
+        with self._lock:
             now = time.monotonic()
             delay = self._next - now
             self._next = max(now, self._next) + self.interval
@@ -253,7 +289,11 @@ def describe_validation_error(exc: Exception) -> str:
 
 
 class LLMClient:
-    """Provider-agnostic completion with validation, repair, retries, limits, cache, cost."""
+    """Provider-agnostic completion with validation, repair, retries, limits, cache, cost.
+
+    One client may serve several event loops in turn (e.g. successive ``asyncio.run``
+    calls): the concurrency semaphore is kept per loop.
+    """
 
     def __init__(
         self,
@@ -267,12 +307,17 @@ class LLMClient:
         self.provider: ProviderConfig = config.provider
         self.adapter = adapter
         self.cache = cache
-        self.semaphore = asyncio.Semaphore(self.provider.max_concurrency)
         self.rate_limiter = RateLimiter(self.provider.requests_per_minute)
         self.retry_initial_s = retry_initial_s
         self.retry_max_wait_s = retry_max_wait_s
         self.usage = Usage()
-        self.network_calls = 0
+        self.network_calls = 0  # attempts sent, failed ones included
+        self._semaphores: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"LLMClient(adapter={self.adapter!r}, cache={self.cache is not None})"
 
     # -- public API
     async def complete(
@@ -284,12 +329,13 @@ class LLMClient:
         prompt_version: str = "",
         seed: int | None = None,
         use_cache: bool = True,
-        validate: Any = None,
+        validate: Callable[[Any], None] | None = None,
     ) -> Completion:
         """Send ``messages``; return the ``schema``-validated object (or the text) and usage.
 
         ``validate`` is an optional callable run on the parsed object; a ``ValueError`` it
-        raises counts as a validation error and is fed back like any other.
+        raises counts as a validation error and is fed back like any other. Only answers
+        that pass validation are cached; a cached answer is validated again when read.
         """
         settings = settings or StepSettings()
         json_schema = schema.model_json_schema() if schema else None
@@ -309,21 +355,33 @@ class LLMClient:
             request.seed,
             self.provider.structured_output,
         )
-        caching = use_cache and self.cache is not None and self.config.cache.enabled
-        if caching:
-            hit = self.cache.get(key)
+        cache = self.cache if use_cache and self.config.cache.enabled else None
+        if cache is not None:
+            hit = cache.get(key)
             if hit is not None:
-                usage = Usage(calls=1, cached_calls=1)
-                value = self._parse(hit, schema, validate) if schema else hit
-                return Completion(value, hit, usage, cached=True)
+                try:
+                    value = self._parse(hit, schema, validate)
+                except ValueError as exc:  # e.g. a stricter validator than when stored
+                    log.warning("ignoring a cached answer that no longer validates: %s", exc)
+                else:
+                    usage = Usage(cached_calls=1)
+                    self.usage = self.usage + usage
+                    return Completion(value, hit, usage, cached=True)
         completion = await self._complete_with_repairs(request, schema, validate)
-        if caching:
-            self.cache.put(key, completion.text)
+        if cache is not None:
+            cache.put(key, completion.text)
         return completion
+
+    async def aclose(self) -> None:
+        close = getattr(self.adapter, "aclose", None)
+        if close:
+            await close()
 
     # -- internals
     def _prepare(self, request: Request) -> Request:
-        if request.json_schema is None or self.provider.structured_output == "json_schema":
+        """Put the schema into the prompt when the endpoint will not enforce it."""
+        mode = self.provider.structured_output
+        if request.json_schema is None or mode in ("json_schema", "json_object_schema"):
             return request
         msgs = [dict(m) for m in request.messages]
         note = schema_instructions(request.json_schema)
@@ -331,14 +389,12 @@ class LLMClient:
             msgs[0]["content"] = msgs[0]["content"] + "\n\n" + note
         else:
             msgs.insert(0, {"role": "system", "content": note})
-        return Request(msgs, request.settings, request.json_schema, request.schema_name,
-                       request.seed, request.extra)
+        return replace(request, messages=msgs)
 
     def _parse(self, text: str, schema: type[T] | None, validate: Any) -> Any:
         if schema is None:
             return text
-        data = extract_json(text)
-        value = schema.model_validate(data)
+        value = schema.model_validate(extract_json(text))
         if validate is not None:
             validate(value)
         return value
@@ -349,20 +405,21 @@ class LLMClient:
         request = self._prepare(request)
         total = Usage()
         messages = list(request.messages)
-        text = ""
+        text, last_error = "", ""
         for attempt in range(self.config.repair_turns + 1):
-            turn = Request(messages, request.settings, request.json_schema,
-                           request.schema_name, request.seed, request.extra)
-            reply = await self._send_with_retries(turn)
+            reply = await self._send_with_retries(replace(request, messages=messages))
             total = total + self._usage_of(reply, request.settings)
             text = reply.text
             try:
                 value = self._parse(text, schema, validate)
-            except (ValueError, ValidationError) as exc:
-                error = describe_validation_error(exc)
-                messages = [*messages, {"role": "assistant", "content": text},
-                            repair_message(error)]
-                last_error = error
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                last_error = describe_validation_error(exc)
+                log.info("%s invalid (turn %d): %s", request.schema_name, attempt, last_error)
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": text},
+                    repair_message(last_error),
+                ]
                 continue
             return Completion(value, text, total, repairs=attempt)
         raise LLMOutputError(
@@ -370,6 +427,7 @@ class LLMClient:
             f"{self.config.repair_turns} repair turn(s): {last_error}",
             raw_text=text,
             attempts=self.config.repair_turns + 1,
+            usage=total,
         )
 
     def _usage_of(self, reply: RawReply, settings: StepSettings) -> Usage:
@@ -377,52 +435,88 @@ class LLMClient:
         price = self.provider.prices.get(model)
         cost = 0.0
         if price:
-            cost = (reply.prompt_tokens * price.input + reply.completion_tokens * price.output)
+            cost = reply.prompt_tokens * price.input + reply.completion_tokens * price.output
             cost /= 1_000_000
         usage = Usage(1, 0, reply.prompt_tokens, reply.completion_tokens, cost)
         self.usage = self.usage + usage
         return usage
 
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        semaphore = self._semaphores.get(loop)
+        if semaphore is None:
+            semaphore = asyncio.Semaphore(self.provider.max_concurrency)
+            self._semaphores[loop] = semaphore
+        return semaphore
+
+    def _redact(self, text: str) -> str:
+        redact = getattr(self.adapter, "redact", None)
+        return redact(text) if redact else text
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "%s: attempt %d failed (%s); retrying in %.2fs",
+            self.adapter.name,
+            state.attempt_number,
+            self._redact(f"{type(exc).__name__}: {exc}"),
+            state.upcoming_sleep,
+        )
+
     async def _send_with_retries(self, request: Request) -> RawReply:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.provider.max_attempts)
-            | stop_after_delay(self.provider.max_retry_seconds),
+            | stop_before_delay(self.provider.max_retry_seconds),
             wait=RetryAfterWait(self.retry_initial_s, self.retry_max_wait_s),
             retry=retry_if_exception(is_retryable),
+            before_sleep=self._log_retry,
             reraise=True,
         )
+        started = time.monotonic()
         try:
             async for attempt in retrying:
                 with attempt:
                     await self.rate_limiter.wait()
-                    async with self.semaphore:
+                    async with self._semaphore():
                         self.network_calls += 1
                         return await self.adapter.send(request)
         except Exception as exc:
+            detail = self._redact(f"{type(exc).__name__}: {exc}")
             if is_retryable(exc):
+                attempts = retrying.statistics.get("attempt_number", "?")
                 raise LLMTransportError(
-                    f"{self.adapter.name} failed after {self.provider.max_attempts} attempts "
-                    f"or {self.provider.max_retry_seconds:.0f}s: {type(exc).__name__}: {exc}"
+                    f"{self.adapter.name} still failing after {attempts} attempt(s) in "
+                    f"{time.monotonic() - started:.1f}s (limits: llm.provider.max_attempts="
+                    f"{self.provider.max_attempts}, max_retry_seconds="
+                    f"{self.provider.max_retry_seconds:g}): {detail}"
+                ) from exc
+            if isinstance(exc, LLMError):
+                raise
+            status = _status_of(exc)
+            if status is not None:
+                raise LLMRequestError(
+                    f"{self.adapter.name} refused the request (HTTP {status}); check "
+                    f"llm.provider (model, base_url, api_key_env): {detail}",
+                    status_code=status,
                 ) from exc
             raise
         raise LLMTransportError("retry loop ended without a reply")  # pragma: no cover
-
-    async def aclose(self) -> None:
-        close = getattr(self.adapter, "aclose", None)
-        if close:
-            await close()
 
 
 def build_client(
     config: LLMConfig,
     environ: dict[str, str] | None = None,
     cache_path: str | None = None,
+    **client_options: Any,
 ) -> LLMClient:
-    """Make the client the config asks for. Imports the chosen adapter lazily."""
+    """Make the client the config asks for. Imports the chosen adapter lazily.
+
+    ``client_options`` go to :class:`LLMClient` (``retry_initial_s``, ``retry_max_wait_s``).
+    """
     from mcu_sim.agents import adapters
 
     adapter = adapters.make_adapter(config.provider, environ)
     cache = None
     if config.cache.enabled:
         cache = ResponseCache(cache_path or config.cache.path)
-    return LLMClient(config, adapter, cache)
+    return LLMClient(config, adapter, cache, **client_options)

@@ -1,0 +1,548 @@
+"""A real HTTP, OpenAI-compatible fake endpoint on 127.0.0.1, with scripted answers and faults.
+
+Tests and benchmarks talk to it through the real openai SDK over a real socket::
+
+    with FakeOpenAIServer(ScriptedHandler([Fault.status(429, retry_after=0.2), {"a": 1}])) as s:
+        client = client_for(s)              # an LLMClient pointed at s.url
+        ...
+        s.chat_requests                     # what arrived: bodies, headers, arrival times
+
+A handler is ``handler(body) -> Reply | Fault | str | dict | list``: ``str`` is the answer
+text, a dict or list is sent as JSON text. Run standalone for benchmarks with
+``python -m mcu_sim.testing.fake_openai --port 8000 --latency 0.05 --capacity 32``; it then
+answers every schema request with a minimal valid instance of that schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import itertools
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+HIDDEN_HEADERS = frozenset({"authorization", "api-key"})
+
+
+@dataclass
+class Reply:
+    """A normal answer. Token counts default to whitespace-separated word counts."""
+
+    content: str | dict[str, Any] | list[Any] = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str = "stop"
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return json.dumps(self.content)
+
+
+@dataclass
+class Fault:
+    """An injected failure; build with the class methods."""
+
+    kind: Literal["status", "delay", "malformed", "disconnect"]
+    status_code: int = 500
+    retry_after: float | str | None = None
+    seconds: float = 0.0
+    then: Reply | None = None
+    message: str = ""
+
+    @classmethod
+    def status(cls, code: int, retry_after: float | str | None = None, message: str = "") -> Fault:
+        """An HTTP error with an OpenAI-style error body (and ``Retry-After`` if given)."""
+        return cls("status", status_code=code, retry_after=retry_after, message=message)
+
+    @classmethod
+    def delay(cls, seconds: float, then: Reply | str | dict[str, Any] | None = None) -> Fault:
+        """Answer only after ``seconds`` (past the client timeout, the client gives up)."""
+        return cls("delay", seconds=seconds, then=_as_reply(then) if then is not None else None)
+
+    @classmethod
+    def malformed(cls) -> Fault:
+        """HTTP 200, ``application/json``, with a body that is not JSON."""
+        return cls("malformed")
+
+    @classmethod
+    def disconnect(cls) -> Fault:
+        """Close the connection without answering."""
+        return cls("disconnect")
+
+
+Outcome = Reply | Fault | str | dict[str, Any] | list[Any]
+Handler = Callable[[dict[str, Any]], Outcome]
+
+
+def _as_reply(outcome: Outcome) -> Reply | Fault:
+    if isinstance(outcome, Reply | Fault):
+        return outcome
+    return Reply(outcome)
+
+
+def schema_name(body: dict[str, Any]) -> str | None:
+    """The schema name in an OpenAI-style ``json_schema`` response format, if any."""
+    response_format = body.get("response_format") or {}
+    return (response_format.get("json_schema") or {}).get("name")
+
+
+def request_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request asks for (``json_schema`` or ``json_object`` + schema)."""
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        return (response_format.get("json_schema") or {}).get("schema")
+    return response_format.get("schema")
+
+
+def system_prompt(body: dict[str, Any]) -> str:
+    """The first system message's text ("" if none)."""
+    for message in body.get("messages") or []:
+        if message.get("role") == "system":
+            return str(message.get("content") or "")
+    return ""
+
+
+def example_for_schema(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
+    """A small instance that satisfies ``schema`` (types, enums, bounds, required keys)."""
+    defs = schema.get("$defs", {}) if defs is None else defs
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        return example_for_schema(defs[ref.rsplit("/", 1)[-1]], defs)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combo in ("anyOf", "oneOf", "allOf"):
+        if schema.get(combo):
+            return example_for_schema(schema[combo][0], defs)
+    if "default" in schema:
+        return schema["default"]
+    kind = schema.get("type", "object")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: example_for_schema(v, defs) for k, v in props.items()}
+    if kind == "array":
+        count = max(int(schema.get("minItems", 1)), 0)
+        count = min(count, int(schema.get("maxItems", count)))
+        return [example_for_schema(schema.get("items") or {}, defs) for _ in range(count)]
+    if kind == "string":
+        size = max(int(schema.get("minLength", 1)), 1)
+        return ("x" * size)[: int(schema.get("maxLength", size))]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        value = low + (1 if "exclusiveMinimum" in schema else 0)
+        return int(value) if kind == "integer" else float(value)
+    return {"boolean": False, "null": None}.get(kind)
+
+
+def schema_example_handler(body: dict[str, Any]) -> Outcome:
+    """Answer schema requests with a minimal valid instance, anything else with "ok"."""
+    schema = request_schema(body)
+    return Reply(example_for_schema(schema)) if schema else Reply("ok")
+
+
+class ScriptedHandler:
+    """Returns the scripted outcomes in order (thread-safe). When the script is used up it
+    calls ``default`` if given, else answers HTTP 500 and sets ``exhausted``."""
+
+    def __init__(self, outcomes: Iterable[Outcome], default: Handler | None = None) -> None:
+        self._outcomes = list(outcomes)
+        self._lock = threading.Lock()
+        self.default = default
+        self.exhausted = False
+
+    @property
+    def remaining(self) -> int:
+        with self._lock:
+            return len(self._outcomes)
+
+    def __call__(self, body: dict[str, Any]) -> Outcome:
+        with self._lock:
+            if self._outcomes:
+                return self._outcomes.pop(0)
+            if self.default is None:
+                self.exhausted = True
+                return Fault.status(500, message="ScriptedHandler ran out of replies")
+        return self.default(body)
+
+
+def route_by_schema(routes: dict[str, Handler | Outcome], fallback: Handler | None = None):
+    """A handler that answers per role, keyed by the request's schema name."""
+
+    def handler(body: dict[str, Any]) -> Outcome:
+        route = routes.get(schema_name(body) or "")
+        if route is None:
+            if fallback is None:
+                return Fault.status(400, message=f"no route for schema {schema_name(body)!r}")
+            return fallback(body)
+        return route(body) if callable(route) else route
+
+    return handler
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    arrived: float  # time.monotonic() when the request was read
+    finished: float | None = None
+    status: int | None = None
+    auth_sha256: str | None = None  # of the Authorization header: provable, not readable
+
+
+@dataclass
+class _State:
+    handler: Handler
+    latency: float
+    capacity: threading.BoundedSemaphore | None
+    model: str
+    stopping: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    connections: set[socket.socket] = field(default_factory=set)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    ids: itertools.count = field(default_factory=itertools.count)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # benchmarks open ~100 connections at once
+    state: _State
+
+
+def _word_count(value: Any) -> int:
+    if isinstance(value, list):  # content parts
+        return sum(_word_count(part.get("text", "")) for part in value if isinstance(part, dict))
+    return len(str(value or "").split())
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.state.lock:
+            self.server.state.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.state.lock:
+            self.server.state.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    # -- plumbing
+    def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        kind = "rate_limit_error" if status == 429 else "server_error"
+        kind = "invalid_request_error" if 400 <= status < 500 and status != 429 else kind
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        self._send(status, json.dumps(body).encode(), headers)
+
+    def _record(self, body: Any) -> RecordedRequest:
+        state = self.server.state
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        headers = {k: v for k, v in headers.items() if k not in HIDDEN_HEADERS}
+        record = RecordedRequest(self.command, self.path, headers, body, time.monotonic())
+        auth = self.headers.get("Authorization")
+        if auth:
+            record.auth_sha256 = hashlib.sha256(auth.encode()).hexdigest()
+        with state.lock:
+            state.requests.append(record)
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        return record
+
+    def _done(self, record: RecordedRequest, status: int | None) -> None:
+        state = self.server.state
+        with state.lock:
+            state.in_flight -= 1
+            record.finished, record.status = time.monotonic(), status
+
+    # -- routes
+    def do_GET(self) -> None:
+        record = self._record(None)
+        if self.path.rstrip("/").endswith("/models"):
+            model = {"id": self.server.state.model, "object": "model", "owned_by": "fake"}
+            self._send(200, json.dumps({"object": "list", "data": [model]}).encode())
+            self._done(record, 200)
+        else:
+            self._error(404, f"no route GET {self.path}")
+            self._done(record, 404)
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = None
+        record = self._record(body)
+        status: int | None = None
+        try:
+            if not self.path.rstrip("/").endswith("/chat/completions"):
+                status = 404
+                self._error(404, f"no route POST {self.path}")
+            elif not isinstance(body, dict):
+                status = 400
+                self._error(400, "request body is not a JSON object")
+            else:
+                status = self._serve_chat(body)
+        except OSError:  # the client went away (e.g. it timed out first)
+            self.close_connection = True
+        finally:
+            self._done(record, status)
+
+    def _serve_chat(self, body: dict[str, Any]) -> int | None:
+        state = self.server.state
+        if state.capacity is not None:
+            state.capacity.acquire()
+        try:
+            if state.latency:
+                state.stopping.wait(state.latency)
+            try:
+                outcome = _as_reply(state.handler(body))
+            except Exception as exc:  # a bug in a test's handler: make it visible
+                state.errors.append(f"{type(exc).__name__}: {exc}")
+                self._error(500, f"fake handler raised {type(exc).__name__}: {exc}")
+                return 500
+            return self._deliver(outcome, body)
+        finally:
+            if state.capacity is not None:
+                state.capacity.release()
+
+    def _deliver(self, outcome: Reply | Fault, body: dict[str, Any]) -> int | None:
+        if isinstance(outcome, Fault):
+            if outcome.kind == "status":
+                headers = {}
+                if outcome.retry_after is not None:
+                    headers["Retry-After"] = str(outcome.retry_after)
+                message = outcome.message or f"injected HTTP {outcome.status_code}"
+                self._error(outcome.status_code, message, headers)
+                return outcome.status_code
+            if outcome.kind == "malformed":
+                self._send(200, b'{"id": "chatcmpl-broken", "choices": [ this is not JSON')
+                return 200
+            if outcome.kind == "disconnect":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return None
+            self.server.state.stopping.wait(outcome.seconds)
+            outcome = outcome.then or Reply("late answer")
+        text = outcome.text
+        prompt = outcome.prompt_tokens
+        if prompt is None:
+            prompt = sum(_word_count(m.get("content")) for m in body.get("messages") or [])
+        completion = outcome.completion_tokens
+        completion = _word_count(text) if completion is None else completion
+        payload = {
+            "id": f"chatcmpl-fake-{next(self.server.state.ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.server.state.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": outcome.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+        self._send(200, json.dumps(payload).encode())
+        return 200
+
+
+class FakeOpenAIServer:
+    """The fake endpoint. ``start()``/``stop()`` or use it as a context manager.
+
+    ``latency`` is added to every chat request; ``capacity`` caps how many are served at
+    once (the others wait their turn, as on a saturated real server).
+    """
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        capacity: int | None = None,
+        model: str = "fake-model",
+    ) -> None:
+        semaphore = threading.BoundedSemaphore(capacity) if capacity else None
+        self._state = _State(handler or schema_example_handler, latency, semaphore, model)
+        self._httpd = _HTTPServer((host, port), _RequestHandler, bind_and_activate=True)
+        self._httpd.state = self._state
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+    def start(self) -> FakeOpenAIServer:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        state = self._state
+        state.stopping.set()  # wakes delayed answers
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        with state.lock:
+            connections = list(state.connections)
+        for conn in connections:  # unblock keep-alive handler threads
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._httpd.server_close()
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- configuration and observations
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._httpd.server_address[0]}:{self.port}/v1"
+
+    @property
+    def handler(self) -> Handler:
+        return self._state.handler
+
+    @handler.setter
+    def handler(self, handler: Handler) -> None:
+        self._state.handler = handler
+
+    def script(self, *outcomes: Outcome, default: Handler | None = None) -> ScriptedHandler:
+        """Install a :class:`ScriptedHandler` with ``outcomes`` and return it."""
+        scripted = ScriptedHandler(outcomes, default)
+        self.handler = scripted
+        return scripted
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._state.lock:
+            return list(self._state.requests)
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.rstrip("/").endswith("/chat/completions")]
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._state.max_in_flight
+
+    @property
+    def handler_errors(self) -> list[str]:
+        return list(self._state.errors)
+
+    def reset(self) -> None:
+        """Forget recorded requests and the in-flight maximum."""
+        with self._state.lock:
+            self._state.requests.clear()
+            self._state.errors.clear()
+            self._state.max_in_flight = self._state.in_flight
+
+
+def client_for(
+    server: FakeOpenAIServer,
+    cache_path: str | Path | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    repair_turns: int = 2,
+    retry_initial_s: float = 0.01,
+    retry_max_wait_s: float = 1.0,
+    **provider: Any,
+) -> Any:
+    """An :class:`~mcu_sim.agents.llm.LLMClient` (openai_compatible) pointed at ``server``.
+
+    ``provider`` overrides ``llm.provider`` keys (e.g. ``max_attempts=3``); without a
+    ``cache_path`` the client has no cache.
+    """
+    from mcu_sim.agents.adapters import make_adapter
+    from mcu_sim.agents.cache import ResponseCache
+    from mcu_sim.agents.llm import LLMClient
+    from mcu_sim.config import LLMConfig
+
+    settings = {"kind": "openai_compatible", "base_url": server.url, "model": "fake-model"}
+    config = LLMConfig.model_validate(
+        {
+            "provider": {**settings, "timeout_s": 10.0, **provider},
+            "repair_turns": repair_turns,
+            "cache": {"enabled": cache_path is not None, "path": str(cache_path or "unused")},
+        }
+    )
+    cache = ResponseCache(cache_path) if cache_path is not None else None
+    adapter = make_adapter(config.provider, environ)
+    return LLMClient(config, adapter, cache, retry_initial_s, retry_max_wait_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible endpoint.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument("--capacity", type=int, default=0, help="max served at once; 0 = no cap")
+    parser.add_argument("--model", default="fake-model")
+    args = parser.parse_args(argv)
+    server = FakeOpenAIServer(
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        capacity=args.capacity or None,
+        model=args.model,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    print(f"fake OpenAI endpoint listening on {server.url}", flush=True)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Shared fixtures: the fake OpenAI-compatible endpoint and clients pointed at it.
+
+Kept import-light: nothing here imports torch, and the LLM layer is imported lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcu_sim.testing.fake_openai import FakeOpenAIServer, client_for
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAIServer]:
+    """A started fake endpoint on 127.0.0.1 (``.url``, ``.handler = ...``, ``.script(...)``,
+    ``.chat_requests``); stopped after the test."""
+    server = FakeOpenAIServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def make_llm_client(fake_openai: FakeOpenAIServer, tmp_path: Path) -> Callable[..., Any]:
+    """Factory: ``make_llm_client(**provider_overrides)`` returns an ``LLMClient`` for
+    ``fake_openai`` with a cache in ``tmp_path`` and millisecond retry waits. Pass
+    ``cache_path=None`` for no cache; ``repair_turns=``, ``environ=`` are accepted too."""
+    default_cache = tmp_path / "llm-cache.sqlite"
+
+    def make(cache_path: Path | str | None = "default", **options: Any) -> Any:
+        path = default_cache if cache_path == "default" else cache_path
+        return client_for(fake_openai, path, **options)
+
+    return make

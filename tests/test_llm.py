@@ -1,0 +1,438 @@
+"""The provider layer against a real HTTP fake endpoint, through the real openai SDK.
+
+Waits are checked loosely from the arrival times the server records: lower bounds and
+ordering only, never tight upper bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import time
+
+import pytest
+from mcu_sim.agents.llm import (
+    LLMOutputError,
+    LLMRequestError,
+    LLMTransportError,
+)
+from mcu_sim.config import default_step_settings, render_config
+from mcu_sim.testing.fake_openai import Fault, Reply
+from pydantic import BaseModel, Field
+
+USER = [{"role": "user", "content": "Describe one person."}]
+GOOD = {"name": "Ada", "age": 36}
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=20)
+    age: int = Field(ge=0, le=120)
+
+
+def gaps(server) -> list[float]:
+    times = [r.arrived for r in server.chat_requests]
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+# ----------------------------------------------------------------- retries
+
+
+async def test_retry_after_is_honoured(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None)
+    fake_openai.script(Fault.status(429, retry_after=0.2), Fault.status(429, retry_after=0.3), GOOD)
+    result = await client.complete(USER, Person)
+    assert result.value == Person(**GOOD)
+    assert [r.status for r in fake_openai.chat_requests] == [429, 429, 200]
+    first, second = gaps(fake_openai)
+    # Exponential backoff alone would wait ~0.01-0.04 s here.
+    assert first >= 0.2
+    assert second >= 0.3
+    assert client.usage.calls == 1  # failed attempts are not answers
+
+
+async def test_5xx_retried_with_growing_waits(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None, retry_initial_s=0.05)
+    fake_openai.script(Fault.status(500), Fault.status(502), Fault.status(503), GOOD)
+    result = await client.complete(USER, Person)
+    assert result.value.name == "Ada"
+    waits = gaps(fake_openai)
+    assert len(waits) == 3
+    for n, wait in enumerate(waits):
+        assert wait >= 0.05 * 2**n, waits  # initial * 2^(n-1), plus jitter
+
+
+async def test_retries_stop_at_the_attempt_bound(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None, max_attempts=3)
+    fake_openai.handler = lambda body: Fault.status(503)
+    with pytest.raises(LLMTransportError, match="3 attempt") as info:
+        await client.complete(USER, Person)
+    assert "max_attempts=3" in str(info.value)
+    assert len(fake_openai.chat_requests) == 3
+    assert client.network_calls == 3
+
+
+async def test_retries_stop_at_the_time_bound(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None, max_attempts=50, max_retry_seconds=0.5)
+    fake_openai.handler = lambda body: Fault.status(429, retry_after=0.2)
+    with pytest.raises(LLMTransportError):
+        await client.complete(USER, Person)
+    arrivals = [r.arrived for r in fake_openai.chat_requests]
+    # Attempts at ~0, 0.2, 0.4; a fourth would start after the 0.5 s budget.
+    assert 2 <= len(arrivals) <= 3
+    assert arrivals[-1] - arrivals[0] < 0.5
+
+
+async def test_retry_after_beyond_the_budget_stops_at_once(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None, max_retry_seconds=1)
+    fake_openai.handler = lambda body: Fault.status(429, retry_after=30)
+    with pytest.raises(LLMTransportError, match="RateLimitError"):
+        await client.complete(USER, Person)
+    assert len(fake_openai.chat_requests) == 1  # never retried early against the server's ask
+
+
+async def test_timeout_is_retried(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None, timeout_s=0.3)
+    fake_openai.script(Fault.delay(3, then=GOOD), GOOD)
+    result = await client.complete(USER, Person)
+    assert result.value.age == 36
+    assert len(fake_openai.chat_requests) == 2
+
+
+async def test_persistent_timeouts_raise_transport_error(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None, timeout_s=0.2, max_attempts=2)
+    fake_openai.handler = lambda body: Fault.delay(3)
+    with pytest.raises(LLMTransportError, match="APITimeoutError"):
+        await client.complete(USER, Person)
+    assert len(fake_openai.chat_requests) == 2
+
+
+async def test_malformed_body_is_an_endpoint_fault_and_retried(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None)
+    fake_openai.script(Fault.malformed(), GOOD)
+    result = await client.complete(USER, Person)
+    assert result.value.name == "Ada" and result.repairs == 0
+    assert len(fake_openai.chat_requests) == 2
+
+
+async def test_persistently_malformed_body_raises_transport_error(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None, max_attempts=2)
+    fake_openai.handler = lambda body: Fault.malformed()
+    with pytest.raises(LLMTransportError, match="malformed"):
+        await client.complete(USER, Person)
+    assert len(fake_openai.chat_requests) == 2
+
+
+async def test_dropped_connection_is_retried(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None)
+    fake_openai.script(Fault.disconnect(), GOOD)
+    result = await client.complete(USER, Person)
+    assert result.value.name == "Ada"
+    assert len(fake_openai.chat_requests) == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+async def test_other_4xx_surface_immediately(fake_openai, make_llm_client, status):
+    client = make_llm_client(cache_path=None)
+    fake_openai.handler = lambda body: Fault.status(status, message="nope")
+    with pytest.raises(LLMRequestError, match=f"HTTP {status}") as info:
+        await client.complete(USER, Person)
+    assert info.value.status_code == status
+    assert len(fake_openai.chat_requests) == 1
+
+
+# ----------------------------------------------------------------- validation and repair
+
+
+async def test_repair_turn_fixes_an_invalid_answer(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None)
+    bad = {"name": "Ada", "age": 300}
+    fake_openai.script(Reply(bad, 100, 10), Reply(GOOD, 130, 8))
+    result = await client.complete(USER, Person)
+    assert result.value == Person(**GOOD)
+    assert result.repairs == 1
+    second = fake_openai.chat_requests[1].body["messages"]
+    assert second[: len(USER)] == USER
+    assert second[-2] == {"role": "assistant", "content": Reply(bad).text}
+    assert second[-1]["role"] == "user"
+    assert "age" in second[-1]["content"]
+    assert "less than or equal to 120" in second[-1]["content"]
+    assert (result.usage.calls, result.usage.prompt_tokens) == (2, 230)
+    assert result.usage.completion_tokens == 18
+
+
+async def test_prose_around_json_and_no_json_at_all(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None)
+    fake_openai.script(
+        "Sure, I cannot give a person.",
+        'Here you go:\n```json\n{"name": "Bo", "age": 4}\n```',
+    )
+    result = await client.complete(USER, Person)
+    assert result.value.name == "Bo" and result.repairs == 1
+    assert "no JSON object found" in fake_openai.chat_requests[1].body["messages"][-1]["content"]
+
+
+async def test_validate_callback_errors_are_fed_back(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None)
+
+    def starts_with_b(person: Person) -> None:
+        if not person.name.startswith("B"):
+            raise ValueError("the name must start with B")
+
+    fake_openai.script(GOOD, {"name": "Bea", "age": 3})
+    result = await client.complete(USER, Person, validate=starts_with_b)
+    assert result.value.name == "Bea"
+    assert "must start with B" in fake_openai.chat_requests[1].body["messages"][-1]["content"]
+
+
+async def test_hopeless_answer_raises_output_error_with_raw_text(fake_openai, make_llm_client):
+    client = make_llm_client(repair_turns=2)
+    fake_openai.handler = lambda body: Reply("I would rather not.", 10, 5)
+    with pytest.raises(LLMOutputError) as info:
+        await client.complete(USER, Person)
+    error = info.value
+    assert error.raw_text == "I would rather not."
+    assert error.attempts == 3
+    assert len(fake_openai.chat_requests) == 3
+    assert (error.usage.calls, error.usage.prompt_tokens, error.usage.completion_tokens) == (
+        3,
+        30,
+        15,
+    )
+    assert len(client.cache) == 0  # nothing invalid is cached
+    # Each repair turn carries the whole conversation so far.
+    assert len(fake_openai.chat_requests[2].body["messages"]) == len(USER) + 4
+
+
+async def test_text_completion_without_schema(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None)
+    fake_openai.script("just words")
+    result = await client.complete(USER)
+    assert result.value == result.text == "just words"
+    assert "response_format" not in fake_openai.chat_requests[0].body
+
+
+# ----------------------------------------------------------------- cache
+
+
+async def test_cache_makes_the_second_identical_call_free(fake_openai, make_llm_client, tmp_path):
+    client = make_llm_client(prices={"fake-model": {"input": 1, "output": 1}})
+    fake_openai.handler = lambda body: Reply(GOOD, 1000, 1000)
+    first = await client.complete(USER, Person, seed=1, prompt_version="p@1")
+    second = await client.complete(USER, Person, seed=1, prompt_version="p@1")
+    assert len(fake_openai.chat_requests) == 1
+    assert not first.cached and second.cached
+    assert second.value == first.value
+    assert second.usage.cost_usd == 0 and second.usage.cached_calls == 1
+    assert second.usage.calls == 0
+    # The cache lives on disk: a new client (a re-run) is free too.
+    rerun = make_llm_client()
+    third = await rerun.complete(USER, Person, seed=1, prompt_version="p@1")
+    assert third.cached and len(fake_openai.chat_requests) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 2},
+        {"prompt_version": "p@2"},
+        {"messages": [{"role": "user", "content": "Describe another person."}]},
+        {"settings": default_step_settings()["judge"]},
+    ],
+)
+async def test_cache_key_covers_what_changes_the_answer(fake_openai, make_llm_client, change):
+    client = make_llm_client()
+    fake_openai.handler = lambda body: GOOD
+    base = {"messages": USER, "seed": 1, "prompt_version": "p@1"}
+    await client.complete(schema=Person, **base)
+    again = await client.complete(schema=Person, **{**base, **change})
+    assert not again.cached
+    assert len(fake_openai.chat_requests) == 2
+
+
+async def test_use_cache_false_bypasses_the_cache(fake_openai, make_llm_client):
+    client = make_llm_client()
+    fake_openai.handler = lambda body: GOOD
+    await client.complete(USER, Person)
+    result = await client.complete(USER, Person, use_cache=False)
+    assert not result.cached
+    assert len(fake_openai.chat_requests) == 2
+
+
+async def test_only_the_validated_answer_is_cached(fake_openai, make_llm_client):
+    client = make_llm_client()
+    fake_openai.script({"name": "Ada", "age": -1}, GOOD)
+    await client.complete(USER, Person)
+    hit = await client.complete(USER, Person)
+    assert hit.cached and hit.value == Person(**GOOD)
+    assert len(client.cache) == 1
+
+
+async def test_a_cached_answer_failing_new_validation_is_not_used(fake_openai, make_llm_client):
+    client = make_llm_client()
+    fake_openai.script(GOOD, {"name": "Bea", "age": 3})
+    await client.complete(USER, Person)
+
+    def starts_with_b(person: Person) -> None:
+        if not person.name.startswith("B"):
+            raise ValueError("the name must start with B")
+
+    result = await client.complete(USER, Person, validate=starts_with_b)
+    assert not result.cached and result.value.name == "Bea"
+
+
+# ----------------------------------------------------------------- usage and cost
+
+
+async def test_usage_and_cost_are_summed_across_repairs_and_calls(fake_openai, make_llm_client):
+    prices = {"fake-model": {"input": 2.0, "output": 8.0}, "big": {"input": 10, "output": 30}}
+    client = make_llm_client(cache_path=None, prices=prices)
+    fake_openai.script(
+        Reply({"name": "Ada", "age": "old"}, 1000, 100), Reply(GOOD, 1200, 50), Reply(GOOD, 10, 10)
+    )
+    first = await client.complete(USER, Person)
+    assert first.usage.as_dict() == {
+        "calls": 2,
+        "cached_calls": 0,
+        "prompt_tokens": 2200,
+        "completion_tokens": 150,
+        "cost_usd": round((2200 * 2.0 + 150 * 8.0) / 1e6, 8),
+    }
+    big = default_step_settings()["events"].model_copy(update={"model": "big"})
+    second = await client.complete(USER, Person, settings=big)
+    assert second.usage.cost_usd == pytest.approx((10 * 10 + 10 * 30) / 1e6)
+    assert fake_openai.chat_requests[-1].body["model"] == "big"
+    total = first.usage + second.usage
+    assert client.usage == total
+    assert total.total_tokens == 2200 + 150 + 20
+
+
+# ----------------------------------------------------------------- limits
+
+
+async def test_concurrency_limit_is_respected(fake_openai, make_llm_client):
+    fake_openai._state.latency = 0.1
+    fake_openai.handler = lambda body: GOOD
+    client = make_llm_client(cache_path=None, max_concurrency=3)
+    await asyncio.gather(*(client.complete(USER, Person) for _ in range(12)))
+    assert fake_openai.max_in_flight == 3
+    fake_openai.reset()
+    unlimited = make_llm_client(cache_path=None, max_concurrency=50)
+    await asyncio.gather(*(unlimited.complete(USER, Person) for _ in range(12)))
+    assert fake_openai.max_in_flight > 3  # the limit above was the client's, not the server's
+
+
+async def test_requests_per_minute_spaces_request_starts(fake_openai, make_llm_client):
+    fake_openai.handler = lambda body: GOOD
+    client = make_llm_client(cache_path=None, requests_per_minute=600)  # one per 0.1 s
+    started = time.monotonic()  # the server stamps arrivals with the same clock
+    await asyncio.gather(*(client.complete(USER, Person) for _ in range(4)))
+    arrivals = sorted(r.arrived for r in fake_openai.chat_requests)
+    # The k-th request may not start before started + 0.1 * (k - 1).
+    for k, arrived in enumerate(arrivals):
+        assert arrived - started >= 0.1 * k
+
+
+def test_one_client_serves_successive_event_loops(fake_openai, make_llm_client):
+    fake_openai.handler = lambda body: GOOD
+    client = make_llm_client(cache_path=None, max_concurrency=2)
+    for _ in range(2):
+        results = asyncio.run(_several(client))
+        assert [r.value.name for r in results] == ["Ada"] * 3
+    assert len(fake_openai.chat_requests) == 6
+
+
+async def _several(client):
+    results = await asyncio.gather(*(client.complete(USER, Person) for _ in range(3)))
+    await client.aclose()
+    return results
+
+
+async def test_fake_server_sustains_a_hundred_concurrent_requests(fake_openai, make_llm_client):
+    fake_openai._state.latency = 0.05
+    client = make_llm_client(cache_path=None, max_concurrency=100)
+    results = await asyncio.gather(*(client.complete(USER, Person) for _ in range(100)))
+    assert len(results) == 100 and all(r.value for r in results)
+    assert fake_openai.max_in_flight >= 50
+
+
+# ----------------------------------------------------------------- what goes on the wire
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "json_object", "json_object_schema", "prompt"])
+async def test_structured_output_modes_send_what_they_should(fake_openai, make_llm_client, mode):
+    client = make_llm_client(cache_path=None, structured_output=mode)
+    fake_openai.handler = lambda body: GOOD
+    messages = [{"role": "system", "content": "You invent people."}, *USER]
+    await client.complete(messages, Person)
+    body = fake_openai.chat_requests[0].body
+    system = body["messages"][0]["content"]
+    response_format = body.get("response_format")
+    if mode == "json_schema":
+        assert response_format["type"] == "json_schema"
+        assert response_format["json_schema"]["name"] == "Person"
+        assert response_format["json_schema"]["schema"]["properties"]["name"]["maxLength"] == 20
+    elif mode == "json_object_schema":
+        assert response_format["type"] == "json_object"
+        assert response_format["schema"]["required"] == ["name", "age"]
+    elif mode == "json_object":
+        assert response_format == {"type": "json_object"}
+    else:
+        assert response_format is None
+    enforced = mode in ("json_schema", "json_object_schema")
+    # Without server-side enforcement the schema travels in the system prompt.
+    assert ('"maxLength":20' in system) is not enforced
+    assert system.startswith("You invent people.")
+    assert len(body["messages"]) == 2
+
+
+async def test_sampling_settings_and_seed_are_sent(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None)
+    fake_openai.handler = lambda body: GOOD
+    await client.complete(USER, Person, settings=default_step_settings()["narrative"], seed=7)
+    body = fake_openai.chat_requests[0].body
+    sent = {k: body[k] for k in ("temperature", "top_p", "frequency_penalty", "presence_penalty")}
+    table5 = {"temperature": 0.9, "top_p": 0.95, "frequency_penalty": 1, "presence_penalty": 0.6}
+    assert sent == table5
+    assert (body["max_tokens"], body["seed"], body["model"]) == (2048, 7, "fake-model")
+    no_seed = make_llm_client(cache_path=None, supports_seed=False)
+    await no_seed.complete(USER, Person, seed=7)
+    assert "seed" not in fake_openai.chat_requests[1].body
+
+
+# ----------------------------------------------------------------- secrets
+
+
+async def test_api_key_is_sent_but_never_shown(fake_openai, make_llm_client, caplog):
+    key = "sk-test-VERY-SECRET-0123456789"
+    client = make_llm_client(cache_path=None, api_key_env="FAKE_KEY", environ={"FAKE_KEY": key})
+    fake_openai.script(
+        Fault.status(500, message=f"upstream said: bad token {key}"),
+        GOOD,
+        Fault.status(401, message=f"Incorrect API key provided: {key}"),
+    )
+    with caplog.at_level(logging.DEBUG):
+        await client.complete(USER, Person)
+        with pytest.raises(LLMRequestError) as info:
+            await client.complete(USER, Person, seed=3)
+    expected = hashlib.sha256(f"Bearer {key}".encode()).hexdigest()
+    assert fake_openai.chat_requests[0].auth_sha256 == expected  # the key did reach the server
+    assert "authorization" not in fake_openai.chat_requests[0].headers
+    shown = [
+        str(info.value),
+        repr(client),
+        repr(client.adapter),
+        repr(client.config),
+        render_config_for(client),
+        caplog.text,
+    ]
+    assert "HTTP 401" in shown[0] and "retrying" in caplog.text
+    for text in shown:
+        assert key not in text
+
+
+def render_config_for(client) -> str:
+    from mcu_sim.config import Config
+
+    return render_config(Config(llm=client.config))
