@@ -428,3 +428,29 @@ def test_llm_judge_prompt_truncates_long_dialogues(make_llm_client: Any) -> None
     _, user = judge.render(lines)
     assert "later turns were cut" in user["content"]
     assert "2. Mia: line 1" in user["content"] and "Mia: line 5" not in user["content"]
+
+
+@images
+def test_shared_backbone_encodes_each_file_once(assets: dict[str, Any], tmp_path: Path) -> None:
+    from mcu_sim.tools.aesthetic import AestheticScorer
+
+    scorers = build_scorers(
+        {
+            "clip": {"model": assets["clip"]},
+            "aesthetic": {"weights_path": str(assets["mlp"]), "clip_model": assets["clip"]},
+        }
+    )
+    backbone = scorers["clip"].backbone
+    image = tc.write_landscape(tmp_path / "a.jpg", seed=7)
+    calls = []
+    scorers["clip"].load()
+    encode = backbone._model.encode_image
+    backbone._model.encode_image = lambda batch: calls.append(len(batch)) or encode(batch)
+    scorers["clip"].score_sync([image, image], ["hills", "hills"])
+    [shared] = scorers["aesthetic"].score_sync([image])
+    assert calls == [1]  # the same file twice, then the aesthetic scorer: encoded once
+    alone = AestheticScorer(assets["mlp"], assets["clip"]).score_sync([image])[0]
+    assert shared.raw == pytest.approx(alone.raw, abs=1e-6)
+    tc.write_landscape(image, seed=8, size=(300, 200))  # a new version of the same file
+    [changed] = scorers["aesthetic"].score_sync([image])
+    assert calls == [1, 1] and changed.raw != shared.raw

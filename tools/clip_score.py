@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcu_sim.tools.base import ToolUnavailable, resolve_device
-from mcu_sim.tools.scorers import ImageScorer, Score, missing_package, open_rgb
+from mcu_sim.tools.scorers import IMAGE_KEY, ImageScorer, Score, missing_package, open_rgb
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,6 +73,7 @@ class ClipBackbone:
         *,
         random_weights: bool = False,
         seed: int = 0,
+        cache_size: int = 512,
     ) -> None:
         if random_weights and pretrained:
             raise ValueError("random_weights=True contradicts pretrained=...; choose one")
@@ -90,6 +92,8 @@ class ClipBackbone:
         self._preprocess: Any = None
         self._tokenizer: Any = None
         self._version: str | None = None
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @property
     def local_dir(self) -> Path | None:
@@ -188,13 +192,39 @@ class ClipBackbone:
         _ = self.version  # fingerprint the weights now, not in the middle of scoring
 
     def embed_images(self, images: list[Image]) -> np.ndarray:
+        """Normalised image embeddings; images opened by :func:`open_rgb` are cached by file
+        version, so the CLIP and aesthetic scorers encode each file once."""
+        import numpy as np
         import torch
 
         self.load()
-        batch = torch.stack([self._preprocess(img) for img in images]).to(self.device)
-        with torch.inference_mode():
-            features = self._model.encode_image(batch)
-        return _normalised(features)
+        keys = [img.info.get(IMAGE_KEY) for img in images]
+        with self._lock:
+            cached = {k: self._cache[k] for k in keys if k is not None and k in self._cache}
+        todo: list[int] = []  # first image of each file not cached yet, or an unkeyed one
+        first_of: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key is None:
+                todo.append(i)
+            elif key not in cached and key not in first_of:
+                first_of[key] = i
+                todo.append(i)
+        fresh: dict[int, np.ndarray] = {}
+        if todo:
+            batch = torch.stack([self._preprocess(images[i]) for i in todo]).to(self.device)
+            with torch.inference_mode():
+                encoded = _normalised(self._model.encode_image(batch))
+            fresh = dict(zip(todo, encoded, strict=True))
+            with self._lock:
+                for key, i in first_of.items():
+                    self._cache[key] = fresh[i]
+                    self._cache.move_to_end(key)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        for key, i in first_of.items():
+            cached[key] = fresh[i]
+        rows = [fresh[i] if keys[i] is None else cached[keys[i]] for i in range(len(images))]
+        return np.stack(rows).astype("float32")
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -208,6 +238,7 @@ class ClipBackbone:
     def unload(self) -> None:
         with self._lock:
             self._model = self._preprocess = self._tokenizer = None
+            self._cache.clear()
 
 
 def _normalised(features: Any) -> np.ndarray:

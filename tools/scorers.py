@@ -32,6 +32,7 @@ MAGID_CLIP_THRESHOLD = 0.21
 MAGID_AESTHETIC_THRESHOLD = 0.51
 NSFW_THRESHOLD = 0.5
 MAX_IMAGE_PIXELS = 40_000_000
+IMAGE_KEY = "mcu_sim.file_key"
 IMAGES_EXTRA_HINT = "install the images extra: pip install 'mcu-sim[images]'"
 
 
@@ -97,7 +98,10 @@ def missing_package(module: str, pip_name: str) -> str | None:
 
 
 def open_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image:
-    """Decode an image file fully into an RGB PIL image, or raise :class:`InvalidImage`."""
+    """Decode an image file fully into an RGB PIL image, or raise :class:`InvalidImage`.
+
+    ``img.info[IMAGE_KEY]`` identifies the file version (path, size, mtime) so scorers that
+    share a CLIP backbone can reuse its embedding instead of encoding the image twice."""
     from PIL import Image as PILImage
 
     try:
@@ -106,11 +110,14 @@ def open_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image:
             if width * height > max_pixels:
                 raise InvalidImage(f"{width}x{height} exceeds the {max_pixels} pixel limit")
             img.load()
-            return img.convert("RGB")
+            rgb = img.convert("RGB")
     except InvalidImage:
         raise
     except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
         raise InvalidImage(f"{type(exc).__name__}: {exc}") from exc
+    stat = path.stat()
+    rgb.info[IMAGE_KEY] = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return rgb
 
 
 class ImageScorer(ABC):
