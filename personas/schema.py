@@ -46,6 +46,9 @@ def parse_interval(text: str) -> tuple[int, str]:
 
 def add_interval(start: dt.date, amount: int, unit: str) -> dt.date:
     """Calendar arithmetic: months and years clamp to the last day of the month."""
+    given, unit = unit, unit.strip().lower().removesuffix("s")
+    if unit not in ("hour", "day", "week", "month", "year"):
+        raise ValueError(f"time unit {given!r} must be one of hour, day, week, month, year")
     if unit == "hour":
         return start + dt.timedelta(days=amount // 24)
     if unit == "day":
