@@ -1,0 +1,349 @@
+"""Build an image database: collect items, embed them in batches, index them with AutoFaiss.
+
+Entry point: :func:`build_index` (what ``mcu index build`` calls). Inputs are either a folder
+of images (captions from ``<stem>.txt`` side files, the img2dataset convention) or a parquet
+file with an image column (bytes, or a path relative to the parquet file) and an optional
+caption column. Embeddings are written straight into memory-mapped ``.npy`` files, so a
+large collection does not have to fit in RAM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mcu_sim.tools.image_db import (
+    MANIFEST,
+    MINILM_KIND,
+    DbItem,
+    embedding_slug,
+    new_manifest,
+    read_items,
+    read_manifest,
+    similarity_stats,
+    write_items,
+    write_manifest,
+)
+from mcu_sim.tools.index_inputs import collect_items
+
+log = logging.getLogger(__name__)
+
+EXACT_INDEX_BELOW = 20_000  # below this, a flat (exact) index beats any approximate one
+
+
+@dataclass
+class IndexInfo:
+    """What :func:`build_index` produced."""
+
+    out: Path
+    n_items: int
+    n_captions: int
+    embeddings: list[str]
+    model_name: str | None
+    dim: int | None
+    index_key: str | None
+    seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    stats: dict[str, float | int] | None = None
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+@contextmanager
+def _autofaiss_manners(progress: bool) -> Iterator[None]:
+    """Stop autofaiss from reconfiguring logging, and hush its bars unless ``progress``.
+
+    ``autofaiss.build_index`` calls ``logging.config.dictConfig``, which closes every
+    handler already installed (the application's, pytest's). We swap its setup for a no-op
+    for the duration of the call; likewise the tqdm bars of its embedding reader.
+    """
+    import functools
+
+    from autofaiss.external import quantize
+    from embedding_reader import numpy_reader
+
+    saved = (quantize.setup_logging, numpy_reader.tqdm)
+    quantize.setup_logging = lambda level: None
+    if not progress:
+        numpy_reader.tqdm = functools.partial(numpy_reader.tqdm, disable=True)
+    try:
+        yield
+    finally:
+        quantize.setup_logging, numpy_reader.tqdm = saved
+
+
+def faiss_index(npy_path: Path, index_path: Path, n_rows: int, progress: bool = False) -> str:
+    """Build and save an inner-product AutoFaiss index over a normalised ``.npy``.
+
+    Returns the faiss index key that was used.
+    """
+    from autofaiss import build_index as autofaiss_build
+
+    index_key = "Flat" if n_rows < EXACT_INDEX_BELOW else None
+    with tempfile.TemporaryDirectory(prefix="mcu-faiss-") as tmp:
+        # embedding_reader reads every .npy in a folder: give it a folder with only ours
+        link = Path(tmp) / "emb.npy"
+        try:
+            link.symlink_to(npy_path.resolve())
+        except OSError:
+            np.save(link, np.load(npy_path, mmap_mode="r"))
+        with _autofaiss_manners(progress):
+            index, infos = autofaiss_build(
+                embeddings=tmp,
+                index_path=str(index_path),
+                index_infos_path=str(Path(tmp) / "infos.json"),
+                index_key=index_key,
+                metric_type="ip",
+                save_on_disk=True,
+                max_index_memory_usage="4G",
+                current_memory_available="8G",
+                nb_cores=max(1, min(4, os.cpu_count() or 1)),
+                verbose=logging.WARNING,
+            )
+    if index is None:
+        raise RuntimeError(
+            f"autofaiss could not build an index over {n_rows} vectors ({npy_path}); "
+            "see the autofaiss log above"
+        )
+    return str(infos.get("index_key", index_key) if isinstance(infos, dict) else index_key)
+
+
+def _open_matrix(path: Path, rows: int, dim: int) -> np.ndarray:
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
+
+
+def _embed_clip(
+    items: list[DbItem],
+    files: list[Path],
+    out: Path,
+    *,
+    model_name: str,
+    pretrained: str | None,
+    batch_size: int,
+    device: str,
+    progress: bool,
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    from mcu_sim.tools.embedders import ClipEmbedder
+    from PIL import Image
+
+    embedder = ClipEmbedder(model_name, pretrained, device)
+    dim = embedder.dim
+    slug = embedding_slug(embedder.kind)
+    img_path, cap_path = out / f"{slug}.images.npy", out / f"{slug}.captions.npy"
+    images = _open_matrix(img_path, len(items), dim)
+    skipped: list[tuple[str, str]] = []
+    with _progress(progress) as bar:
+        task = bar.add_task(f"CLIP images ({model_name})", total=len(items))
+        for start in range(0, len(items), batch_size):
+            batch, rows = [], []
+            for row in range(start, min(start + batch_size, len(items))):
+                try:
+                    with Image.open(files[row]) as img:
+                        img.load()
+                        batch.append(img.convert("RGB"))
+                    rows.append(row)
+                except Exception as exc:  # a broken file is skipped, never fatal
+                    images[row] = 0.0
+                    skipped.append((items[row].id, f"{type(exc).__name__}: {exc}"))
+            if batch:
+                images[rows] = embedder.embed_images(batch)
+            bar.advance(task, min(batch_size, len(items) - start))
+        captioned = np.array([bool(it.caption) for it in items])
+        captions = None
+        if captioned.any():
+            captions = _open_matrix(cap_path, len(items), dim)
+            ctask = bar.add_task("CLIP captions", total=len(items))
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                texts = [it.caption or "" for it in chunk]
+                vecs = embedder.embed_texts(texts)
+                vecs[[not it.caption for it in chunk]] = 0.0
+                captions[start : start + len(chunk)] = vecs
+                bar.advance(ctask, len(chunk))
+    images.flush()
+    entry: dict[str, Any] = {
+        "kind": embedder.kind,
+        "model_name": model_name,
+        "pretrained": pretrained,
+        "dim": dim,
+        "images": img_path.name,
+        "image_index": f"{slug}.images.faiss",
+        "captions": None,
+        "caption_index": None,
+        "stats": None,
+    }
+    entry["index_key"] = faiss_index(img_path, out / entry["image_index"], len(items), progress)
+    if captions is not None:
+        captions.flush()
+        entry["captions"] = cap_path.name
+        entry["caption_index"] = f"{slug}.captions.faiss"
+        faiss_index(cap_path, out / entry["caption_index"], len(items), progress)
+        stats = similarity_stats(images, captions, captioned)
+        entry["stats"] = stats.to_dict() if stats else None
+    return entry, skipped
+
+
+def _verify_files(items: list[DbItem], files: list[Path], progress: bool) -> list[tuple[str, str]]:
+    """Without a CLIP pass nothing decodes the images: check them with Pillow instead."""
+    from PIL import Image
+
+    skipped = []
+    with _progress(progress) as bar:
+        task = bar.add_task("checking images", total=len(items))
+        for item, file in zip(items, files, strict=True):
+            try:
+                with Image.open(file) as img:
+                    img.verify()
+            except Exception as exc:  # unreadable files are excluded from search, not fatal
+                skipped.append((item.id, f"{type(exc).__name__}: {exc}"))
+            bar.advance(task)
+    return skipped
+
+
+def _embed_minilm(items: list[DbItem], out: Path, *, device: str, progress: bool) -> dict[str, Any]:
+    from mcu_sim.tools.embedders import MiniLMEmbedder
+
+    embedder = MiniLMEmbedder(device)
+    path = out / f"{embedding_slug(MINILM_KIND)}.captions.npy"
+    matrix = _open_matrix(path, len(items), embedder.dim)
+    with _progress(progress) as bar:
+        task = bar.add_task("MiniLM captions", total=len(items))
+        for start in range(0, len(items), 256):
+            chunk = items[start : start + 256]
+            vecs = embedder.embed_texts([it.caption or "" for it in chunk])
+            vecs[[not it.caption for it in chunk]] = 0.0
+            matrix[start : start + len(chunk)] = vecs
+            bar.advance(task, len(chunk))
+    matrix.flush()
+    index_name = f"{embedding_slug(MINILM_KIND)}.captions.faiss"
+    key = faiss_index(path, out / index_name, len(items), progress)
+    return {
+        "kind": MINILM_KIND,
+        "dim": int(matrix.shape[1]),
+        "captions": path.name,
+        "caption_index": index_name,
+        "index_key": key,
+    }
+
+
+def _check_out(out: Path, images_dir: Path | None) -> None:
+    """``out`` is new, empty, an existing database, or the very folder of the images."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        return
+    beside_own_images = images_dir is not None and Path(images_dir).resolve() == out.resolve()
+    if not beside_own_images and any(out.iterdir()):
+        raise FileExistsError(
+            f"{out} is not empty and holds no image database (left by a crashed build? "
+            "then delete it): choose a new --out folder"
+        )
+
+
+def _prepare_out(out: Path, items: list[DbItem], images_root: str) -> dict[str, Any]:
+    """A fresh manifest, or the existing one when ``out`` already holds these same items."""
+    if not (out / MANIFEST).exists():
+        return new_manifest(images_root, len(items))
+    manifest = read_manifest(out)
+    old = [(it.id, it.path) for it in read_items(out)]
+    if old != [(it.id, it.path) for it in items] or manifest.get("images_root") != images_root:
+        raise FileExistsError(
+            f"{out} already holds a database of other images: choose a new --out folder "
+            "(adding an embedding to an existing database needs the very same images)"
+        )
+    return manifest
+
+
+def build_index(
+    images_dir: Path | None,
+    parquet: Path | None,
+    out: Path,
+    *,
+    model_name: str | None = "ViT-L-14-336",
+    pretrained: str | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    progress: bool = True,
+    minilm: bool = True,
+) -> IndexInfo:
+    """Build (or extend) the image database in ``out``.
+
+    Exactly one of ``images_dir`` and ``parquet`` is given. With ``model_name`` the images
+    (and captions) are embedded with open_clip; with ``minilm`` the captions are also
+    embedded with all-MiniLM-L6-v2 (the fallback used when no CLIP weights are configured).
+    ``model_name=None`` builds a caption-only database. Running it again on the same images
+    with another model adds that model's embeddings to the database.
+    """
+    started = time.monotonic()
+    if (images_dir is None) == (parquet is None):
+        raise ValueError("give exactly one of --images DIR or --parquet FILE")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    out = Path(out)
+    _check_out(out, images_dir)
+    items, files, root = collect_items(images_dir, parquet, out)
+    manifest = _prepare_out(out, items, root)
+    n_captions = sum(1 for it in items if it.caption)
+    if model_name is None and not (minilm and n_captions):
+        raise ValueError(
+            "nothing to embed: no CLIP model given and no captions for the MiniLM fallback"
+        )
+    skipped: list[tuple[str, str]] = []
+    clip_entry: dict[str, Any] | None = None
+    if model_name is not None:
+        clip_entry, skipped = _embed_clip(
+            items,
+            files,
+            out,
+            model_name=model_name,
+            pretrained=pretrained,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
+        manifest["embeddings"][clip_entry["kind"]] = clip_entry
+    else:
+        skipped = _verify_files(items, files, progress)
+    if minilm and n_captions:
+        manifest["embeddings"][MINILM_KIND] = _embed_minilm(
+            items, out, device=device, progress=progress
+        )
+    write_items(out, items)  # items and manifest last: a crash leaves no half database
+    manifest["n_items"] = len(items)
+    manifest["skipped"] = [list(s) for s in skipped]
+    write_manifest(out, manifest)
+    return IndexInfo(
+        out=out,
+        n_items=len(items),
+        n_captions=n_captions,
+        embeddings=sorted(manifest["embeddings"]),
+        model_name=model_name,
+        dim=clip_entry["dim"] if clip_entry else None,
+        index_key=clip_entry["index_key"] if clip_entry else None,
+        seconds=round(time.monotonic() - started, 3),
+        skipped=skipped,
+        stats=clip_entry["stats"] if clip_entry else None,
+    )
