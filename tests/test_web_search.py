@@ -6,12 +6,14 @@ first and refuse the others with a reason, without ever connecting to private ad
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import html
 import io
 import ipaddress
 import json
 import re
+import ssl
 import struct
 import threading
 import zlib
@@ -62,6 +64,7 @@ class Site:
         self.lock = threading.Lock()
         self.base = ""
         self.result_paths: list[str] = []
+        self.stop = threading.Event()
 
     def page(self) -> bytes:
         divs = []
@@ -107,6 +110,27 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
+        def _drip(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            try:
+                for _ in range(100):  # one byte every 0.2 s: 20 s if nobody hangs up
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    site.stop.wait(0.2)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def _gzip(self) -> None:
+            body = gzip.compress(GOOD_1)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_GET(self) -> None:
             with site.lock:
                 site.requests.append(self.path)
@@ -126,6 +150,8 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
                 "/to_metadata.jpg": lambda: self._redirect("http://169.254.169.254/latest.jpg"),
                 "/to_good2.jpg": lambda: self._redirect("/good2.jpg"),
                 "/missing.jpg": lambda: self._send(404, "text/plain", b"no"),
+                "/slow.jpg": self._drip,
+                "/gzipped.jpg": self._gzip,
             }
             if path == "/search":
                 self._send(200, "text/html; charset=utf-8", site.page())
@@ -148,6 +174,65 @@ def site() -> Iterator[Site]:
     try:
         yield state
     finally:
+        state.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _self_signed(folder: Path) -> Path:
+    """A PEM file holding a throwaway certificate for 127.0.0.1 and its key."""
+    import datetime
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mcu-sim test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = folder / "server.pem"
+    pem.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pem
+
+
+@pytest.fixture
+def tls_site(tmp_path: Path) -> Iterator[tuple[Site, Path]]:
+    pem = _self_signed(tmp_path)
+    state = Site()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    state.base = f"https://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, pem
+    finally:
+        state.stop.set()
         server.shutdown()
         server.server_close()
 
@@ -231,6 +316,24 @@ def test_loopback_refused_without_the_test_flag(site: Site) -> None:
     assert site.requests == []  # refused before connecting
     fetched = fetch_image(f"{site.base}/good1.jpg", FetchPolicy(allow_loopback=True))
     assert (fetched.format, fetched.width, fetched.height) == ("JPEG", 64, 48)
+
+
+def test_slow_and_compressed_bodies_are_refused(site: Site) -> None:
+    policy = FetchPolicy(allow_loopback=True, timeout_s=1)
+    with pytest.raises(FetchError, match="took longer than 1 s"):
+        fetch_image(f"{site.base}/slow.jpg", policy)
+    with pytest.raises(FetchError, match=r"compressed body \(gzip\) refused"):
+        fetch_image(f"{site.base}/gzipped.jpg", policy)
+
+
+def test_https_verifies_the_certificate(tls_site: tuple[Site, Path]) -> None:
+    site, pem = tls_site
+    trusted = FetchPolicy(allow_loopback=True, ca_certs=str(pem), timeout_s=5)
+    fetched = fetch_image(f"{site.base}/good1.jpg", trusted)
+    assert fetched.data == GOOD_1 and fetched.final_url == f"{site.base}/good1.jpg"
+    with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):
+        fetch_image(f"{site.base}/good2.jpg", FetchPolicy(allow_loopback=True, timeout_s=5))
+    assert "/good2.jpg" not in site.requests
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,11 @@ Web search results are URLs chosen by strangers. Before any byte is requested:
   127.0.0.1 through, for tests only;
 - redirects are followed by hand, each hop checked again, at most ``max_redirects``.
 
-While downloading: status 200, ``Content-Type: image/*`` (not SVG), ``Content-Length`` and
-the streamed body both capped at ``max_bytes``, a deadline of ``timeout_s`` for the whole
-fetch. Afterwards Pillow decodes the bytes fully with a pixel cap (decompression bombs).
+While downloading: status 200, ``Content-Type: image/*`` (not SVG), no compressed
+transfer encoding (a gzip bomb would pass a byte cap on the wire), ``Content-Length`` and
+the streamed body both capped at ``max_bytes``, and one deadline of ``timeout_s`` for the
+whole fetch, redirects included (DNS lookups keep the system resolver's own timeout).
+Afterwards Pillow decodes the bytes fully with a pixel cap (decompression bombs).
 Environment proxies are deliberately not used for image downloads.
 """
 
@@ -53,6 +55,7 @@ class FetchPolicy:
     max_pixels: int = 40_000_000
     max_redirects: int = 5
     user_agent: str = "Mozilla/5.0 (compatible; mcu-sim image fetcher)"
+    ca_certs: str | None = None  # a PEM bundle instead of certifi's (corporate CAs, tests)
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.timeout_s <= 0 or self.max_pixels < 1:
@@ -167,7 +170,7 @@ def _open(url: str, policy: FetchPolicy, deadline: float) -> tuple[Any, Any]:
             address,
             port,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=certifi.where(),
+            ca_certs=policy.ca_certs or certifi.where(),
             server_hostname=host,
             assert_hostname=host,
             **common,
@@ -196,22 +199,38 @@ def _open(url: str, policy: FetchPolicy, deadline: float) -> tuple[Any, Any]:
 
 
 def _read_body(url: str, response: Any, policy: FetchPolicy, deadline: float) -> bytes:
+    """Read at most ``max_bytes`` before ``deadline``, one socket read at a time.
+
+    Each read waits only for the time left (the socket timeout is reset before every
+    read), so a server dripping one byte at a time cannot stretch the fetch.
+    """
     import urllib3
 
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > policy.max_bytes:
         raise FetchError(url, f"Content-Length {declared} exceeds the {policy.max_bytes} byte cap")
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise FetchError(url, f"compressed body ({encoding}) refused; we asked for identity")
+    sock = getattr(response.connection, "sock", None)
     body = bytearray()
-    try:
-        for chunk in response.stream(CHUNK, decode_content=True):
-            body += chunk
-            if len(body) > policy.max_bytes:
-                raise FetchError(url, f"body exceeds the {policy.max_bytes} byte cap")
-            if time.monotonic() > deadline:
-                raise FetchError(url, f"took longer than {policy.timeout_s:g} s")
-    except urllib3.exceptions.HTTPError as exc:
-        raise FetchError(url, f"network error: {type(exc).__name__}: {exc}") from exc
-    return bytes(body)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchError(url, f"took longer than {policy.timeout_s:g} s")
+        if sock is not None:
+            sock.settimeout(remaining)
+        try:
+            chunk = response.read1(CHUNK, decode_content=False)
+        except urllib3.exceptions.HTTPError as exc:
+            if time.monotonic() >= deadline:
+                raise FetchError(url, f"took longer than {policy.timeout_s:g} s") from exc
+            raise FetchError(url, f"network error: {type(exc).__name__}: {exc}") from exc
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > policy.max_bytes:
+            raise FetchError(url, f"body exceeds the {policy.max_bytes} byte cap")
 
 
 def fetch_image(url: str, policy: FetchPolicy | None = None) -> FetchedImage:

@@ -199,6 +199,7 @@ class WebImageSearch:
         search_url: str | None = None,
         threads: int = 2,
         crawl_timeout_s: float | None = None,
+        ca_certs: str | None = None,
     ) -> None:
         self.crawler = crawler
         self.policy = FetchPolicy(
@@ -206,6 +207,7 @@ class WebImageSearch:
             max_bytes=max_bytes,
             timeout_s=timeout_s,
             max_pixels=max_pixels,
+            ca_certs=ca_certs,
         )
         self.search_url = search_url
         self.threads = max(1, threads)
