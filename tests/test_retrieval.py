@@ -179,6 +179,27 @@ async def test_text_search_copies_images_and_reports_combined_scores(
 
 
 @pytest.mark.images
+def test_mcu_index_build_command(clip_db: tuple[Path, str], tmp_path: Path) -> None:
+    from mcu_sim.cli import app
+    from typer.testing import CliRunner
+
+    _, model_name = clip_db
+    images = tmp_path / "pics"
+    images.mkdir()
+    for name in SHAPES[:3]:
+        _draw(name).save(images / f"{name.replace(' ', '_')}.png")
+    args = ["index", "build", "--images", str(images), "--out", str(tmp_path / "db")]
+    result = CliRunner().invoke(app, [*args, "--model", model_name, "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "db")
+    entry = manifest["embeddings"][f"clip:{model_name}"]
+    assert entry["index_key"] == "Flat" and (tmp_path / "db" / entry["image_index"]).is_file()
+    vectors = np.load(tmp_path / "db" / entry["images"])
+    db = ImageDatabase(tmp_path / "db", clip_model=model_name)
+    assert db.search_vector(vectors[1], k=1)[0][0].id == "green_circle"
+
+
+@pytest.mark.images
 def test_unknown_clip_model_falls_back_to_captions(clip_db: tuple[Path, str]) -> None:
     db = ImageDatabase(clip_db[0], clip_model="ViT-L-14-336")
     assert db.embedding_kind == "minilm"
