@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -118,6 +119,14 @@ class ProviderConfig(Strict):
     model_path: str | None = Field(None, description="GGUF file for llamacpp; None = bundled.")
     n_ctx: int = Field(8192, gt=0)
     n_threads: int | None = None
+    cpu_extra_buffers: bool = Field(
+        False,
+        description=(
+            "llamacpp: let llama.cpp use its extra CPU weight layouts (AMX, repacking). "
+            "Faster where they work; off by default because the AMX kernels crash "
+            "(SIGSEGV on prompts longer than one token) on some virtual machines."
+        ),
+    )
     timeout_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(6, ge=1, le=50)
     max_retry_seconds: float = Field(300.0, gt=0)
@@ -239,6 +248,7 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
             "requests_per_minute",
             "prices",
             "n_threads",
+            "cpu_extra_buffers",
         },
     },
 }
@@ -353,12 +363,23 @@ def _show(value: Any, key: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def explain(error: ValidationError) -> str:
-    """Turn a pydantic error into lines that name the key and, for typos, the fix."""
+def _origin(path: str, origins: dict[str, str]) -> str:
+    for key, source in origins.items():
+        if key == path or key.startswith(path + ".") or path.startswith(key + "."):
+            return f" (from {source})"
+    return ""
+
+
+def explain(error: ValidationError, origins: dict[str, str] | None = None) -> str:
+    """Turn a pydantic error into lines that name the key and, for typos, the fix.
+
+    ``origins`` maps dotted keys set outside the file to where they came from.
+    """
     lines = []
     for item in error.errors():
         loc = tuple(item["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
+        start = len(lines)
         kind = item["type"]
         if kind == "extra_forbidden":
             parent = _model_at(loc[:-1])
@@ -367,10 +388,15 @@ def explain(error: ValidationError) -> str:
         elif kind == "missing":
             lines.append(f"Missing required key '{path}'.")
         elif kind == "value_error":  # raised by our validators, which name their keys
-            lines.append(str(item["msg"]).removeprefix("Value error, "))
+            message = str(item["msg"]).removeprefix("Value error, ")
+            named = re.search(r"'((?:llm|episode|run|images)\.[\w.-]+)'", message)
+            path = named.group(1) if named else path
+            lines.append(message)
         else:
             got = _show(item.get("input"), str(loc[-1]) if loc else "")
             lines.append(f"Invalid value for '{path}': {item['msg']} (got {got}).")
+        if origins and len(lines) > start:
+            lines[-1] += _origin(path, origins)
     return "\n".join(lines)
 
 
@@ -438,16 +464,19 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file} must hold a mapping at the top level.")
         data = loaded
+    origins: dict[str, str] = {}
     for key, value in env_overrides(environ):
         _set_path(data, key, value)
+        origins[key] = f"environment variable {ENV_PREFIX}{key.upper().replace('.', '__')}"
     for text in overrides or []:
         key, value = parse_override(text)
         _set_path(data, key, value)
+        origins[key] = f"--set {key}=..."
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"Invalid configuration{where}:\n{explain(exc)}") from None
+        raise ConfigError(f"Invalid configuration{where}:\n{explain(exc, origins)}") from None
 
 
 EXAMPLE_CONFIG = """\

