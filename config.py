@@ -233,11 +233,28 @@ class RunConfig(Strict):
     out_dir: str = "runs/default"
     seed: int = 0
     max_in_flight: int = Field(4, ge=1)
+    shard_size: int = Field(1000, ge=1, description="Finished episodes per JSONL shard.")
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, description="Ray cluster; None starts a local one.")
+    postgres_dsn_env: str | None = Field(
+        None,
+        description=(
+            "Name of the environment variable holding a Postgres connection string; when "
+            "set, checkpoints go to Postgres instead of <run>/checkpoints.sqlite."
+        ),
+    )
 
 
 # Settings that change how fast or where a run goes, never what an episode contains.
 OPERATIONAL_FIELDS: dict[str, Any] = {
-    "run": {"out_dir", "max_in_flight"},
+    "run": {
+        "out_dir",
+        "max_in_flight",
+        "shard_size",
+        "backend",
+        "ray_address",
+        "postgres_dsn_env",
+    },
     "llm": {
         "cache": True,
         "provider": {
