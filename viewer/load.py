@@ -1,0 +1,116 @@
+"""Find what ``mcu view`` was pointed at and read it: one episode file or a whole run.
+
+Nothing here renders; it only turns paths into validated episodes and failure records,
+and keeps a bad file from hiding the rest of a run (it becomes an "invalid" entry).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcu_sim.personas.schema import Episode
+from pydantic import ValidationError
+
+
+class ViewerError(Exception):
+    """A target the viewer cannot show; the message says what to pass instead."""
+
+
+@dataclass
+class EpisodeEntry:
+    """One card of a run index: a finished episode, a failure record, or an unreadable file."""
+
+    episode_id: str
+    status: str  # complete | filtered | failed | invalid
+    episode: Episode | None = None
+    source: Path | None = None
+    failure: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.episode.demographics.name if self.episode else ""
+
+
+@dataclass
+class RunContents:
+    root: Path
+    entries: list[EpisodeEntry]
+    manifest: dict[str, Any] | None = None
+
+
+def run_root_of(episode_file: Path) -> Path:
+    """Image paths in an episode are relative to its run directory: the folder holding
+    ``episodes/``, or the file's own folder for an episode copied elsewhere."""
+    folder = episode_file.resolve().parent
+    return folder.parent if folder.name == "episodes" else folder
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "episodes").is_dir() or (path / "failures").is_dir())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ViewerError(f"{path}: not a readable JSON file ({exc})") from None
+
+
+def load_episode(path: Path) -> Episode:
+    """Read and validate one episode file; a clear :class:`ViewerError` otherwise."""
+    data = read_json(path)
+    try:
+        return Episode.model_validate(data)
+    except ValidationError as exc:
+        raise ViewerError(
+            f"{path} is not a valid episode ({exc.error_count()} problems; "
+            f"`mcu validate {path}` lists them):\n{exc}"
+        ) from None
+
+
+def resolve_episode(target: Path) -> Path:
+    """An episode file, or ``RUN_DIR/<episode id>`` as a shorthand."""
+    if target.is_file():
+        return target
+    candidate = target.parent / "episodes" / f"{target.name}.json"
+    if target.suffix != ".json" and candidate.is_file():
+        return candidate
+    raise ViewerError(
+        f"{target} is neither an episode JSON file nor a run directory (a folder with "
+        "episodes/); pass e.g. runs/x/episodes/ep-00000001.json or runs/x"
+    )
+
+
+def load_run(root: Path) -> RunContents:
+    """Every finished episode, every failure record, and unreadable files as invalid."""
+    entries: dict[str, EpisodeEntry] = {}
+    for path in sorted((root / "episodes").glob("*.json")):
+        try:
+            episode = load_episode(path)
+        except ViewerError as exc:
+            entries[path.stem] = EpisodeEntry(path.stem, "invalid", source=path, problem=str(exc))
+            continue
+        entries[episode.episode_id] = EpisodeEntry(
+            episode.episode_id, episode.status, episode=episode, source=path
+        )
+    for path in sorted((root / "failures").glob("*.json")):
+        if path.stem in entries:  # finished after a retry; the runner removes these anyway
+            continue
+        try:
+            record = read_json(path)
+        except ViewerError as exc:
+            record = {"reason": str(exc)}
+        if not isinstance(record, dict):
+            record = {"reason": f"unexpected failure record: {str(record)[:200]}"}
+        entries[path.stem] = EpisodeEntry(path.stem, "failed", source=path, failure=record)
+    manifest = None
+    if (root / "manifest.json").is_file():
+        try:
+            manifest = read_json(root / "manifest.json")
+        except ViewerError:
+            manifest = None
+    return RunContents(root, [entries[k] for k in sorted(entries)], manifest)
