@@ -311,6 +311,7 @@ class LlamaCppAdapter:
         self._grammars: dict[str, Any] = {}
         # llama.cpp contexts are not thread-safe: one generation at a time per model.
         self._run_lock = threading.Lock()
+        self._queues: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"LlamaCppAdapter(model_file={Path(self.model_path).name!r})"
@@ -385,7 +386,12 @@ class LlamaCppAdapter:
         )
 
     async def send(self, request: Request) -> RawReply:
-        return await asyncio.to_thread(self._generate, request)
+        # Queue here, not in a worker thread: threads blocked on the run lock would fill
+        # the loop's default executor and stall every other ``to_thread`` user.
+        loop = asyncio.get_running_loop()
+        waiting = self._queues.setdefault(loop, asyncio.Lock())
+        async with waiting:
+            return await asyncio.to_thread(self._generate, request)
 
 
 def make_adapter(config: ProviderConfig, environ: dict[str, str] | None = None) -> Any:

@@ -113,6 +113,16 @@ def system_prompt(body: dict[str, Any]) -> str:
     return ""
 
 
+STRING_FORMATS = {
+    "date": "2024-01-01",
+    "date-time": "2024-01-01T00:00:00Z",
+    "time": "00:00:00",
+    "email": "someone@example.com",
+    "uri": "http://example.com/",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+
+
 def example_for_schema(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
     """A small instance that satisfies ``schema`` (types, enums, bounds, required keys)."""
     defs = schema.get("$defs", {}) if defs is None else defs
@@ -138,6 +148,8 @@ def example_for_schema(schema: dict[str, Any], defs: dict[str, Any] | None = Non
         count = min(count, int(schema.get("maxItems", count)))
         return [example_for_schema(schema.get("items") or {}, defs) for _ in range(count)]
     if kind == "string":
+        if schema.get("format") in STRING_FORMATS:
+            return STRING_FORMATS[schema["format"]]
         size = max(int(schema.get("minLength", 1)), 1)
         return ("x" * size)[: int(schema.get("maxLength", size))]
     if kind in ("integer", "number"):

@@ -3,11 +3,13 @@ the openai_compatible adapter against llama-cpp-python's own HTTP server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from typing import Literal
@@ -213,3 +215,36 @@ async def test_llama_cpp_server_refuses_openai_json_schema_format(llama_server):
         await client.complete(MESSAGES, Profile, SETTINGS)
     assert "'text' or 'json_object'" in str(info.value)
     await client.aclose()
+
+
+class Mood(BaseModel):
+    mood: Literal["happy", "calm", "tired"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_concurrent_calls_hold_one_executor_thread(embedded, monkeypatch):
+    """Concurrent generations queue on the event loop: a thread blocked on the model's lock
+    would be taken from the default executor that other tools share."""
+    adapter = embedded.adapter
+    inside, most = [0], [0]
+    lock = threading.Lock()
+    generate = adapter._generate
+
+    def counted(request):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            return generate(request)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(adapter, "_generate", counted)
+    short = StepSettings(temperature=0.5, max_tokens=20)
+    results = await asyncio.gather(
+        *(embedded.complete(MESSAGES, Mood, short, seed=s) for s in range(8))
+    )
+    assert all(isinstance(r.value, Mood) for r in results)
+    assert most[0] == 1

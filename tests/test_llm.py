@@ -7,20 +7,37 @@ ordering only, never tight upper bounds.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import itertools
+import json
 import logging
+import queue
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from typing import Literal
 
 import pytest
+from mcu_sim.agents.cache import ResponseCache, cache_key
 from mcu_sim.agents.llm import (
     LLMOutputError,
     LLMRequestError,
     LLMTransportError,
 )
 from mcu_sim.config import default_step_settings, render_config
-from mcu_sim.testing.fake_openai import Fault, Reply
+from mcu_sim.testing.fake_openai import (
+    FakeOpenAIServer,
+    Fault,
+    Reply,
+    client_for,
+    route_by_schema,
+    schema_example_handler,
+    schema_name,
+)
 from pydantic import BaseModel, Field
 
 USER = [{"role": "user", "content": "Describe one person."}]
@@ -448,3 +465,134 @@ def render_config_for(client) -> str:
     from mcu_sim.config import Config
 
     return render_config(Config(llm=client.config))
+
+
+# ----------------------------------------------------------------- the fake server itself
+
+
+class Outing(BaseModel):
+    when: datetime.date
+    kind: Literal["hike", "museum"]
+    people: list[Person] = Field(min_length=2, max_length=3)
+    note: str | None = Field(None, min_length=3, max_length=5)
+    score: float = Field(ge=0.5, le=1)
+
+
+async def test_default_handler_answers_any_schema_with_a_valid_instance(fake_openai):
+    client = client_for(fake_openai)  # the fixture's server has the default handler
+    result = await client.complete(USER, Outing)
+    assert result.repairs == 0
+    assert len(result.value.people) == 2 and result.value.score == 0.5
+    text = await client.complete(USER)
+    assert text.value == "ok"
+
+
+async def test_route_by_schema_answers_per_role(fake_openai, make_llm_client):
+    fake_openai.handler = route_by_schema({"Person": GOOD}, fallback=schema_example_handler)
+    client = make_llm_client(cache_path=None)
+    person = await client.complete(USER, Person)
+    outing = await client.complete(USER, Outing)
+    assert person.value.name == "Ada" and outing.value.kind == "hike"
+    assert [schema_name(r.body) for r in fake_openai.chat_requests] == ["Person", "Outing"]
+
+
+async def test_an_exhausted_script_fails_loudly(fake_openai, make_llm_client):
+    client = make_llm_client(cache_path=None, max_attempts=1)
+    script = fake_openai.script(GOOD)
+    await client.complete(USER, Person)
+    with pytest.raises(LLMTransportError, match="ran out of replies"):
+        await client.complete(USER, Person, seed=2)
+    assert script.exhausted and script.remaining == 0
+
+
+def test_models_route_and_unknown_routes(fake_openai):
+    with urllib.request.urlopen(f"{fake_openai.url}/models", timeout=5) as response:
+        models = json.load(response)
+    assert models["data"][0]["id"] == "fake-model"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{fake_openai.url}/embeddings", data=b"{}", timeout=5)
+    assert info.value.code == 404
+
+
+async def test_capacity_makes_extra_requests_wait_inside_the_server(make_llm_client):
+    serving, most = [0], [0]
+    lock = threading.Lock()
+
+    def handler(body):
+        with lock:
+            serving[0] += 1
+            most[0] = max(most[0], serving[0])
+        deadline = time.monotonic() + 10
+        while server.max_in_flight < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)  # hold the slot until every request has arrived
+        with lock:
+            serving[0] -= 1
+        return GOOD
+
+    with FakeOpenAIServer(handler, capacity=2) as server:
+        client = client_for(server, max_concurrency=10)
+        await asyncio.gather(*(client.complete(USER, Person) for _ in range(6)))
+    assert server.max_in_flight == 6  # all six were accepted...
+    assert most[0] == 2  # ...but never more than two were served at once
+    assert len(server.chat_requests) == 6
+
+
+def test_command_line_server_for_benchmarks():
+    command = [sys.executable, "-m", "mcu_sim.testing.fake_openai", "--port", "0"]
+    command += ["--latency", "0.01", "--capacity", "4"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+        url = lines.get(timeout=30).strip().rsplit(" ", 1)[-1]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        body = {
+            "model": "m",
+            "messages": USER,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "Person", "schema": Person.model_json_schema()},
+            },
+        }
+        request = urllib.request.Request(
+            f"{url}/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.load(response)
+        Person.model_validate_json(answer["choices"][0]["message"]["content"])
+        assert answer["usage"]["prompt_tokens"] == 3  # "Describe one person."
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0  # SIGTERM stops it cleanly
+
+
+# ----------------------------------------------------------------- the cache itself
+
+
+def test_cache_key_is_canonical():
+    assert cache_key({"a": 1, "b": [1, 2]}, "x") == cache_key({"b": [1, 2], "a": 1}, "x")
+    assert cache_key({"a": 1}, "x") != cache_key({"a": 2}, "x")
+
+
+def test_cache_is_shared_safely_between_writers(tmp_path):
+    path = tmp_path / "shared.sqlite"
+
+    def write(worker: int) -> None:
+        cache = ResponseCache(path)  # one connection per writer, as separate processes would
+        for n in range(50):
+            cache.put(f"{worker}-{n}", f"text {worker} {n}")
+        cache.close()
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cache = ResponseCache(path)
+    assert len(cache) == 200
+    assert cache.get("3-49") == "text 3 49" and cache.get("nope") is None
+    assert (cache.hits, cache.misses) == (1, 1)
+    mode = cache._conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
