@@ -7,7 +7,7 @@ that cannot be (the assistant has no phone) and grows the album with new phone p
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field, create_model
 
 PROMPT = "dialogue"
 MIN_TURNS = 6
+# Every string and list is bounded: constrained decoding with a small model rambles otherwise.
+Utterance = Annotated[str, Field(min_length=2, max_length=400)]
+Keyword = Annotated[str, Field(min_length=1, max_length=30)]
 
 
 def dialogue_model(album_ids: list[int], min_sharing: int, max_turns: int) -> type[BaseModel]:
@@ -28,13 +31,13 @@ def dialogue_model(album_ids: list[int], min_sharing: int, max_turns: int) -> ty
         rationale=(str, Field(min_length=5, max_length=200)),
         image_description=(str, Field(min_length=10, max_length=250)),
         image_source=(Literal["mobile", "internet"], ...),
-        keywords=(list[str], Field(min_length=1, max_length=5)),
+        keywords=(list[Keyword], Field(min_length=1, max_length=5)),
         image_id_from_mobile=(Literal[choices] | None, None),  # type: ignore[valid-type]
     )
     return create_model(
         "DialogueOutput",
         utterances=(
-            list[str],
+            list[Utterance],
             Field(min_length=min(MIN_TURNS, max_turns), max_length=max_turns),
         ),
         sharing_moments=(list[moment], Field(min_length=min_sharing, max_length=min_sharing + 2)),

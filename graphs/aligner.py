@@ -124,7 +124,9 @@ async def plan_node(state: AlignState, runtime: Any) -> dict[str, Any]:
         "notes": notes,
         "planned": plan["module"],
     }
-    return {"plan": chosen, "tries": 0, **accounting}
+    request = dict(state["request"])
+    request["attempts"] = [*request.get("attempts", []), {"event": "plan", **chosen}]
+    return {"plan": chosen, "request": request, "tries": 0, **accounting}
 
 
 @node_reads("plan", "request", "face_image", "tries")
@@ -171,15 +173,7 @@ async def qa_node(state: AlignState, runtime: Any) -> dict[str, Any]:
             planned_description=plan["description"],
             image=verdict.best,
             alternatives=verdict.alternatives,
-            attempts=[
-                *state["request"].get("attempts", []),
-                *verdict.log,
-                {
-                    "event": "plan",
-                    **{k: v for k, v in plan.items() if k != "notes"},
-                    "notes": plan.get("notes", []),
-                },
-            ],
+            attempts=[*state["request"].get("attempts", []), *verdict.log],
         )
     return {"tries": tries, "failures": verdict.reasons}
 
