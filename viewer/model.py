@@ -209,6 +209,8 @@ def face_picture(episode: Episode, resolve: ImageResolver) -> Picture:
         "\n".join(lines),
         face.image.module if face.image else None,
         [],
+        width=face.image.width if face.image else None,
+        height=face.image.height if face.image else None,
     )
 
 

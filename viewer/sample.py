@@ -9,6 +9,7 @@ filters. Every edited episode is validated by the schema before it is written ba
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -42,7 +43,9 @@ def generate_run(
     )
     runner = EpisodeRunner(config, run_dir, llm=client_for(server, cache))
     jobs = [EpisodeJob(episode_id_for(seed), seed) for seed in seeds]
-    report = asyncio.run(runner.run_jobs(jobs))
+    # A thread of its own: callers may already run an event loop (Playwright's sync API does).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        report = pool.submit(asyncio.run, runner.run_jobs(jobs)).result()
     return dict(report.failed)
 
 
