@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from mcu_sim.graphs.filters import FilterSettings
+from mcu_sim.tools.settings import ImagesConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STEP_NAMES = (
@@ -275,8 +277,11 @@ class Config(Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
     run: RunConfig = Field(default_factory=RunConfig)
-    images: dict[str, Any] = Field(
-        default_factory=dict, description="Image tool settings (see mcu_sim.tools)."
+    images: ImagesConfig = Field(
+        default_factory=ImagesConfig, description="Image tools, router and QA."
+    )
+    filters: FilterSettings = Field(
+        default_factory=FilterSettings, description="Post-processing filters (STARK §3.9)."
     )
 
     def fingerprint(self) -> str:

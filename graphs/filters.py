@@ -191,7 +191,7 @@ def over_matched(episodes: list[Episode], settings: FilterSettings) -> dict[str,
     for episode in episodes:
         for request in episode.image_requests:
             db_id = request.image.db_id if request.image else None
-            if not db_id or request.origin != "sharing":
+            if not db_id:
                 continue
             uses[db_id] += 1
             if uses[db_id] > settings.max_matches_per_db_image:

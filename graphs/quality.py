@@ -10,8 +10,7 @@ from mcu_sim.graphs.state import EpisodeState, node_reads
 
 def filter_settings(config: Any) -> FilterSettings:
     """``config.filters`` with session bounds defaulting to the episode's own bounds."""
-    raw = dict(getattr(config, "filters", None) or {})
-    settings = FilterSettings.model_validate(raw)
+    settings = FilterSettings.model_validate(getattr(config, "filters", None) or {})
     return settings.model_copy(
         update={
             "min_sessions": settings.min_sessions or config.episode.sessions_min,
