@@ -29,26 +29,37 @@ class ResponseCache:
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL,"
-            " created REAL NOT NULL)"
+            " created REAL NOT NULL, usage TEXT)"
         )
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(responses)")}
+        if "usage" not in columns:  # caches written before usage was stored
+            self._conn.execute("ALTER TABLE responses ADD COLUMN usage TEXT")
         self._conn.commit()
         self.hits = 0
         self.misses = 0
 
     def get(self, key: str) -> str | None:
+        entry = self.get_entry(key)
+        return None if entry is None else entry[0]
+
+    def get_entry(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
+        """(text, usage of the original call) or None; usage is None for old entries."""
         with self._lock:
-            row = self._conn.execute("SELECT text FROM responses WHERE key=?", (key,)).fetchone()
+            row = self._conn.execute(
+                "SELECT text, usage FROM responses WHERE key=?", (key,)
+            ).fetchone()
         if row is None:
             self.misses += 1
             return None
         self.hits += 1
-        return row[0]
+        return row[0], json.loads(row[1]) if row[1] else None
 
-    def put(self, key: str, text: str) -> None:
+    def put(self, key: str, text: str, usage: dict[str, Any] | None = None) -> None:
+        """Store a validated answer and what producing it cost (tokens, calls, repairs)."""
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO responses (key, text, created) VALUES (?, ?, ?)",
-                (key, text, time.time()),
+                "INSERT OR REPLACE INTO responses (key, text, created, usage) VALUES (?, ?, ?, ?)",
+                (key, text, time.time(), json.dumps(usage) if usage is not None else None),
             )
             self._conn.commit()
 

@@ -357,19 +357,22 @@ class LLMClient:
         )
         cache = self.cache if use_cache and self.config.cache.enabled else None
         if cache is not None:
-            hit = cache.get(key)
-            if hit is not None:
+            entry = cache.get_entry(key)
+            if entry is not None:
+                hit, original = entry
                 try:
                     value = self._parse(hit, schema, validate)
                 except ValueError as exc:  # e.g. a stricter validator than when stored
                     log.warning("ignoring a cached answer that no longer validates: %s", exc)
                 else:
-                    usage = Usage(cached_calls=1)
-                    self.usage = self.usage + usage
+                    # The run ledger records a free cache hit; the completion reports what the
+                    # answer originally cost, so an episode's usage is the same on a re-run.
+                    self.usage = self.usage + Usage(cached_calls=1)
+                    usage = Usage.from_dict(original) if original else Usage(cached_calls=1)
                     return Completion(value, hit, usage, cached=True)
         completion = await self._complete_with_repairs(request, schema, validate)
         if cache is not None:
-            cache.put(key, completion.text)
+            cache.put(key, completion.text, completion.usage.as_dict())
         return completion
 
     async def aclose(self) -> None:

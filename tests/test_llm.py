@@ -241,8 +241,11 @@ async def test_cache_makes_the_second_identical_call_free(fake_openai, make_llm_
     assert len(fake_openai.chat_requests) == 1
     assert not first.cached and second.cached
     assert second.value == first.value
-    assert second.usage.cost_usd == 0 and second.usage.cached_calls == 1
-    assert second.usage.calls == 0
+    # the completion reports what the answer originally cost (so episodes are reproducible);
+    # the client's ledger shows this run paid nothing for it
+    assert second.usage == first.usage and first.usage.cost_usd == pytest.approx(0.002)
+    assert client.usage.calls == 1 and client.usage.cached_calls == 1
+    assert client.usage.cost_usd == pytest.approx(0.002)
     # The cache lives on disk: a new client (a re-run) is free too.
     rerun = make_llm_client()
     third = await rerun.complete(USER, Person, seed=1, prompt_version="p@1")
