@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from mcu_sim.graphs.filters import FilterSettings
 from mcu_sim.tools.settings import ImagesConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STEP_NAMES = (
     "persona",

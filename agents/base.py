@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from mcu_sim.agents.llm import Completion, LLMClient
 from mcu_sim.agents.prompting import load_prompt
 from mcu_sim.config import StepSettings
-from pydantic import BaseModel
 
 T = TypeVar("T", bound=BaseModel)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import BaseModel, Field, create_model
+
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
 from mcu_sim.personas.schema import DeviceImage
-from pydantic import BaseModel, Field, create_model
 
 PROMPT = "device"
 Category = Literal[

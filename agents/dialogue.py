@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, Field, create_model
+
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
 from mcu_sim.personas.schema import ASSISTANT, DeviceImage, SharingInfo, Turn
-from pydantic import BaseModel, Field, create_model
 
 PROMPT = "dialogue"
 MIN_TURNS = 6

@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
+from pydantic import BaseModel, Field, create_model
+
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
 from mcu_sim.personas.schema import CausedBy, Event, EventGraph, add_interval
-from pydantic import BaseModel, Field, create_model
 
 PROMPT = "events"
 

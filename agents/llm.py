@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
-from mcu_sim.agents.cache import ResponseCache, cache_key
-from mcu_sim.config import LLMConfig, ProviderConfig, StepSettings
 from pydantic import BaseModel, ValidationError
 from tenacity import (
     AsyncRetrying,
@@ -33,6 +31,9 @@ from tenacity import (
     stop_before_delay,
     wait_exponential_jitter,
 )
+
+from mcu_sim.agents.cache import ResponseCache, cache_key
+from mcu_sim.config import LLMConfig, ProviderConfig, StepSettings
 
 Message = dict[str, str]
 T = TypeVar("T", bound=BaseModel)

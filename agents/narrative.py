@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
 from mcu_sim.personas.schema import Narrative
-from pydantic import BaseModel, Field
 
 PROMPT = "narrative"
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import BaseModel, Field
+
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
-from pydantic import BaseModel, Field
 
 PROMPT = "planner"
 TRIGGER = "img"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
-from pydantic import BaseModel, Field
 
 PROMPT = "rewriter"
 

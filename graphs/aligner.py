@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
+
 from mcu_sim.agents import planner, rewriter
 from mcu_sim.agents.llm import LLMError
 from mcu_sim.graphs.context import EpisodeContext, derive_seed

@@ -12,8 +12,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from mcu_sim.personas.schema import Episode, ImageRequest, Removal
 from pydantic import BaseModel, ConfigDict, Field
+
+from mcu_sim.personas.schema import Episode, ImageRequest, Removal
 
 EPISODE = "episode"
 

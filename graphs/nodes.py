@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 from langgraph.runtime import Runtime
+
 from mcu_sim.agents import commonsense, device, dialogue, events, narrative, persona, summarizer
 from mcu_sim.agents.llm import Completion
 from mcu_sim.graphs.context import EpisodeContext, derive_seed

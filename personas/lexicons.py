@@ -31,8 +31,9 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from mcu_sim.personas.schema import Gender
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mcu_sim.personas.schema import Gender
 
 DATA_PACKAGE = "mcu_sim.personas"
 

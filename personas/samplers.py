@@ -16,10 +16,11 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
+from pydantic import BaseModel, ConfigDict
+
 from mcu_sim.personas import lexicons
 from mcu_sim.personas.lexicons import AttributeValue, PersonaCategory, eligible
 from mcu_sim.personas.schema import Demographics, Relation
-from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "ACCESSORIES",

@@ -22,8 +22,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcu_sim.tools.retrieval import build_index, default_database_dir
 from PIL import Image
+
+from mcu_sim.tools.retrieval import build_index, default_database_dir
 
 MAX_SIDE = 512
 JPEG_QUALITY = 85

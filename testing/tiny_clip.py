@@ -62,6 +62,7 @@ def save_tiny_aesthetic_mlp(
     rating, instead of near zero.
     """
     import torch
+
     from mcu_sim.tools.aesthetic import build_aesthetic_mlp
 
     with torch.random.fork_rng(devices=[]):

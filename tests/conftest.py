@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, client_for
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mcu_sim.config import load_config
 from mcu_sim.graphs.aligner import compile_aligner_graph
 from mcu_sim.graphs.context import EpisodeContext
@@ -80,8 +81,9 @@ def image_site() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tiny_photomaker(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from mcu_sim.testing.tiny_sdxl import save_tiny_photomaker, save_tiny_sdxl
     from PIL import Image
+
+    from mcu_sim.testing.tiny_sdxl import save_tiny_photomaker, save_tiny_sdxl
 
     root = tmp_path_factory.mktemp("pm")
     base = save_tiny_sdxl(root / "base")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mcu_sim.agents.adapters import make_adapter
 from mcu_sim.config import (
     EXAMPLE_CONFIG,

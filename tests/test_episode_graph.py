@@ -36,7 +36,7 @@ def _episode(out: Path, episode_id: str) -> Episode:
 def test_full_episode_structure(fake_openai, tmp_path: Path) -> None:
     fake_openai.handler = scripted_answer
     config = _config(tmp_path, sessions_min=3, sessions_max=3)
-    report, runner = _run(config, tmp_path / "run", fake_openai, plan_jobs(1, 11))
+    report, _ = _run(config, tmp_path / "run", fake_openai, plan_jobs(1, 11))
     assert report.failed == {} and report.finished == ["ep-00000011"]
     episode = _episode(tmp_path / "run", "ep-00000011")
     assert len(episode.sessions) == 3
@@ -118,7 +118,7 @@ def test_same_seed_gives_byte_identical_episode(fake_openai, tmp_path: Path) -> 
     assert other.demographics != _episode(tmp_path / "a", "ep-00000005").demographics
     # seed 5 was served from the cache the second time; only seed 6 reached the endpoint
     calls_for_six = len(fake_openai.chat_requests) - calls_after_first
-    assert 0 < calls_for_six and report.usage.cached_calls >= 7
+    assert calls_for_six > 0 and report.usage.cached_calls >= 7
 
 
 @pytest.mark.parametrize("sessions", [1, 4])

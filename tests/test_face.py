@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mcu_sim.tools.base import ToolUnavailable, image_record
 from mcu_sim.tools.face import FaceGenerator
 

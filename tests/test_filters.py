@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from mcu_sim.cli import app
 from mcu_sim.config import load_config
 from mcu_sim.graphs.filters import FilterSettings, filter_run
@@ -18,7 +20,6 @@ from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import Episode
 from mcu_sim.testing.fake_openai import client_for
 from mcu_sim.testing.scripted import scripted_answer
-from typer.testing import CliRunner
 
 
 def _image(name: str, **scores: Any) -> dict[str, Any]:

@@ -15,10 +15,11 @@ import urllib.request
 from typing import Literal
 
 import pytest
+from pydantic import BaseModel, Field
+
 from mcu_sim.agents.adapters import bundled_gguf_path, grammar_schema, unbounded_fields
 from mcu_sim.agents.llm import LLMClient, LLMTransportError
 from mcu_sim.config import LLMConfig, StepSettings
-from pydantic import BaseModel, Field
 
 
 class Hobby(BaseModel):

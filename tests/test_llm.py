@@ -22,6 +22,8 @@ import urllib.request
 from typing import Literal
 
 import pytest
+from pydantic import BaseModel, Field
+
 from mcu_sim.agents.cache import ResponseCache, cache_key
 from mcu_sim.agents.llm import (
     LLMOutputError,
@@ -38,7 +40,6 @@ from mcu_sim.testing.fake_openai import (
     schema_example_handler,
     schema_name,
 )
-from pydantic import BaseModel, Field
 
 USER = [{"role": "user", "content": "Describe one person."}]
 GOOD = {"name": "Ada", "age": 36}

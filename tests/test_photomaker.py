@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mcu_sim.tools.base import ToolUnavailable, image_record
 from mcu_sim.tools.photomaker import PhotoMakerGenerator, check_trigger_prompt, split_trigger
 
@@ -80,8 +81,9 @@ def test_unavailable_without_weights(tmp_path: Path) -> None:
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pytest.importorskip("diffusers")
     import numpy as np
-    from mcu_sim.testing.tiny_sdxl import save_tiny_photomaker, save_tiny_sdxl
     from PIL import Image
+
+    from mcu_sim.testing.tiny_sdxl import save_tiny_photomaker, save_tiny_sdxl
 
     root = tmp_path_factory.mktemp("photomaker")
     base = save_tiny_sdxl(root / "base")
@@ -236,6 +238,7 @@ def test_checkpoint_for_another_text_width_is_refused(
     weights: dict[str, Path], tmp_path: Path
 ) -> None:
     import torch
+
     from mcu_sim.testing.tiny_sdxl import tiny_id_encoder_state
 
     checkpoint = torch.load(weights["ckpt"], weights_only=True)
@@ -255,6 +258,7 @@ def _without(state: dict, key: str) -> dict:
 def test_published_sizes_are_inferred_from_the_checkpoint_shapes() -> None:
     """The real layout (CLIP ViT-L/14, SDXL text width 2048), as shapes only (meta tensors)."""
     import torch
+
     from mcu_sim.testing.tiny_sdxl import tiny_id_encoder_state
     from mcu_sim.tools.photomaker import build_id_encoder
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
+
 from mcu_sim.tools.base import ToolUnavailable, image_record, sha256_file
 from mcu_sim.tools.image_db import (
     ZStats,
@@ -20,7 +22,6 @@ from mcu_sim.tools.image_db import (
     similarity_stats,
 )
 from mcu_sim.tools.retrieval import ImageDatabase, build_index, default_database_dir
-from PIL import Image, ImageDraw
 
 # -- DialogCC arithmetic (pure numpy) --------------------------------------------------------
 
@@ -180,8 +181,9 @@ async def test_text_search_copies_images_and_reports_combined_scores(
 
 @pytest.mark.images
 def test_mcu_index_build_command(clip_db: tuple[Path, str], tmp_path: Path) -> None:
-    from mcu_sim.cli import app
     from typer.testing import CliRunner
+
+    from mcu_sim.cli import app
 
     _, model_name = clip_db
     images = tmp_path / "pics"

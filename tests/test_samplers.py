@@ -11,6 +11,7 @@ import unicodedata
 from collections import Counter
 
 import pytest
+
 from mcu_sim.personas import lexicons, samplers
 from mcu_sim.personas.lexicons import AttributePool
 from mcu_sim.personas.schema import Demographics

@@ -9,6 +9,8 @@ import re
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from mcu_sim.personas.schema import (
     ASSISTANT,
     SCHEMA_VERSION,
@@ -24,7 +26,6 @@ from mcu_sim.personas.schema import (
     describe_gap,
     parse_interval,
 )
-from pydantic import ValidationError
 
 USER = "Yuki"
 

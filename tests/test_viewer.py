@@ -20,13 +20,14 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
+from typer.testing import CliRunner
+
 from mcu_sim.personas.schema import ASSISTANT, Episode
 from mcu_sim.testing.fake_openai import FakeOpenAIServer
 from mcu_sim.viewer.load import ViewerError
 from mcu_sim.viewer.render import view
 from mcu_sim.viewer.sample import HOSTILE, build_sample_run, edit_episode
 from mcu_sim.viewer.timeline import timeline_svg
-from typer.testing import CliRunner
 
 EP = "ep-00000011"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mcu_sim.personas.schema import Episode
 from mcu_sim.testing.fake_openai import FakeOpenAIServer
 from mcu_sim.viewer.render import view

@@ -22,10 +22,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from mcu_sim.tools.base import ToolUnavailable
 from mcu_sim.tools.safe_download import FetchError, FetchPolicy, address_problem, fetch_image
 from mcu_sim.tools.web_search import WebImageSearch
-from PIL import Image
 
 BIG_BODY = 50_000_000
 MAX_BYTES = 1_000_000

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mcu_sim.tools.base import ToolUnavailable, resolve_device
 from mcu_sim.tools.image_db import MINILM_KIND, clip_kind
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mcu_sim.tools.image_db import (
     MANIFEST,
     MINILM_KIND,
@@ -147,8 +148,9 @@ def _embed_clip(
     device: str,
     progress: bool,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    from mcu_sim.tools.embedders import ClipEmbedder
     from PIL import Image
+
+    from mcu_sim.tools.embedders import ClipEmbedder
 
     embedder = ClipEmbedder(model_name, pretrained, device)
     dim = embedder.dim

@@ -81,6 +81,7 @@ def _column(names: list[str], choices: tuple[str, ...]) -> str | None:
 def _from_parquet(parquet: Path, out: Path) -> tuple[list[DbItem], list[Path], str]:
     """Rows with image bytes are written to ``out/images``; path rows point at their files."""
     import pyarrow.parquet as pq
+
     from mcu_sim.tools.base import InvalidImage, verify_image_bytes
 
     source = pq.ParquetFile(parquet)

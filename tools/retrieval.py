@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mcu_sim.tools.base import Candidate, ToolUnavailable
 from mcu_sim.tools.image_db import (
     MINILM_KIND,

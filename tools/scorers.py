@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from mcu_sim.tools.base import InvalidImage, ToolUnavailable, resolve_device
 from pydantic import BaseModel, ConfigDict, Field
+
+from mcu_sim.tools.base import InvalidImage, ToolUnavailable, resolve_device
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mcu_sim.tools.scorers import ScorerSettings
 from pydantic import BaseModel, ConfigDict, Field
+
+from mcu_sim.tools.scorers import ScorerSettings
 
 Module = Literal["personalized_t2i", "retrieval", "web_search"]
 MODULES: tuple[Module, ...] = ("personalized_t2i", "retrieval", "web_search")

@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from mcu_sim.tools.base import ToolUnavailable
 from mcu_sim.tools.clip_score import file_fingerprint
 from mcu_sim.tools.scorers import missing_package
-from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from mcu_sim.agents.llm import LLMClient
