@@ -220,6 +220,9 @@ class EpisodeConfig(Strict):
     device_images: int = Field(5, ge=1, le=10)
     min_sharing_moments: int = Field(2, ge=0, le=10)
     max_turns: int = Field(14, ge=4, le=60)
+    max_utterance_chars: int = Field(
+        400, ge=40, le=2000, description="Bound on one utterance (keeps small models short)."
+    )
     summarize_sessions: bool = False
 
     @model_validator(mode="after")

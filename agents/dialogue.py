@@ -18,12 +18,14 @@ from mcu_sim.personas.schema import ASSISTANT, DeviceImage, SharingInfo, Turn
 PROMPT = "dialogue"
 MIN_TURNS = 6
 # Every string and list is bounded: constrained decoding with a small model rambles otherwise.
-Utterance = Annotated[str, Field(min_length=2, max_length=400)]
 Keyword = Annotated[str, Field(min_length=1, max_length=30)]
 
 
-def dialogue_model(album_ids: list[int], min_sharing: int, max_turns: int) -> type[BaseModel]:
+def dialogue_model(
+    album_ids: list[int], min_sharing: int, max_turns: int, max_chars: int = 400
+) -> type[BaseModel]:
     """Output model for one session; album ids are an enum so a dangling id cannot validate."""
+    utterance = Annotated[str, Field(min_length=2, max_length=max_chars)]
     choices: tuple[Any, ...] = (*album_ids, "new")
     moment = create_model(
         "SharingMoment",
@@ -38,7 +40,7 @@ def dialogue_model(album_ids: list[int], min_sharing: int, max_turns: int) -> ty
     return create_model(
         "DialogueOutput",
         utterances=(
-            list[Utterance],
+            list[utterance],  # type: ignore[valid-type]
             Field(min_length=min(MIN_TURNS, max_turns), max_length=max_turns),
         ),
         sharing_moments=(list[moment], Field(min_length=min_sharing, max_length=min_sharing + 2)),
@@ -113,8 +115,9 @@ async def generate_session(
     min_sharing: int,
     max_turns: int,
     user_name: str,
+    max_chars: int = 400,
 ) -> tuple[list[Turn], Completion, str]:
-    model = dialogue_model(album_ids, min_sharing, max_turns)
+    model = dialogue_model(album_ids, min_sharing, max_turns, max_chars)
     output, completion, version = await ask(
         call,
         PROMPT,

@@ -285,6 +285,7 @@ async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
         min_sharing=episode.min_sharing_moments,
         max_turns=episode.max_turns,
         user_name=variables["name"],
+        max_chars=episode.max_utterance_chars,
     )
     requests = sharing_requests(turns, index)
     by_turn = {r["turn_id"]: r["id"] for r in requests}
