@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
-from mcu_sim.config import EXAMPLE_CONFIG, Config, ConfigError, load_config, redacted
 from rich.console import Console
+
+from mcu_sim.config import EXAMPLE_CONFIG, Config, ConfigError, load_config, redacted
 
 app = typer.Typer(
     help="mcu-sim: simulate lives and their image-sharing chats.", no_args_is_help=True
@@ -58,86 +58,104 @@ def config_init(
 
 @app.command()
 def run(
-    episodes: Annotated[int, typer.Option("--episodes", "-n", min=1)] = 1,
+    episodes: Annotated[
+        int | None, typer.Option("--episodes", "-n", min=1, help="Episodes to plan (default 1).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the first episode.")] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this directory (its config.yaml by default)."),
+    ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the LLM cache.")] = False,
     max_in_flight: Annotated[int | None, typer.Option(min=1)] = None,
-    max_cost: Annotated[float | None, typer.Option(help="Stop at this many USD.")] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Stop cleanly after this many USD (this invocation).")
+    ] = None,
     force_config: Annotated[
         bool, typer.Option("--force-config", help="Resume even if the config changed.")
     ] = False,
+    backend: Annotated[str | None, typer.Option(help="local | ray (default: run.backend).")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: a local Ray).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
 ) -> None:
-    """Generate episodes into a run directory (a re-run resumes, never duplicates)."""
-    from mcu_sim.graphs.runner import FingerprintMismatch, plan_jobs
+    """Generate episodes into a run directory. Re-running the same command resumes: finished
+    episodes are skipped, unfinished ones continue from their last checkpoint."""
+    from mcu_sim.graphs.outputs import RunDir
+    from mcu_sim.graphs.runner import manifest_jobs, plan_jobs
 
+    if resume is not None:
+        if RunDir(resume).read_manifest() is None:
+            console.print(f"[red]{resume} has no manifest.json: nothing to resume.[/red]")
+            raise typer.Exit(2)
+        if config is None and RunDir(resume).config_file.is_file():
+            config = RunDir(resume).config_file
     cfg = _load(config, overrides)
     run_dir = resume or out or Path(cfg.run.out_dir)
-    jobs = plan_jobs(episodes, cfg.run.seed if seed is None else seed)
-    if resume is not None:
-        jobs = _jobs_from_manifest(run_dir) or jobs
-    try:
-        report = asyncio.run(
-            _run_jobs(
-                cfg, run_dir, jobs, not no_cache, max_in_flight, max_cost, force_config, progress
-            )
-        )
-    except FingerprintMismatch as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(3) from None
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    jobs = manifest_jobs(RunDir(run_dir)) if resume is not None else []
+    if episodes is not None or resume is None:
+        planned = {job.episode_id for job in jobs}
+        first = cfg.run.seed if seed is None else seed
+        jobs += [j for j in plan_jobs(episodes or 1, first) if j.episode_id not in planned]
+    options = {"use_cache": not no_cache, "max_in_flight": max_in_flight, "max_cost": max_cost}
+    report = _execute_jobs(
+        cfg, run_dir, jobs, options, force_config, progress, backend, ray_address
+    )
     _print_report(report, run_dir)
     if report.failed:
         raise typer.Exit(1)
 
 
-def _jobs_from_manifest(run_dir: Path) -> list:
-    from mcu_sim.graphs.outputs import RunDir
-    from mcu_sim.graphs.runner import EpisodeJob, episode_id_for
+def _execute_jobs(cfg, run_dir, jobs, options, force, progress, backend, ray_address):
+    """Run with live progress; turn the runner's refusals into messages and exit codes."""
+    from mcu_sim.graphs.progress import run_with_progress
+    from mcu_sim.graphs.runner import FingerprintMismatch, RunLocked, make_runner
 
-    manifest = RunDir(run_dir).read_manifest()
-    if not manifest:
-        console.print(f"[red]{run_dir} has no manifest.json: nothing to resume.[/red]")
-        raise typer.Exit(2)
-    return [EpisodeJob(episode_id_for(s), s) for s in manifest.get("seeds", [])]
-
-
-async def _run_jobs(cfg, run_dir, jobs, use_cache, max_in_flight, max_cost, force, progress):
-    from mcu_sim.graphs.progress import RunProgress
-    from mcu_sim.graphs.runner import EpisodeRunner
-
-    display = RunProgress(console, enabled=progress and sys.stderr.isatty())
-    runner = EpisodeRunner(
-        cfg,
-        run_dir,
-        use_cache=use_cache,
-        max_in_flight=max_in_flight,
-        max_cost=max_cost,
-        on_event=display.handle,
-    )
-    display.bind(runner)
-    with display:
-        return await runner.run_jobs(jobs, force_config=force)
+    try:
+        runner = make_runner(cfg, run_dir, backend=backend, ray_address=ray_address, **options)
+        return asyncio.run(
+            run_with_progress(runner, jobs, console, progress and console.is_terminal, force)
+        )
+    except FingerprintMismatch as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from None
+    except RunLocked as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(4) from None
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted: everything finished so far is kept in {run_dir}; "
+            f"run `mcu run --resume {run_dir}` to continue.[/yellow]"
+        )
+        raise typer.Exit(130) from None
 
 
 def _print_report(report, run_dir: Path) -> None:
     usage = report.usage
     console.print(
         f"finished {len(report.finished)}, skipped (already done) {len(report.skipped)}, "
-        f"failed {len(report.failed)} in {report.seconds:.1f}s; LLM calls {usage.calls} "
-        f"({usage.cached_calls} cached), tokens {usage.prompt_tokens}+{usage.completion_tokens},"
-        f" cost ${usage.cost_usd:.4f}"
+        f"failed {len(report.failed)} in {report.seconds:.1f}s ({report.backend}); LLM calls "
+        f"{usage.calls} ({usage.cached_calls} cached), tokens "
+        f"{usage.prompt_tokens}+{usage.completion_tokens}, cost ${usage.cost_usd:.4f}"
     )
     if report.stopped_for_budget:
-        console.print("[yellow]stopped at the --max-cost budget; re-run to continue.[/yellow]")
-    for episode_id, reason in report.failed.items():
-        console.print(f"[red]failed {episode_id}: {reason}[/red]")
+        console.print(
+            "[yellow]stopped at the --max-cost budget; everything so far is kept. Re-run the "
+            f"same command (or `mcu run --resume {run_dir}`) to continue.[/yellow]"
+        )
+    for episode_id, reason in list(report.failed.items())[:20]:
+        console.print(f"[red]failed {episode_id}: {reason[:300]}[/red]")
+    if len(report.failed) > 20:
+        console.print(f"[red]... and {len(report.failed) - 20} more in {run_dir}/failures[/red]")
+    if report.failed:
+        console.print(f"retry only those: mcu retry-failed {run_dir}")
     console.print(f"output: {run_dir}")
 
 
@@ -147,32 +165,81 @@ def retry_failed(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+    max_in_flight: Annotated[int | None, typer.Option(min=1)] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Stop cleanly after this many USD.")
+    ] = None,
+    force_config: Annotated[bool, typer.Option("--force-config")] = False,
+    backend: Annotated[str | None, typer.Option(help="local | ray")] = None,
+    ray_address: Annotated[str | None, typer.Option()] = None,
+    progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
 ) -> None:
-    """Re-run only the episodes recorded as failed (from their last checkpoint)."""
+    """Re-run only the episodes recorded as failed, each from its last checkpoint (with the
+    run's own config.yaml unless --config is given)."""
     from mcu_sim.graphs.outputs import RunDir
     from mcu_sim.graphs.runner import failed_jobs
 
-    cfg = _load(config, overrides)
-    jobs = failed_jobs(RunDir(run_dir))
+    run = RunDir(run_dir)
+    if run.read_manifest() is None:
+        console.print(f"[red]{run_dir} has no manifest.json: not a run directory.[/red]")
+        raise typer.Exit(2)
+    jobs = failed_jobs(run)
     if not jobs:
         typer.echo("no failed episodes")
         return
-    report = asyncio.run(_run_jobs(cfg, run_dir, jobs, not no_cache, None, None, False, True))
+    cfg = _load(config or (run.config_file if run.config_file.is_file() else None), overrides)
+    options = {"use_cache": not no_cache, "max_in_flight": max_in_flight, "max_cost": max_cost}
+    report = _execute_jobs(
+        cfg, run_dir, jobs, options, force_config, progress, backend, ray_address
+    )
     _print_report(report, run_dir)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def estimate(
+    episodes: Annotated[int, typer.Option("--episodes", "-n", min=1)] = 1,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    from_run: Annotated[
+        Path | None, typer.Option("--from-run", help="Refine with a run's measured usage.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Predict LLM calls, tokens and cost of N episodes before running them."""
+    from mcu_sim.graphs.estimate import estimate_run, format_estimate
+
+    cfg = _load(config, overrides)
+    try:
+        result = estimate_run(cfg, episodes, from_run=from_run)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=1))
+    else:
+        typer.echo(format_estimate(result))
 
 
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="stark | jsonl")] = "stark",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="hf | parquet | stark | jsonl")
+    ] = "stark",
     out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+    include_filtered: Annotated[
+        bool, typer.Option(help="Keep episodes the filters marked as removed.")
+    ] = False,
 ) -> None:
-    """Export finished episodes (STARK's released layout, or one JSONL file)."""
+    """Export finished episodes: a Hugging Face dataset folder, Parquet, STARK's released
+    layout, or one JSONL file."""
     from mcu_sim.graphs.export import export_run
 
     try:
-        path = export_run(run_dir, format, out)
-    except ValueError as exc:
+        path = export_run(run_dir, format, out, include_filtered=include_filtered)
+    except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     typer.echo(f"wrote {path}")
@@ -181,8 +248,9 @@ def export(
 @app.command()
 def validate(path: Annotated[Path, typer.Argument(help="An episode JSON file.")]) -> None:
     """Validate an episode file against the schema."""
-    from mcu_sim.personas.schema import Episode
     from pydantic import ValidationError
+
+    from mcu_sim.personas.schema import Episode
 
     try:
         Episode.model_validate(json.loads(path.read_text()))

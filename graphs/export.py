@@ -1,13 +1,34 @@
-"""Export finished episodes: STARK's released layout, or one JSONL file."""
+"""Export finished episodes: a Hugging Face dataset folder, Parquet, STARK's released layout,
+or one JSONL file.
+
+Exports stream episode by episode (a 100K-episode run never sits in memory) and appear
+atomically: a file is written under a temporary name and renamed; a folder is built beside
+its target and renamed into place. Episodes the filters marked as removed (``status`` is
+``filtered``) are left out unless ``include_filtered``; item-level marks stay in the
+``removals`` field for the user to apply.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.graphs.outputs import RunDir, atomic_write_text
+from mcu_sim.graphs.outputs import RunDir
 from mcu_sim.personas.schema import DATE_FORMAT, Episode
+
+FORMATS = ("hf", "parquet", "stark", "jsonl")
+DEFAULT_TARGETS = {
+    "hf": "export/hf",
+    "parquet": "export/episodes.parquet",
+    "stark": "export/stark.jsonl",
+    "jsonl": "export/episodes.jsonl",
+}
 
 
 def _stark_date(iso: str) -> str:
@@ -93,23 +114,234 @@ def to_stark(episode: Episode) -> dict[str, Any]:
     }
 
 
-def load_episodes(run_dir: Path) -> list[Episode]:
+def iter_episodes(run_dir: Path, include_filtered: bool = False) -> Iterator[Episode]:
+    """Finished episodes in id order, validated; filtered ones only when asked."""
     run = RunDir(run_dir)
-    return [
-        Episode.model_validate(json.loads(run.episode_path(i).read_text()))
-        for i in run.finished_ids()
-    ]
+    if not run.episodes.is_dir():
+        raise FileNotFoundError(f"{run_dir} has no episodes/ folder: not a run directory")
+    for episode_id in run.finished_ids():
+        episode = Episode.model_validate(run.read_episode(episode_id))
+        if include_filtered or episode.status != "filtered":
+            yield episode
 
 
-def export_run(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
-    episodes = load_episodes(run_dir)
+def load_episodes(run_dir: Path, include_filtered: bool = True) -> list[Episode]:
+    return list(iter_episodes(run_dir, include_filtered))
+
+
+def _write_lines(target: Path, lines: Iterator[str]) -> int:
+    """Stream lines into a temp file beside ``target``, fsync, rename. Returns the count."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for line in lines:
+                handle.write(line + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def export_run(
+    run_dir: Path, fmt: str, out: Path | None = None, *, include_filtered: bool = False
+) -> Path:
+    """Write the export; return its path (a file, or a folder for ``hf``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    target = Path(out) if out is not None else run_dir / DEFAULT_TARGETS[fmt]
+    episodes = iter_episodes(run_dir, include_filtered)
     if fmt == "stark":
-        target = out or run_dir / "export" / "stark.jsonl"
-        lines = [json.dumps(to_stark(e), ensure_ascii=False) for e in episodes]
+        _write_lines(target, (json.dumps(to_stark(e), ensure_ascii=False) for e in episodes))
     elif fmt == "jsonl":
-        target = out or run_dir / "export" / "episodes.jsonl"
-        lines = [e.model_dump_json() for e in episodes]
+        _write_lines(target, (e.model_dump_json() for e in episodes))
+    elif fmt == "parquet":
+        write_parquet(episodes, target)
     else:
-        raise ValueError(f"unknown export format {fmt!r}; choose stark or jsonl")
-    atomic_write_text(target, "".join(line + "\n" for line in lines))
+        write_hf_folder(run_dir, target, include_filtered)
     return target
+
+
+def replace_dir(built: Path, target: Path) -> None:
+    """Move a finished folder into place; an older export there is removed afterwards."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(built, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- Parquet
+
+# Columns holding free-form nested data are JSON text (decode with json.loads): their
+# shapes vary between episodes (scores, attempts), which a fixed Arrow struct cannot hold.
+JSON_COLUMNS = (
+    "seeds",
+    "demographics",
+    "face",
+    "persona",
+    "commonsense",
+    "events",
+    "device_images",
+    "sessions",
+    "image_requests",
+    "removals",
+    "usage",
+    "prompt_versions",
+)
+ROWS_PER_GROUP = 500
+ROWS_PER_FILE = 10_000  # Hugging Face data files stay a few hundred MB
+
+
+def parquet_schema() -> Any:
+    import pyarrow as pa
+
+    scalar = [
+        ("episode_id", pa.string()),
+        ("schema_version", pa.string()),
+        ("status", pa.string()),
+        ("config_fingerprint", pa.string()),
+        ("name", pa.string()),
+        ("age", pa.int32()),
+        ("gender", pa.string()),
+        ("birthplace", pa.string()),
+        ("residence", pa.string()),
+        ("persona_category", pa.string()),
+        ("persona_sentences", pa.list_(pa.string())),
+        ("narrative", pa.string()),
+        ("n_sessions", pa.int32()),
+        ("n_turns", pa.int32()),
+        ("n_image_requests", pa.int32()),
+        ("n_images_aligned", pa.int32()),
+        ("image_paths", pa.list_(pa.string())),
+    ]
+    return pa.schema(scalar + [(name, pa.string()) for name in JSON_COLUMNS])
+
+
+def image_paths(episode: Episode) -> list[str]:
+    """Every image file an episode refers to (face, aligned images and alternatives)."""
+    paths = [episode.face.image.path] if episode.face.image else []
+    for request in episode.image_requests:
+        paths += [img.path for img in ([request.image] if request.image else [])]
+        paths += [img.path for img in request.alternatives]
+    return list(dict.fromkeys(paths))
+
+
+def parquet_row(episode: Episode) -> dict[str, Any]:
+    data = episode.model_dump(mode="json")
+    demo = episode.demographics
+    row = {
+        "episode_id": episode.episode_id,
+        "schema_version": episode.schema_version,
+        "status": episode.status,
+        "config_fingerprint": episode.config_fingerprint,
+        "name": demo.name,
+        "age": demo.age,
+        "gender": demo.gender,
+        "birthplace": demo.birthplace,
+        "residence": demo.residence,
+        "persona_category": episode.persona_category,
+        "persona_sentences": [a.sentence for a in episode.persona],
+        "narrative": episode.narrative.narrative,
+        "n_sessions": len(episode.sessions),
+        "n_turns": sum(len(s.turns) for s in episode.sessions),
+        "n_image_requests": len(episode.image_requests),
+        "n_images_aligned": sum(r.status == "aligned" for r in episode.image_requests),
+        "image_paths": image_paths(episode),
+    }
+    for name in JSON_COLUMNS:
+        row[name] = json.dumps(data[name], ensure_ascii=False)
+    return row
+
+
+def write_parquet(episodes: Iterator[Episode], target: Path) -> int:
+    """One row per episode, written in row groups of ``ROWS_PER_GROUP``; returns rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = parquet_schema()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            batch: list[dict[str, Any]] = []
+            for episode in episodes:
+                batch.append(parquet_row(episode))
+                if len(batch) == ROWS_PER_GROUP:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    rows, batch = rows + len(batch), []
+            if batch or rows == 0:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                rows += len(batch)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return rows
+
+
+# ---------------------------------------------------------------- Hugging Face folder
+
+
+def write_hf_folder(run_dir: Path, target: Path, include_filtered: bool) -> None:
+    """``data/train-*.parquet``, the images they refer to, and a README.md dataset card.
+
+    ``datasets.load_dataset(str(target))`` reads it (the card's ``configs`` names the
+    files). Images are hard-linked from the run (copied across file systems).
+    """
+    from mcu_sim.graphs.dataset_card import CardStats, dataset_card
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        stats = CardStats()
+
+        def counted() -> Iterator[Episode]:
+            for episode in iter_episodes(run_dir, include_filtered=True):
+                if episode.status == "filtered" and not include_filtered:
+                    stats.excluded += 1
+                    continue
+                stats.add(episode)
+                for path in image_paths(episode):
+                    _link(run_dir / path, built / path)
+                yield episode
+
+        stream = counted()
+        written: list[Path] = []
+        while True:
+            path = built / "data" / f"part-{len(written):05d}.parquet"
+            rows = write_parquet(itertools.islice(stream, ROWS_PER_FILE), path)
+            if rows == 0 and written:
+                path.unlink()
+                break
+            written.append(path)
+            if rows < ROWS_PER_FILE:
+                break
+        for number, path in enumerate(written):
+            path.rename(path.with_name(f"train-{number:05d}-of-{len(written):05d}.parquet"))
+        card = dataset_card(run_dir, stats, include_filtered)
+        (built / "README.md").write_text(card, encoding="utf-8")
+        replace_dir(built, target)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+
+
+def _link(source: Path, dest: Path) -> None:
+    if not source.is_file() or dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)

@@ -1,39 +1,48 @@
 """Batch runner: many episodes concurrently, durable checkpoints, resume, budget.
 
-Each episode is a LangGraph thread (``thread_id`` = episode id) on a SQLite checkpointer in
-the run directory. A re-run of the same command continues unfinished episodes from their last
-checkpoint and never redoes a finished one. There is always a sequential path
-(``max_in_flight=1``) for debugging.
+Each episode is a LangGraph thread (``thread_id`` = episode id) on a durable checkpointer:
+SQLite in the run directory by default, Postgres when ``run.postgres_dsn_env`` names a
+variable holding a connection string. A re-run of the same command continues unfinished
+episodes from their last checkpoint and never redoes or duplicates a finished one; a
+changed config fingerprint is refused unless forced. ``max_in_flight=1`` is the sequential
+path for debugging; :mod:`mcu_sim.graphs.ray_backend` runs the same jobs on Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcu_sim import __version__
 from mcu_sim.agents.llm import LLMClient, LLMOutputError, Usage, build_client
-from mcu_sim.config import Config, redacted
+from mcu_sim.config import Config, ConfigError
 from mcu_sim.graphs.context import EpisodeContext
-from mcu_sim.graphs.outputs import RunDir, atomic_write_json, atomic_write_text
-from mcu_sim.personas.schema import SCHEMA_VERSION
+from mcu_sim.graphs.outputs import RunDir, ShardWriter
+from mcu_sim.graphs.run_manifest import (  # noqa: F401 - re-exported
+    FingerprintMismatch,
+    RunLocked,
+    finish_manifest,
+    jobs_in_manifest,
+    run_lock,
+    start_manifest,
+)
 
-
-class FingerprintMismatch(RuntimeError):
-    """The run directory was made with a different config."""
+EventHandler = Callable[[str, dict[str, Any]], None]
+_NO_TOOLS = object()  # images disabled: distinct from "not built yet"
 
 
 class BudgetExceeded(RuntimeError):
-    pass
+    """Kept for callers that catch it; the runner itself stops cleanly instead of raising."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class EpisodeJob:
     episode_id: str
     seed: int
@@ -45,9 +54,11 @@ class RunReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     stopped_for_budget: bool = False
+    interrupted: bool = False
     usage: Usage = field(default_factory=Usage)
     seconds: float = 0.0
     executions: Counter = field(default_factory=Counter)
+    backend: str = "local"
 
 
 def episode_id_for(seed: int) -> str:
@@ -59,57 +70,174 @@ def plan_jobs(episodes: int, base_seed: int) -> list[EpisodeJob]:
     return [EpisodeJob(episode_id_for(base_seed + i), base_seed + i) for i in range(episodes)]
 
 
+def failed_jobs(run: RunDir) -> list[EpisodeJob]:
+    """The jobs recorded in ``failures/`` (what ``mcu retry-failed`` re-runs)."""
+    return [EpisodeJob(i, int(run.read_failure(i)["seed"])) for i in run.failed_ids()]
+
+
+def manifest_jobs(run: RunDir) -> list[EpisodeJob]:
+    """Every job the run directory's manifest has planned (what ``--resume`` continues)."""
+    return [EpisodeJob(episode_id_for(s), s) for s in jobs_in_manifest(run)]
+
+
+# ---------------------------------------------------------------- checkpointers
+
+
 async def open_checkpointer(path: Path) -> Any:
-    """An AsyncSqliteSaver on ``path`` with WAL and a busy timeout."""
+    """An AsyncSqliteSaver on ``path`` with WAL and a busy timeout.
+
+    ``synchronous=NORMAL`` skips an fsync per checkpoint: a killed process loses nothing
+    (the WAL is in the OS cache); a power cut may roll back the last few steps, which are
+    then redone on resume — never a corrupt database.
+    """
     import aiosqlite
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     conn = await aiosqlite.connect(str(path), timeout=30)
     await conn.execute("PRAGMA busy_timeout=30000")
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=NORMAL")
     saver = AsyncSqliteSaver(conn)
     await saver.setup()
     return saver
 
 
-def write_manifest(run: RunDir, config: Config, jobs: list[EpisodeJob], force: bool) -> None:
-    """Create the manifest, or check the existing one matches this config."""
-    fingerprint = config.fingerprint()
-    existing = run.read_manifest()
-    if existing and existing.get("config_fingerprint") != fingerprint and not force:
-        raise FingerprintMismatch(
-            f"{run.root} was generated with config {existing.get('config_fingerprint')}, "
-            f"but the current config is {fingerprint}. Resuming would mix two datasets. "
-            "Use a new --out directory, restore the old config, or pass --force-config to "
-            "continue anyway."
+def postgres_dsn(config: Config, environ: dict[str, str] | None = None) -> str | None:
+    """The Postgres connection string named by ``run.postgres_dsn_env``, or None for SQLite."""
+    variable = getattr(config.run, "postgres_dsn_env", None)
+    if not variable:
+        return None
+    dsn = (os.environ if environ is None else environ).get(variable)
+    if not dsn:
+        raise ConfigError(
+            f"run.postgres_dsn_env names {variable}, but that environment variable is empty: "
+            f"export {variable}=postgresql://user:password@host:5432/db, or remove "
+            "run.postgres_dsn_env to keep checkpoints in <run>/checkpoints.sqlite."
         )
-    seeds = sorted({job.seed for job in jobs} | set((existing or {}).get("seeds", [])))
-    manifest = {
-        "mcu_sim_version": __version__,
-        "schema_version": SCHEMA_VERSION,
-        "config_fingerprint": fingerprint,
-        "previous_fingerprints": (existing or {}).get("previous_fingerprints", [])
-        + (
-            [existing["config_fingerprint"]]
-            if existing and force and existing.get("config_fingerprint") != fingerprint
-            else []
-        ),
-        "seeds": seeds,
-        "episodes_planned": len(seeds),
-        "episodes_finished": len(run.finished_ids()),
-        "episodes_failed": len(run.failed_ids()),
-        "provider": {"kind": config.llm.provider.kind, "model": config.llm.provider.model},
-    }
-    atomic_write_json(run.manifest, manifest)
-    import yaml
+    return dsn
 
-    atomic_write_text(
-        run.root / "config.yaml",
-        yaml.safe_dump(redacted(config.model_dump(mode="json")), sort_keys=False),
-    )
+
+@contextlib.asynccontextmanager
+async def checkpointer_for(config: Config, run: RunDir) -> AsyncIterator[Any]:
+    """The configured checkpointer, closed on exit (SQLite by default, else Postgres)."""
+    dsn = postgres_dsn(config)
+    if dsn is None:
+        saver = await open_checkpointer(run.checkpoints)
+        try:
+            yield saver
+        finally:
+            await saver.conn.close()
+        return
+    try:
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg import OperationalError
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(
+            "Postgres checkpoints need langgraph-checkpoint-postgres: pip install 'mcu-sim[scale]'"
+        ) from exc
+    try:
+        manager = AsyncPostgresSaver.from_conn_string(dsn)
+        saver = await manager.__aenter__()
+    except OperationalError as exc:  # never echo the DSN: it may hold a password
+        raise ConfigError(
+            f"Cannot connect to the Postgres named by ${config.run.postgres_dsn_env}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    try:
+        await saver.setup()
+        yield saver
+    finally:
+        await manager.__aexit__(None, None, None)
+
+
+def thread_id_for(run_id: str, episode_id: str, shared_store: bool) -> str:
+    """The episode id; in a shared Postgres database, prefixed with the run's id so two
+    run directories that both have ``ep-00000001`` never share a thread."""
+    return f"{run_id}/{episode_id}" if shared_store else episode_id
+
+
+# ---------------------------------------------------------------- one episode
+
+
+async def drive_episode(
+    graph: Any,
+    job: EpisodeJob,
+    context: EpisodeContext,
+    thread_id: str,
+    on_node: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any] | None:
+    """Run (or resume) one episode to its end; return the episode dict.
+
+    Steps are checkpointed with ``durability="sync"``: a step counts as done only once its
+    checkpoint is written, so an interruption redoes at most the steps in progress.
+
+    Returns None when ``should_stop`` said so after a step: the checkpoint keeps every
+    finished step and the next call continues from there. Raises what a node raised.
+    """
+    config = {"configurable": {"thread_id": thread_id}}
+    snapshot = await graph.aget_state(config)
+    finished = bool(snapshot.values) and not snapshot.next and "episode" in snapshot.values
+    if not finished:  # a finished graph whose file write was lost skips straight to it
+        payload = None if snapshot.values else {"episode_id": job.episode_id, "seed": job.seed}
+        stream = graph.astream(
+            payload, config, context=context, stream_mode="updates", durability="sync"
+        )
+        async for update in stream:
+            if on_node is not None:
+                for node in update:
+                    on_node(node)
+            if should_stop is not None and should_stop():
+                return None
+        snapshot = await graph.aget_state(config)
+    episode = snapshot.values.get("episode")
+    if episode is None:
+        raise RuntimeError(f"the graph stopped before finalize (next: {list(snapshot.next)})")
+    return episode
+
+
+def failure_record(
+    job: EpisodeJob, exc: BaseException, failed_at: list[str], previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What ``failures/<id>.json`` holds: reason, traceback, the model's raw text if any."""
+    record: dict[str, Any] = {
+        "episode_id": job.episode_id,
+        "seed": job.seed,
+        "failed_at": failed_at,
+        "error_type": type(exc).__name__,
+        "reason": str(exc),
+        "traceback": traceback.format_exception(exc),
+        "time": time.time(),
+        "attempts": int((previous or {}).get("attempts", 0)) + 1,
+    }
+    if isinstance(exc, LLMOutputError):
+        record["raw_text"] = exc.raw_text
+    return record
+
+
+async def next_nodes(graph: Any, thread_id: str) -> list[str]:
+    try:
+        snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+    except Exception:  # the failure record must still be written
+        return []
+    return list(snapshot.next)
+
+
+def compile_graph(checkpointer: Any, graph_factory: Callable[[], Any] | None = None) -> Any:
+    if graph_factory is not None:
+        return graph_factory().compile(checkpointer=checkpointer)
+    from mcu_sim.graphs.episode import build_episode_graph
+
+    return build_episode_graph().compile(checkpointer=checkpointer)
+
+
+# ---------------------------------------------------------------- the runner
 
 
 class EpisodeRunner:
-    """Runs episode jobs into one run directory."""
+    """Runs episode jobs into one run directory (asyncio, ``max_in_flight`` at a time)."""
+
+    backend = "local"
 
     def __init__(
         self,
@@ -121,89 +249,123 @@ class EpisodeRunner:
         use_cache: bool = True,
         max_in_flight: int | None = None,
         max_cost: float | None = None,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_event: EventHandler | None = None,
         graph_factory: Callable[[], Any] | None = None,
+        shard_size: int | None = None,
     ) -> None:
         self.config = config
         self.run = RunDir(out_dir)
         self.llm = llm
-        self.tools = tools if tools is not None else build_toolbox(config)
+        self._owns_llm = llm is None
+        self._tools = tools
         self.use_cache = use_cache
         self.max_in_flight = max_in_flight or config.run.max_in_flight
         self.max_cost = max_cost
         self.on_event = on_event or (lambda kind, data: None)
         self.graph_factory = graph_factory
+        self.shard_size = shard_size or getattr(config.run, "shard_size", 1000)
         self.executions: Counter = Counter()
+        self.run_id = ""
+        self.shards: ShardWriter | None = None
         self._budget_hit = asyncio.Event()
+        self._usage_start = Usage()
+
+    # -------------------------------------------------------------- accounting
+    @property
+    def tools(self) -> Any:
+        """The injected toolbox, else one built from ``config.images`` on first use."""
+        if self._tools is None:
+            self._tools = _NO_TOOLS if (box := build_toolbox(self.config)) is None else box
+        return None if self._tools is _NO_TOOLS else self._tools
+
+    @property
+    def usage(self) -> Usage:
+        """LLM usage of this invocation so far (what the budget is checked against)."""
+        if self.llm is None:
+            return Usage()
+        return _minus(self.llm.usage, self._usage_start)
 
     def _emit(self, kind: str, **data: Any) -> None:
         self.on_event(kind, data)
 
     def _client(self) -> LLMClient:
         if self.llm is None:
-            cache_path = self.config.llm.cache.path
-            self.llm = build_client(self.config.llm, cache_path=cache_path)
+            self.llm = build_client(self.config.llm, cache_path=self.config.llm.cache.path)
         return self.llm
 
-    def _graph(self, checkpointer: Any) -> Any:
-        if self.graph_factory:
-            return self.graph_factory().compile(checkpointer=checkpointer)
-        from mcu_sim.graphs.episode import build_episode_graph
+    def _over_budget(self) -> bool:
+        if self.max_cost is not None and self.usage.cost_usd >= self.max_cost:
+            if not self._budget_hit.is_set():
+                self._emit("budget", cost_usd=self.usage.cost_usd, max_cost=self.max_cost)
+            self._budget_hit.set()
+        return self._budget_hit.is_set()
 
-        return build_episode_graph().compile(checkpointer=checkpointer)
-
+    # -------------------------------------------------------------- the run
     async def run_jobs(self, jobs: list[EpisodeJob], force_config: bool = False) -> RunReport:
+        """Run ``jobs``; skip finished ones, resume unfinished ones; never raise for one
+        episode's failure (it is recorded in ``failures/``)."""
         self.run.create()
-        write_manifest(self.run, self.config, jobs, force_config)
-        self.run.rebuild_index()
-        report = RunReport()
+        with run_lock(self.run):
+            return await self._run_locked(jobs, force_config)
+
+    async def _run_locked(self, jobs: list[EpisodeJob], force_config: bool) -> RunReport:
+        report = RunReport(backend=self.backend)
         start = time.monotonic()
-        llm = self._client()
-        usage_before = llm.usage
+        seeds = [job.seed for job in jobs]
+        manifest = start_manifest(self.run, self.config, seeds, force_config, self.backend)
+        self.run_id = manifest["run_id"]
+        self.shards = ShardWriter(self.run, self.shard_size)
+        await asyncio.to_thread(self._prepare_files)
         todo = []
         for job in jobs:
             if self.run.is_finished(job.episode_id):
                 report.skipped.append(job.episode_id)
             else:
                 todo.append(job)
-        self._emit("plan", total=len(jobs), skipped=len(report.skipped))
-        saver = await open_checkpointer(self.run.checkpoints)
+        self._emit("plan", total=len(jobs), skipped=len(report.skipped), todo=len(todo))
+        self._usage_start = self.llm.usage if self.llm is not None else Usage()
         try:
-            graph = self._graph(saver)
-            await self._run_all(graph, todo, report)
+            await self._execute(todo, report)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            report.interrupted = True
+            raise
         finally:
-            await saver.conn.close()
-        report.usage = _minus(llm.usage, usage_before)
-        report.seconds = time.monotonic() - start
-        report.executions = self.executions
-        report.stopped_for_budget = self._budget_hit.is_set()
-        write_manifest(self.run, self.config, jobs, force=True)
+            report.usage = self.usage if report.usage.calls == 0 else report.usage
+            report.seconds = time.monotonic() - start
+            report.executions = self.executions
+            report.stopped_for_budget = self._budget_hit.is_set()
+            await asyncio.to_thread(self._close_files, manifest, report)
+            if self._owns_llm and self.llm is not None:
+                await self.llm.aclose()
         return report
 
-    async def _run_all(self, graph: Any, jobs: list[EpisodeJob], report: RunReport) -> None:
-        queue: asyncio.Queue[EpisodeJob] = asyncio.Queue()
-        for job in jobs:
-            queue.put_nowait(job)
+    def _prepare_files(self) -> None:
+        self.run.sync_index()
+        assert self.shards is not None
+        self.shards.load()
 
-        async def worker() -> None:
-            while not queue.empty() and not self._budget_hit.is_set():
-                job = queue.get_nowait()
-                await self._run_one(graph, job, report)
+    def _close_files(self, manifest: dict[str, Any], report: RunReport) -> None:
+        assert self.shards is not None
+        self.shards.flush()
+        finish_manifest(self.run, manifest, report, len(self.shards.shards))
 
-        workers = [
-            asyncio.create_task(worker()) for _ in range(min(self.max_in_flight, max(len(jobs), 1)))
-        ]
-        await asyncio.gather(*workers)
+    async def _execute(self, jobs: list[EpisodeJob], report: RunReport) -> None:
+        """Local backend: one event loop, ``max_in_flight`` episodes at a time."""
+        self._client()
+        async with checkpointer_for(self.config, self.run) as saver:
+            graph = compile_graph(saver, self.graph_factory)
+            shared = postgres_dsn(self.config) is not None
 
-    def _over_budget(self) -> bool:
-        if self.max_cost is None or self.llm is None:
-            return False
-        if self.llm.usage.cost_usd >= self.max_cost:
-            self._budget_hit.set()
-        return self._budget_hit.is_set()
+            async def one(job: EpisodeJob) -> None:
+                await self._run_one(
+                    graph, job, report, thread_id_for(self.run_id, job.episode_id, shared)
+                )
 
-    async def _run_one(self, graph: Any, job: EpisodeJob, report: RunReport) -> None:
-        config = {"configurable": {"thread_id": job.episode_id}}
+            await run_bounded(jobs, one, self.max_in_flight, self._over_budget)
+
+    async def _run_one(
+        self, graph: Any, job: EpisodeJob, report: RunReport, thread_id: str
+    ) -> None:
         context = EpisodeContext(
             config=self.config,
             llm=self._client(),
@@ -214,53 +376,70 @@ class EpisodeRunner:
         )
         self._emit("start", episode_id=job.episode_id)
         try:
-            snapshot = await graph.aget_state(config)
-            payload = None if snapshot.values else {"episode_id": job.episode_id, "seed": job.seed}
-            if snapshot.values and not snapshot.next and "episode" in snapshot.values:
-                payload = None  # finished in the graph; only the file write was lost
-            else:
-                async for update in graph.astream(
-                    payload, config, context=context, stream_mode="updates"
-                ):
-                    for node in update:
-                        self._emit("node", episode_id=job.episode_id, node=node)
-                    if self._over_budget():
-                        self._emit("budget", episode_id=job.episode_id)
-                        return
-            final = await graph.aget_state(config)
-            episode = final.values.get("episode")
-            if episode is None:
-                raise RuntimeError(f"graph stopped before finalize (next: {final.next})")
-            self.run.write_episode(episode)
-            report.finished.append(job.episode_id)
-            self._emit("done", episode_id=job.episode_id)
-        except asyncio.CancelledError:
+            episode = await drive_episode(
+                graph,
+                job,
+                context,
+                thread_id,
+                on_node=lambda node: self._emit("node", episode_id=job.episode_id, node=node),
+                should_stop=self._over_budget,
+            )
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self._emit("stopped", episode_id=job.episode_id)
             raise
         except Exception as exc:  # one bad episode never stops the run
-            await self._record_failure(graph, config, job, exc)
-            report.failed[job.episode_id] = f"{type(exc).__name__}: {exc}"
-            self._emit("failed", episode_id=job.episode_id, error=str(exc))
+            await self.store_failure(job, exc, await next_nodes(graph, thread_id), report)
+            return
+        if episode is None:
+            self._emit("stopped", episode_id=job.episode_id)
+            return
+        await self.store_episode(episode, report)
 
-    async def _record_failure(
-        self, graph: Any, config: dict[str, Any], job: EpisodeJob, exc: Exception
+    async def store_episode(self, episode: dict[str, Any], report: RunReport) -> None:
+        """Write the episode file, its index line and (when full) its shard."""
+        await asyncio.to_thread(self._write_episode, episode)
+        report.finished.append(episode["episode_id"])
+        self._emit("done", episode_id=episode["episode_id"])
+
+    def _write_episode(self, episode: dict[str, Any]) -> None:
+        self.run.write_episode(episode)
+        assert self.shards is not None
+        for path in self.shards.add(episode["episode_id"]):
+            self._emit("shard", path=str(path))
+
+    async def store_failure(
+        self, job: EpisodeJob, exc: BaseException, failed_at: list[str], report: RunReport
     ) -> None:
-        try:
-            snapshot = await graph.aget_state(config)
-            next_nodes = list(snapshot.next)
-        except Exception:  # pragma: no cover - the record must still be written
-            next_nodes = []
-        record = {
-            "episode_id": job.episode_id,
-            "seed": job.seed,
-            "failed_at": next_nodes,
-            "error_type": type(exc).__name__,
-            "reason": str(exc),
-            "traceback": traceback.format_exception(exc),
-            "time": time.time(),
-        }
-        if isinstance(exc, LLMOutputError):
-            record["raw_text"] = exc.raw_text
-        self.run.write_failure(job.episode_id, record)
+        previous = None
+        if self.run.failure_path(job.episode_id).is_file():
+            previous = self.run.read_failure(job.episode_id)
+        record = failure_record(job, exc, failed_at, previous)
+        await asyncio.to_thread(self.run.write_failure, job.episode_id, record)
+        report.failed[job.episode_id] = f"{type(exc).__name__}: {exc}"
+        self._emit("failed", episode_id=job.episode_id, error=report.failed[job.episode_id])
+
+
+async def run_bounded(
+    jobs: list[EpisodeJob],
+    run_one: Callable[[EpisodeJob], Awaitable[None]],
+    limit: int,
+    stop: Callable[[], bool],
+) -> None:
+    """Run ``run_one`` over ``jobs`` with at most ``limit`` at once; start no new job once
+    ``stop()`` is true. Cancelling the caller cancels every job in flight."""
+    queue = list(reversed(jobs))
+
+    async def worker() -> None:
+        while queue and not stop():
+            await run_one(queue.pop())
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(limit, max(len(jobs), 1)))]
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
 
 
 def _minus(after: Usage, before: Usage) -> Usage:
@@ -282,11 +461,22 @@ def build_toolbox(config: Config) -> Any:
     return ImageToolbox(settings) if settings.enabled else None
 
 
-def failed_jobs(run: RunDir) -> list[EpisodeJob]:
-    import json
+def make_runner(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    backend: str | None = None,
+    ray_address: str | None = None,
+    **options: Any,
+) -> EpisodeRunner:
+    """An :class:`EpisodeRunner` for ``backend`` (``local`` or ``ray``; default from
+    ``run.backend``). ``options`` are the runner's keyword arguments."""
+    backend = backend or getattr(config.run, "backend", "local")
+    if backend == "local":
+        return EpisodeRunner(config, out_dir, **options)
+    if backend == "ray":
+        from mcu_sim.graphs.ray_backend import RayEpisodeRunner
 
-    jobs = []
-    for episode_id in run.failed_ids():
-        record = json.loads((run.failures / f"{episode_id}.json").read_text())
-        jobs.append(EpisodeJob(episode_id, int(record["seed"])))
-    return jobs
+        address = ray_address or getattr(config.run, "ray_address", None)
+        return RayEpisodeRunner(config, out_dir, address=address, **options)
+    raise ConfigError(f"unknown backend {backend!r}: choose local or ray (run.backend)")

@@ -1,0 +1,325 @@
+"""``mcu estimate``: LLM calls, tokens and cost of N episodes, before running them.
+
+How the numbers are made:
+
+- **Calls per episode** follow the graph's shape: one persona, commonsense, narrative,
+  events and device call; one dialogue (and one judge, one summary when configured) per
+  session, with the expected session count ``(sessions_min + sessions_max) / 2``; one
+  planner call per image request (album photos plus sharing moments that need an image).
+  Repairs and QA rewrites are not predicted; a measured run (``--from-run``) includes them.
+- **Prompt tokens** come from a dry run: a few sample people go through the real graph and
+  the real prompt templates against an in-process fake endpoint (127.0.0.1), and every
+  request is measured (messages plus the JSON schema). Tokens are characters / 4 unless
+  ``tiktoken`` is installed with its encodings available.
+- **Completion tokens** are typical answer sizes for each role (from the configured counts:
+  persona sentences, events, album size, turns), capped by the step's ``max_tokens``.
+- **Cost** uses ``llm.provider.prices`` for each step's model.
+- **--from-run DIR** replaces predictions with the means measured in that run's episodes
+  (their ``usage`` field) wherever it has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcu_sim.config import Config
+
+# schema name of a role's answer -> (step settings name, node name in episode usage)
+ROLES: dict[str, tuple[str, str]] = {
+    "PersonaOutput": ("persona", "persona"),
+    "CommonsenseOutput": ("commonsense", "commonsense"),
+    "NarrativeOutput": ("narrative", "narrative"),
+    "EventsOutput": ("events", "events"),
+    "DeviceOutput": ("device", "device_images"),
+    "DialogueOutput": ("dialogue", "session"),
+    "SummaryOutput": ("summarizer", "summarizer"),
+    "JudgeVerdict": ("judge", "judge"),
+    "PlanOutput": ("planner", "planner"),
+    "RewriteOutput": ("rewriter", "rewriter"),
+}
+PER_SESSION = {"DialogueOutput", "SummaryOutput", "JudgeVerdict"}
+DRY_RUN_EPISODES = 3
+
+
+@dataclass
+class RoleEstimate:
+    role: str
+    step: str
+    calls_per_episode: float
+    prompt_tokens_per_call: float
+    completion_tokens_per_call: float
+    usd_per_episode: float = 0.0
+    source: str = "predicted"
+
+
+@dataclass
+class Estimate:
+    episodes: int
+    roles: list[RoleEstimate] = field(default_factory=list)
+    tokenizer: str = "chars/4"
+    priced: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def calls(self) -> float:
+        return self.episodes * sum(r.calls_per_episode for r in self.roles)
+
+    @property
+    def prompt_tokens(self) -> float:
+        return self.episodes * sum(
+            r.calls_per_episode * r.prompt_tokens_per_call for r in self.roles
+        )
+
+    @property
+    def completion_tokens(self) -> float:
+        return self.episodes * sum(
+            r.calls_per_episode * r.completion_tokens_per_call for r in self.roles
+        )
+
+    @property
+    def cost_usd(self) -> float:
+        return self.episodes * sum(r.usd_per_episode for r in self.roles)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "episodes": self.episodes,
+            "calls": round(self.calls),
+            "prompt_tokens": round(self.prompt_tokens),
+            "completion_tokens": round(self.completion_tokens),
+            "cost_usd": round(self.cost_usd, 4),
+            "priced": self.priced,
+            "tokenizer": self.tokenizer,
+            "roles": [asdict(r) for r in self.roles],
+            "notes": self.notes,
+        }
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def token_counter(model: str) -> tuple[Any, str]:
+    """(count(text) -> int, name): tiktoken when usable offline, else characters / 4."""
+    try:
+        import tiktoken
+
+        try:
+            encoding = tiktoken.encoding_for_model(model)
+        except KeyError:
+            encoding = tiktoken.get_encoding("o200k_base")
+        encoding.encode("probe")
+        return (lambda text: len(encoding.encode(text))), f"tiktoken {encoding.name}"
+    except Exception:  # not installed, or its encoding files cannot be fetched here
+        return (lambda text: max(1, round(len(text) / 4))), "chars/4"
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """What the endpoint bills as input: the messages plus a response-format schema."""
+    parts = [str(m.get("content") or "") for m in body.get("messages") or []]
+    response_format = body.get("response_format") or {}
+    if response_format:
+        parts.append(json.dumps(response_format, separators=(",", ":")))
+    return "\n".join(parts)
+
+
+def typical_completion(role: str, config: Config) -> int:
+    """Tokens a capable model typically answers for ``role``, before the max_tokens cap."""
+    episode = config.episode
+    sessions = round((episode.sessions_min + episode.sessions_max) / 2)
+    sizes = {
+        "PersonaOutput": 20 + 38 * episode.persona_sentences,
+        "CommonsenseOutput": 130,
+        "NarrativeOutput": 100,
+        "EventsOutput": 20 + 70 * sessions,
+        "DeviceOutput": 20 + 40 * episode.device_images,
+        "DialogueOutput": 40 + 28 * episode.max_turns + 70 * (episode.min_sharing_moments + 1),
+        "SummaryOutput": 90,
+        "JudgeVerdict": 35,
+        "PlanOutput": 45,
+        "RewriteOutput": 40,
+    }
+    return sizes.get(role, 100)
+
+
+# ---------------------------------------------------------------- the dry run
+
+
+def images_config(config: Config) -> Any:
+    from mcu_sim.tools.settings import ImagesConfig
+
+    return ImagesConfig.model_validate(config.images)
+
+
+class DryRunTools:
+    """An image toolbox whose modules are all unavailable: the planner is still asked for
+    every image request (as in a real run), and nothing is generated or downloaded."""
+
+    face = None
+
+    def __init__(self, config: Config) -> None:
+        self.settings = images_config(config)
+
+    @property
+    def router_order(self) -> list[str]:
+        return list(self.settings.router_order)
+
+    @property
+    def qa_settings(self) -> Any:
+        return self.settings.qa
+
+    def availability(self, module: str) -> tuple[bool, str]:
+        return False, "estimate dry run"
+
+
+def dry_run(config: Config, episodes: int = DRY_RUN_EPISODES) -> tuple[list[dict], list[int]]:
+    """Run sample episodes against a fake endpoint; return (request bodies, sessions)."""
+    from mcu_sim.agents.llm import build_client
+    from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+    from mcu_sim.testing.fake_openai import FakeOpenAIServer
+    from mcu_sim.testing.scripted import scripted_answer
+
+    images_on = images_config(config).enabled
+    with FakeOpenAIServer(scripted_answer) as server, tempfile.TemporaryDirectory() as tmp:
+        provider = config.llm.provider.model_dump()
+        provider.update(kind="openai_compatible", base_url=server.url, api_key_env=None)
+        llm_config = config.llm.model_copy(
+            update={
+                "provider": type(config.llm.provider).model_validate(provider),
+                "cache": config.llm.cache.model_copy(update={"enabled": False}),
+            }
+        )
+        runner = EpisodeRunner(
+            config,
+            Path(tmp) / "run",
+            llm=build_client(llm_config, environ={}),
+            tools=DryRunTools(config) if images_on else None,
+            use_cache=False,
+            max_in_flight=episodes,
+        )
+        report = asyncio.run(runner.run_jobs(plan_jobs(episodes, config.run.seed)))
+        if report.failed:
+            reason = next(iter(report.failed.values()))
+            raise ValueError(f"the estimate's dry run failed: {reason}")
+        sessions = [len(runner.run.read_episode(i)["sessions"]) for i in runner.run.finished_ids()]
+        bodies = [r.body for r in server.chat_requests if isinstance(r.body, dict)]
+    return bodies, sessions
+
+
+# ---------------------------------------------------------------- the estimate
+
+
+def estimate_run(config: Config, episodes: int, from_run: Path | None = None) -> Estimate:
+    """Predict the calls, tokens and cost of ``episodes`` episodes with ``config``."""
+    from mcu_sim.testing.scripted import schema_of
+
+    count, tokenizer = token_counter(config.llm.provider.model)
+    bodies, sessions = dry_run(config)
+    sampled = len(sessions)
+    expected_sessions = (config.episode.sessions_min + config.episode.sessions_max) / 2
+    session_scale = expected_sessions / max(statistics.mean(sessions), 1e-9)
+    per_role: dict[str, list[int]] = defaultdict(list)
+    for body in bodies:
+        per_role[schema_of(body)[0]].append(count(prompt_text(body)))
+    album = config.episode.device_images
+    result = Estimate(episodes=episodes, tokenizer=tokenizer)
+    for role, prompts in per_role.items():
+        step, _ = ROLES.get(role, (role, role))
+        calls = len(prompts) / sampled
+        if role in PER_SESSION:
+            calls *= session_scale
+        elif role == "PlanOutput":  # album photos are fixed; sharing moments scale
+            calls = album + max(calls - album, 0) * session_scale
+        settings = config.llm.step(step) if step in config.llm.steps else None
+        completion = typical_completion(role, config)
+        if settings is not None:
+            completion = min(completion, settings.max_tokens)
+        result.roles.append(
+            RoleEstimate(role, step, calls, statistics.mean(prompts), float(completion))
+        )
+    if from_run is not None:
+        refine_from_run(result, Path(from_run))
+    price_roles(result, config)
+    result.roles.sort(key=lambda r: list(ROLES).index(r.role) if r.role in ROLES else 99)
+    result.notes.append(
+        f"prompt sizes from a dry run of {sampled} sample episodes; "
+        f"{expected_sessions:g} sessions per episode expected"
+    )
+    return result
+
+
+def refine_from_run(result: Estimate, run_dir: Path) -> None:
+    """Replace predictions with per-episode means measured in ``run_dir``'s episodes."""
+    from mcu_sim.graphs.outputs import RunDir
+
+    run = RunDir(run_dir)
+    ids = run.finished_ids() if run.episodes.is_dir() else []
+    if not ids:
+        raise FileNotFoundError(f"{run_dir} has no finished episodes to measure")
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for episode_id in ids:
+        for node, values in (run.read_episode(episode_id).get("usage") or {}).items():
+            for key, value in values.items():
+                totals[node][key] += float(value)
+    by_node = {node: role for role, (_, node) in ROLES.items()}
+    for node, values in totals.items():
+        role = by_node.get(node)
+        if role is None:
+            continue
+        row = next((r for r in result.roles if r.role == role), None)
+        if row is None:
+            row = RoleEstimate(role, ROLES[role][0], 0.0, 0.0, 0.0)
+            result.roles.append(row)
+        row.calls_per_episode = (values["calls"] + values["cached_calls"]) / len(ids)
+        if values["calls"] > 0:  # cached answers carry no token counts
+            row.prompt_tokens_per_call = values["prompt_tokens"] / values["calls"]
+            row.completion_tokens_per_call = values["completion_tokens"] / values["calls"]
+        row.source = f"measured ({len(ids)} episodes)"
+    result.notes.append(f"refined with {len(ids)} episodes of {run_dir}")
+
+
+def price_roles(result: Estimate, config: Config) -> None:
+    provider = config.llm.provider
+    missing = set()
+    for row in result.roles:
+        settings = config.llm.steps.get(row.step)
+        model = (settings.model if settings else None) or provider.model
+        price = provider.prices.get(model)
+        if price is None:
+            missing.add(model)
+            continue
+        per_call = row.prompt_tokens_per_call * price.input
+        per_call += row.completion_tokens_per_call * price.output
+        row.usd_per_episode = row.calls_per_episode * per_call / 1_000_000
+    if missing:
+        result.priced = False
+        result.notes.append(
+            f"no price for {', '.join(sorted(missing))}: set llm.provider.prices "
+            "(USD per million tokens) to get a cost"
+        )
+
+
+def format_estimate(result: Estimate) -> str:
+    """A plain-text table for the terminal."""
+    lines = [
+        f"{'role':<18}{'calls/ep':>9}{'prompt tok':>12}{'compl. tok':>12}{'$/ep':>10}  source",
+    ]
+    for r in result.roles:
+        lines.append(
+            f"{r.step:<18}{r.calls_per_episode:>9.2f}{r.prompt_tokens_per_call:>12.0f}"
+            f"{r.completion_tokens_per_call:>12.0f}{r.usd_per_episode:>10.4f}  {r.source}"
+        )
+    cost = f"${result.cost_usd:,.2f}" if result.priced else "unknown (no prices)"
+    lines += [
+        "",
+        f"{result.episodes} episodes: {result.calls:,.0f} LLM calls, "
+        f"{result.prompt_tokens:,.0f} prompt + {result.completion_tokens:,.0f} completion "
+        f"tokens ({result.tokenizer}), cost {cost}",
+        *[f"note: {n}" for n in result.notes],
+    ]
+    return "\n".join(lines)

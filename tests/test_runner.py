@@ -1,0 +1,418 @@
+"""The batch runner over real HTTP (the fake endpoint) with real SQLite (and, where the
+machine has it, a real throwaway Postgres) checkpoints: a 20-episode run with shards and a
+manifest, an in-process interruption resumed without redoing finished nodes, failures and
+retry-failed, the fingerprint refusal, the budget stop, the run lock and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from mcu_sim.cli import app
+from mcu_sim.config import Config, load_config
+from mcu_sim.graphs.outputs import RunDir, ShardWriter, atomic_write_text
+from mcu_sim.graphs.progress import RunProgress, eta_seconds, format_duration
+from mcu_sim.graphs.run_manifest import run_lock
+from mcu_sim.graphs.runner import (
+    EpisodeRunner,
+    FingerprintMismatch,
+    RunLocked,
+    failed_jobs,
+    plan_jobs,
+)
+from mcu_sim.personas.schema import Episode
+from mcu_sim.testing.fake_openai import FakeOpenAIServer, Fault, schema_name
+from mcu_sim.testing.scripted import scripted_answer
+
+PRE_EVENTS = ("demographics", "face", "persona", "commonsense", "narrative")
+
+
+def _overrides(server: FakeOpenAIServer, tmp_path: Path, sessions: int = 1) -> list[str]:
+    return [
+        "images.enabled=false",
+        "llm.provider.kind=openai_compatible",
+        f"llm.provider.base_url={server.url}",
+        "llm.provider.model=fake-model",
+        "llm.provider.timeout_s=10",
+        "llm.provider.max_concurrency=16",
+        f"llm.cache.path={tmp_path / 'llm-cache.sqlite'}",
+        f"episode.sessions_min={sessions}",
+        f"episode.sessions_max={sessions}",
+    ]
+
+
+def _config(server: FakeOpenAIServer, tmp_path: Path, *extra: str, sessions: int = 1) -> Config:
+    return load_config(None, [*_overrides(server, tmp_path, sessions), *extra])
+
+
+def _run(config: Config, out: Path, jobs: list, **options: Any) -> Any:
+    runner = EpisodeRunner(config, out, **options)
+    return asyncio.run(runner.run_jobs(jobs)), runner
+
+
+def _requests(server: FakeOpenAIServer, role: str) -> int:
+    return sum(1 for r in server.chat_requests if schema_name(r.body) == role)
+
+
+def _shard_ids(run: Path) -> list[str]:
+    ids = []
+    for path in sorted((run / "shards").glob("shard-*.jsonl")):
+        ids += [json.loads(line)["episode_id"] for line in path.read_text().splitlines()]
+    return ids
+
+
+# ---------------------------------------------------------------- a whole run
+
+
+def test_run_of_20_episodes_writes_episodes_shards_index_and_manifest(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    def slow(body: dict[str, Any]) -> str:  # a little latency lets episodes overlap
+        time.sleep(0.02)
+        return scripted_answer(body)
+
+    fake_openai.handler = slow
+    config = _config(fake_openai, tmp_path, "run.shard_size=8")
+    out = tmp_path / "run"
+    report, _ = _run(config, out, plan_jobs(20, 100), max_in_flight=8)
+    assert report.failed == {} and len(report.finished) == 20
+    assert fake_openai.max_in_flight > 1  # episodes really overlapped
+    run = RunDir(out)
+    assert run.finished_ids() == [f"ep-{100 + i:08d}" for i in range(20)]
+    for episode_id in run.finished_ids():
+        Episode.model_validate(run.read_episode(episode_id))
+    index = [json.loads(line) for line in run.index.read_text().splitlines()]
+    assert sorted(r["episode_id"] for r in index) == run.finished_ids()
+    shards = sorted(p.name for p in run.shards.glob("shard-*.jsonl"))
+    assert shards == ["shard-00000.jsonl", "shard-00001.jsonl", "shard-00002.jsonl"]
+    assert [len(p.read_text().splitlines()) for p in sorted(run.shards.glob("*.jsonl"))] == [
+        8,
+        8,
+        4,
+    ]
+    assert sorted(_shard_ids(out)) == run.finished_ids()
+    manifest = run.read_manifest()
+    assert manifest["seed_ranges"] == [[100, 120]]
+    assert manifest["episodes_finished"] == 20 and manifest["episodes_failed"] == 0
+    assert manifest["state"] == "complete" and manifest["shards"] == 3
+    assert manifest["config_fingerprint"] == config.fingerprint()
+    assert manifest["versions"]["prompts"]["dialogue"]
+    assert manifest["usage_total"]["calls"] == report.usage.calls > 0
+    # the same command again: nothing to do, no new request, nothing duplicated
+    calls = len(fake_openai.chat_requests)
+    again, _ = _run(config, out, plan_jobs(20, 100), max_in_flight=8)
+    assert again.finished == [] and len(again.skipped) == 20
+    assert len(fake_openai.chat_requests) == calls
+    assert sorted(_shard_ids(out)) == run.finished_ids()
+    assert len(run.read_manifest()["invocations"]) == 2
+
+
+# ---------------------------------------------------------------- interruption and resume
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """A throwaway Postgres server (skipped where initdb/pg_ctl are not installed)."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed")
+    folder = Path(tempfile.mkdtemp(prefix="mcu-pg-"))  # outside pytest's root-only tmp
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser")
+        shutil.chown(folder, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "mcu"], check=True,
+                   **quiet)  # fmt: skip
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    start = [*prefix, pg_ctl, "-D", str(data), "-o", options, "-w", "start"]
+    subprocess.run(start, check=True, **quiet)
+    try:
+        yield f"postgresql://mcu@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], **quiet)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _HoldAtEvents:
+    """Endpoint handler that answers everything but holds the first events request until
+    released, so the test can interrupt the run while the ``events`` node is in progress."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        self.held = False
+
+    def __call__(self, body: dict[str, Any]) -> Any:
+        if schema_name(body) == "EventsOutput" and not self.held:
+            self.held = True
+            self.arrived.set()
+            self.release.wait(20)
+            return Fault.status(503, message="interrupted")
+        return scripted_answer(body)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_interrupted_at_a_node_resumes_without_redoing_finished_nodes(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    extra = []
+    if store == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        os.environ["MCU_TEST_PG_DSN"] = dsn
+        request.addfinalizer(lambda: os.environ.pop("MCU_TEST_PG_DSN", None))
+        extra = ["run.postgres_dsn_env=MCU_TEST_PG_DSN"]
+    hold = _HoldAtEvents()
+    fake_openai.handler = hold
+    config = _config(fake_openai, tmp_path, *extra, sessions=2)
+    out = tmp_path / "run"
+    job = plan_jobs(1, 7)
+    first = EpisodeRunner(config, out)
+
+    async def interrupt() -> None:
+        task = asyncio.create_task(first.run_jobs(job))
+        await asyncio.to_thread(hold.arrived.wait, 20)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(interrupt())
+    finally:
+        hold.release.set()
+    assert all(first.executions[node] == 1 for node in PRE_EVENTS)
+    assert first.executions["events"] == 1 and first.executions["session"] == 0
+    manifest = RunDir(out).read_manifest()
+    assert manifest["state"] == "interrupted" and manifest["episodes_finished"] == 0
+    assert manifest["checkpointer"] == store
+
+    report, second = _run(config, out, job)
+    assert report.finished == ["ep-00000007"]
+    assert all(second.executions[node] == 0 for node in PRE_EVENTS)
+    assert second.executions["events"] == 1 and second.executions["session"] == 2
+    total = first.executions + second.executions
+    assert all(total[node] == 1 for node in (*PRE_EVENTS, "device_images", "finalize"))
+    assert _requests(fake_openai, "PersonaOutput") == 1
+    assert _requests(fake_openai, "NarrativeOutput") == 1
+    Episode.model_validate(RunDir(out).read_episode("ep-00000007"))
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_failures_are_recorded_and_retry_failed_reruns_only_them(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    overrides = _overrides(fake_openai, tmp_path)
+    out = tmp_path / "run"
+    cli = CliRunner()
+    base = ["run", "--out", str(out), "--seed", "30", "--no-progress"]
+    result = cli.invoke(app, [*base, "-n", "2", *[f"--set={o}" for o in overrides]])
+    assert result.exit_code == 0, result.output
+
+    def broken(body: dict[str, Any]) -> Any:
+        if schema_name(body) == "EventsOutput":
+            return Fault.status(400, message="this model cannot do events")
+        return scripted_answer(body)
+
+    fake_openai.handler = broken
+    result = cli.invoke(app, [*base, "-n", "4", *[f"--set={o}" for o in overrides]])
+    assert result.exit_code == 1
+    assert "skipped (already done) 2" in result.output and "failed 2" in result.output
+    run = RunDir(out)
+    assert [j.episode_id for j in failed_jobs(run)] == ["ep-00000032", "ep-00000033"]
+    record = run.read_failure("ep-00000032")
+    assert record["failed_at"] == ["events"] and record["error_type"] == "LLMRequestError"
+    assert record["seed"] == 32 and record["attempts"] == 1 and record["traceback"]
+    persona_calls = _requests(fake_openai, "PersonaOutput")
+
+    fake_openai.handler = scripted_answer
+    result = cli.invoke(app, ["retry-failed", str(out), "--no-progress"])  # run's config.yaml
+    assert result.exit_code == 0, result.output
+    assert "finished 2, skipped (already done) 0, failed 0" in result.output
+    assert _requests(fake_openai, "PersonaOutput") == persona_calls  # resumed, not redone
+    assert run.failed_ids() == [] and len(run.finished_ids()) == 4
+    assert run.read_manifest()["episodes_failed"] == 0
+    result = cli.invoke(app, ["retry-failed", str(out)])
+    assert "no failed episodes" in result.output
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_changed_config_is_refused_unless_forced(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    out = tmp_path / "run"
+    _run(_config(fake_openai, tmp_path), out, plan_jobs(1, 1))
+    before = RunDir(out).read_manifest()
+    changed = _config(fake_openai, tmp_path, sessions=2)
+    with pytest.raises(FingerprintMismatch, match="--force-config"):
+        _run(changed, out, plan_jobs(2, 1))
+    assert RunDir(out).read_manifest() == before
+    assert not RunDir(out).is_finished("ep-00000002")
+    # operational settings (concurrency, prices, out dir) are not part of the fingerprint
+    faster = _config(fake_openai, tmp_path, "run.max_in_flight=9", "llm.provider.timeout_s=3")
+    _run(faster, out, plan_jobs(1, 1))
+    # the CLI says why and exits 3; --force-config goes ahead and remembers the old one
+    cli = CliRunner()
+    sets = [f"--set={o}" for o in _overrides(fake_openai, tmp_path, sessions=2)]
+    result = cli.invoke(app, ["run", "-n", "2", "--seed", "1", "-o", str(out), *sets])
+    assert result.exit_code == 3 and "Resuming would mix two datasets" in result.output
+    result = cli.invoke(
+        app, ["run", "-n", "2", "--seed", "1", "-o", str(out), "--force-config", *sets]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = RunDir(out).read_manifest()
+    assert manifest["previous_fingerprints"] == [before["config_fingerprint"]]
+    assert manifest["config_fingerprint"] == changed.fingerprint()
+
+
+def test_second_runner_on_the_same_directory_is_refused(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    with run_lock(RunDir(out)), pytest.raises(RunLocked, match="in use by pid"):
+        _run(_config(fake_openai, tmp_path), out, plan_jobs(1, 1))
+    assert fake_openai.chat_requests == []
+
+
+# ---------------------------------------------------------------- budget
+
+
+def test_budget_stop_keeps_everything_and_a_rerun_continues(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    # USD per million tokens; the fake endpoint counts words as tokens.
+    price = "llm.provider.prices={fake-model: {input: 200, output: 200}}"
+    config = _config(fake_openai, tmp_path, price, sessions=2)
+    out = tmp_path / "run"
+    jobs = plan_jobs(3, 50)
+    report, first = _run(config, out, jobs, max_in_flight=1, max_cost=1.0)
+    assert report.stopped_for_budget and 1 <= len(report.finished) < 3
+    # it stops after the step that crossed the budget (one call, or a judge per session)
+    assert 1.0 <= report.usage.cost_usd < 1.0 + 0.3
+    manifest = RunDir(out).read_manifest()
+    assert manifest["state"] == "stopped_for_budget"
+    assert manifest["usage_total"]["cost_usd"] == pytest.approx(report.usage.cost_usd)
+    assert len(RunDir(out).finished_ids()) == len(report.finished)
+
+    report2, second = _run(config, out, jobs, max_in_flight=1)
+    assert not report2.stopped_for_budget
+    assert len(report.finished) + len(report2.finished) == 3
+    total = first.executions + second.executions
+    assert all(total[node] == 3 for node in (*PRE_EVENTS, "events", "finalize"))
+    assert total["session"] == 6
+    assert _requests(fake_openai, "PersonaOutput") == 3  # nothing was asked twice
+    spent = RunDir(out).read_manifest()["usage_total"]["cost_usd"]
+    assert spent == pytest.approx(report.usage.cost_usd + report2.usage.cost_usd)
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_shards_survive_a_crash_between_shard_and_state(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    run.create()
+
+    def finish(episode_id: str) -> None:
+        atomic_write_text(run.episode_path(episode_id), json.dumps({"episode_id": episode_id}))
+
+    writer = ShardWriter(run, 3)
+    writer.load()
+    for i in range(4):
+        finish(f"e{i}")
+        writer.add(f"e{i}")
+    assert list(writer.shards) == ["shard-00000.jsonl"] and writer.pending == ["e3"]
+    # a crash: the tail shard was written but shards.json still describes the old state
+    state = (run.shards / "shards.json").read_text()
+    writer.flush()
+    (run.shards / "shards.json").write_text(state)
+    finish("e4")
+    again = ShardWriter(run, 3)
+    again.load()
+    assert again.shards["shard-00001.jsonl"] == ["e3"] and again.pending == ["e4"]
+    finish("e5")
+    again.add("e5")  # fills the partial tail shard in place
+    again.flush()
+    assert _shard_ids(run.root) == ["e0", "e1", "e2", "e3", "e4", "e5"]
+    assert Counter(_shard_ids(run.root)).most_common(1)[0][1] == 1
+
+
+def test_index_is_repaired_from_episode_files(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    out = tmp_path / "run"
+    config = _config(fake_openai, tmp_path)
+    _run(config, out, plan_jobs(2, 1))
+    run = RunDir(out)
+    lines = run.index.read_text().splitlines()
+    run.index.write_text(lines[0] + "\n" + lines[1][:20])  # a line cut by a crash
+    assert run.sync_index() == 2
+    assert [json.loads(x)["episode_id"] for x in run.index.read_text().splitlines()] == [
+        "ep-00000001",
+        "ep-00000002",
+    ]
+
+
+# ---------------------------------------------------------------- CLI and display
+
+
+def test_cli_plain_rerun_and_resume_use_the_run_directory(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    out = tmp_path / "run"
+    sets = [f"--set={o}" for o in _overrides(fake_openai, tmp_path)]
+    cli = CliRunner()
+    command = ["run", "-n", "3", "--seed", "5", "-o", str(out), "--no-progress", *sets]
+    first = cli.invoke(app, command)
+    assert first.exit_code == 0, first.output
+    assert "finished 3" in first.output
+    assert "skipped (already done) 3" in cli.invoke(app, command).output
+    # --resume DIR needs no config: the run's config.yaml is used, so the fingerprint holds
+    resumed = cli.invoke(app, ["run", "--resume", str(out), "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "finished 0, skipped (already done) 3" in resumed.output
+    missing = cli.invoke(app, ["run", "--resume", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "nothing to resume" in missing.output
+
+
+def test_progress_line_counts_events() -> None:
+    console = Console(record=True, width=200)
+    display = RunProgress(console, enabled=False, log_every=0.0)
+    display.handle("plan", {"total": 5, "skipped": 1, "todo": 4})
+    for kind in ("start", "start", "start"):
+        display.handle(kind, {"episode_id": "x"})
+    display.handle("done", {"episode_id": "x"})
+    display.handle("failed", {"episode_id": "y", "error": "boom"})
+    line = display.stats()
+    assert "done 1 failed 1 in flight 1" in line
+    assert "[3/5]" in console.export_text()
+    assert eta_seconds(2, 3, 10.0) == 15.0 and eta_seconds(0, 3, 10.0) is None
+    assert format_duration(3725) == "1:02:05" and format_duration(None) == "--:--"
