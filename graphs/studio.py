@@ -1,0 +1,118 @@
+"""Compiled graphs for LangGraph Studio, named in the repository's ``langgraph.json``.
+
+``langgraph dev`` (``pip install "langgraph-cli[inmem]"``, run from the repository root)
+imports this file by path and serves ``episode_graph`` and ``aligner_graph`` with its own
+in-memory checkpointer.
+
+Why the graphs are wrapped: every node takes its dependencies (config, LLM client, image
+tools, run directory) from the runtime context, an :class:`EpisodeContext` of Python
+objects. Studio can only send JSON: the run's ``context`` object (Studio draws its form from
+``get_context_jsonschema()``, here :class:`StudioSettings`), or nothing at all, in which case
+LangGraph would hand the nodes ``runtime.context = None``. A :class:`StudioGraph` therefore
+turns whatever arrives (nothing, a :class:`StudioSettings` mapping, or settings under the
+assistant's ``configurable``) into an :class:`EpisodeContext` when a run starts: the config
+comes from ``config_file`` (else ``$MCU_CONFIG``, else the built-in defaults with the
+embedded model), plus ``MCU__SECTION__KEY`` environment variables and ``overrides``.
+A real :class:`EpisodeContext` passed from Python is used as is.
+
+Inputs: the episode graph starts from ``{"episode_id": "ep-1", "seed": 1}``; the aligner
+takes one branch's state (``request``, ``person``, ``episode_id``, ``seed``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcu_sim.config import load_config
+from mcu_sim.graphs.aligner import build_aligner_graph
+from mcu_sim.graphs.context import EpisodeContext
+from mcu_sim.graphs.episode import build_episode_graph
+from mcu_sim.graphs.outputs import RunDir
+
+CONFIG_ENV = "MCU_CONFIG"
+
+
+class StudioSettings(BaseModel):
+    """The JSON context a Studio run may send (every key optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config_file: str | None = Field(
+        None, description=f"YAML config file; default ${CONFIG_ENV}, else the built-in defaults."
+    )
+    overrides: list[str] = Field(
+        default_factory=list, description="Config overrides, section.key=value."
+    )
+    run_dir: str = Field("runs/studio", description="Where images and caches go.")
+    use_cache: bool = Field(True, description="Use the LLM response cache.")
+
+
+_shared: dict[str, tuple[Any, Any]] = {}
+
+
+def _client_and_tools(config: Any) -> tuple[Any, Any]:
+    """One LLM client and toolbox per distinct config, reused across Studio runs."""
+    from mcu_sim.agents.llm import build_client
+    from mcu_sim.graphs.runner import build_toolbox
+
+    key = config.model_dump_json()
+    if key not in _shared:
+        llm = build_client(config.llm, cache_path=config.llm.cache.path)
+        _shared[key] = (llm, build_toolbox(config))
+    return _shared[key]
+
+
+def _settings_from(context: Any, config: Mapping[str, Any] | None) -> StudioSettings:
+    if isinstance(context, StudioSettings):
+        return context
+    if isinstance(context, Mapping) and context:
+        return StudioSettings.model_validate(dict(context))
+    if context is None or (isinstance(context, Mapping) and not context):
+        configurable = (config or {}).get("configurable") or {}
+        keys = set(StudioSettings.model_fields)
+        return StudioSettings.model_validate({k: v for k, v in configurable.items() if k in keys})
+    raise TypeError(
+        "the episode graphs need an EpisodeContext, or a JSON context with the keys "
+        f"{', '.join(StudioSettings.model_fields)}; got {type(context).__name__}"
+    )
+
+
+def studio_context(context: Any, config: Mapping[str, Any] | None = None) -> EpisodeContext:
+    """The EpisodeContext for a run that was given ``context`` (see the module docstring)."""
+    if isinstance(context, EpisodeContext):
+        return context
+    settings = _settings_from(context, config)
+    cfg = load_config(settings.config_file or os.environ.get(CONFIG_ENV), settings.overrides)
+    run = RunDir(settings.run_dir)
+    run.create()
+    llm, tools = _client_and_tools(cfg)
+    return EpisodeContext(
+        config=cfg, llm=llm, run_dir=run.root, tools=tools, use_cache=settings.use_cache
+    )
+
+
+class StudioGraph(CompiledStateGraph):
+    """A compiled graph that builds its EpisodeContext from JSON settings (or defaults)."""
+
+    def stream(self, input: Any, config: Any = None, *, context: Any = None, **kwargs: Any):
+        return super().stream(input, config, context=studio_context(context, config), **kwargs)
+
+    def astream(self, input: Any, config: Any = None, *, context: Any = None, **kwargs: Any):
+        return super().astream(input, config, context=studio_context(context, config), **kwargs)
+
+    def get_context_jsonschema(self) -> dict[str, Any]:
+        return StudioSettings.model_json_schema()
+
+
+def as_studio_graph(graph: CompiledStateGraph) -> StudioGraph:
+    """The same compiled graph, as a :class:`StudioGraph` (as ``Pregel.copy`` rebuilds it)."""
+    return StudioGraph(**{k: v for k, v in vars(graph).items() if k != "__orig_class__"})
+
+
+episode_graph = as_studio_graph(build_episode_graph().compile())
+aligner_graph = as_studio_graph(build_aligner_graph().compile())

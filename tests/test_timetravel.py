@@ -1,0 +1,231 @@
+"""Time travel with LangGraph's checkpoint API on a real episode: history, show, fork with a
+changed persona attribute, replay (counting which nodes ran), and the CLI commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from mcu_sim.cli import app
+from mcu_sim.config import load_config
+from mcu_sim.graphs.episode import NODE_ORDER
+from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+from mcu_sim.graphs.timetravel import (
+    TimeTravelError,
+    fork,
+    history,
+    load_history,
+    open_graph,
+    parse_episode_ref,
+    replay,
+    show,
+)
+from mcu_sim.testing.fake_openai import client_for, schema_name
+from mcu_sim.testing.scripted import scripted_answer
+
+SEED = 11
+EPISODE = "ep-00000011"
+NEW_SENTENCE = "I brew green tea for my neighbours every Sunday."
+LATER_NODES = ("commonsense", "narrative", "events", "device_images", "session", "finalize")
+
+
+def _config(tmp_path: Path) -> Any:
+    return load_config(
+        None,
+        [
+            "episode.sessions_min=2",
+            "episode.sessions_max=2",
+            "images.enabled=false",
+            f"llm.cache.path={tmp_path / 'cache.sqlite'}",
+        ],
+    )
+
+
+@pytest.fixture
+def finished_run(fake_openai, tmp_path: Path) -> Path:
+    """One finished episode (seed 11, two sessions) in tmp_path/run."""
+    fake_openai.handler = scripted_answer
+    out = tmp_path / "run"
+    client = client_for(fake_openai, tmp_path / "llm-cache.sqlite")
+    report = asyncio.run(
+        EpisodeRunner(_config(tmp_path), out, llm=client).run_jobs(plan_jobs(1, SEED))
+    )
+    assert report.finished == [EPISODE]
+    return out
+
+
+def _history(ref) -> list:
+    async def rows() -> list:
+        async with open_graph(ref.run) as graph:
+            return (await load_history(graph, ref.episode_id)).rows
+
+    return asyncio.run(rows())
+
+
+def test_history_shows_each_node_with_tokens(finished_run: Path) -> None:
+    ref = parse_episode_ref(finished_run / EPISODE)
+    rows = _history(ref)
+    wrote = [row.wrote.split(" ×")[0] for row in rows]
+    assert wrote[:2] == ["input", "start"]
+    for node in NODE_ORDER:
+        assert node in wrote, f"{node} missing from the history"
+    assert rows[-1].next == () and rows[0].next == ("__start__",)
+    assert [row.step for row in rows] == list(range(-1, len(rows) - 1))
+    tokens = [row.tokens for row in rows]
+    assert tokens == sorted(tokens) and tokens[-1] > 0
+    persona_row = rows[wrote.index("persona")]
+    assert persona_row.next == ("commonsense",)
+    assert tokens[wrote.index("persona")] > tokens[wrote.index("persona") - 1]
+    # `history` and `load_history` agree, and the CLI prints the same rows as JSON
+    assert [r.checkpoint_id for r in asyncio.run(history(ref))] == [r.checkpoint_id for r in rows]
+    result = CliRunner().invoke(app, ["history", str(finished_run / EPISODE), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [line["checkpoint_id"] for line in lines] == [r.checkpoint_id for r in rows]
+    assert lines[persona_row.index]["wrote"] == "persona"
+
+
+def test_fork_at_persona_reruns_only_the_later_nodes(fake_openai, finished_run: Path) -> None:
+    ref = parse_episode_ref(finished_run / EPISODE)
+    rows = _history(ref)
+    at = next(row for row in rows if row.wrote == "persona")
+    state = asyncio.run(show(ref, at=at.checkpoint_id))
+    focus = state["persona_focus"]
+    original_file = (finished_run / "episodes" / f"{EPISODE}.json").read_bytes()
+
+    path = f"persona.{focus}.sentence"
+    forked = asyncio.run(fork(ref, at.checkpoint_id, {path: NEW_SENTENCE}, "ep-tea"))
+    assert forked.episode_id == "ep-tea" and forked.next == ("commonsense",)
+    forked_ref = parse_episode_ref(finished_run / "ep-tea")
+    assert asyncio.run(show(forked_ref, field=path)) == NEW_SENTENCE
+    assert asyncio.run(show(forked_ref, field="episode_id")) == "ep-tea"
+    assert asyncio.run(show(forked_ref, field="demographics")) == state["demographics"]
+    note = _history(forked_ref)[0].note
+    assert note.startswith(f"fork of {EPISODE}@{at.checkpoint_id}") and path in note
+
+    fake_openai.reset()
+    executions: Counter = Counter()
+    client = client_for(fake_openai, finished_run.parent / "llm-cache.sqlite")
+    result = asyncio.run(replay(forked_ref, llm=client, executions=executions))
+    # earlier nodes did not run again; every later one did
+    for node in ("demographics", "face", "persona"):
+        assert executions[node] == 0, executions
+    for node in LATER_NODES:
+        assert executions[node] >= 1, executions
+    assert executions["session"] == 2
+    assert result.path == finished_run / "episodes" / "ep-tea.json"
+    episode = json.loads(result.path.read_text())
+    assert episode["episode_id"] == "ep-tea"
+    assert episode["persona"][focus]["sentence"] == NEW_SENTENCE
+    # the commonsense step saw the changed attribute (it reads persona[persona_focus])
+    asked = [
+        r.body for r in fake_openai.chat_requests if schema_name(r.body) == "CommonsenseOutput"
+    ]
+    assert len(asked) == 1 and NEW_SENTENCE in json.dumps(asked[0]["messages"])
+    assert not [r for r in fake_openai.chat_requests if schema_name(r.body) == "PersonaOutput"]
+    # the original episode is untouched
+    assert (finished_run / "episodes" / f"{EPISODE}.json").read_bytes() == original_file
+
+
+def test_fork_refuses_a_value_the_schema_rejects(finished_run: Path) -> None:
+    ref = parse_episode_ref(finished_run / EPISODE)
+    at = next(row for row in _history(ref) if row.wrote == "persona")
+    with pytest.raises(TimeTravelError, match=r"refused: demographics.age: .*120"):
+        asyncio.run(fork(ref, at.checkpoint_id, {"demographics.age": 500}, "ep-bad"))
+    with pytest.raises(TimeTravelError, match="no checkpoints"):
+        _history(parse_episode_ref(finished_run / "ep-bad"))
+    with pytest.raises(TimeTravelError, match="already exists"):
+        asyncio.run(fork(ref, at.checkpoint_id, {}, EPISODE))
+
+
+def test_replay_from_an_earlier_checkpoint_branches_the_same_episode(
+    fake_openai, finished_run: Path
+) -> None:
+    ref = parse_episode_ref(finished_run / EPISODE)
+    rows = _history(ref)
+    before_events = next(row for row in rows if row.next == ("events",))
+    executions: Counter = Counter()
+    client = client_for(fake_openai, finished_run.parent / "llm-cache.sqlite")
+    result = asyncio.run(
+        replay(ref, before_events.checkpoint_id, llm=client, executions=executions)
+    )
+    assert executions["narrative"] == 0 and executions["persona"] == 0
+    assert executions["events"] == 1 and executions["finalize"] == 1
+    assert result.nodes[0] == "events" and result.path is not None
+    after = _history(ref)
+    assert len(after) > len(rows)  # the old branch is still there
+    assert {r.checkpoint_id for r in rows} <= {r.checkpoint_id for r in after}
+    copy = after[len(rows)]
+    assert copy.parent_id == before_events.checkpoint_id and copy.source == "fork"
+
+
+def test_cli_show_fork_and_replay(fake_openai, finished_run: Path) -> None:
+    runner = CliRunner()
+    episode = str(finished_run / EPISODE)
+    rows = _history(parse_episode_ref(episode))
+    at = next(row for row in rows if row.wrote == "persona")
+    shown = runner.invoke(app, ["show", episode, "--at", str(at.index), "--field", "demographics"])
+    assert shown.exit_code == 0, shown.output
+    demographics = json.loads(shown.output)
+    assert set(demographics) >= {"age", "name", "birthplace"}
+    missing = runner.invoke(app, ["show", episode, "--field", "persona.99"])
+    assert missing.exit_code == 2 and "out of range" in missing.output
+
+    low = int(demographics["age_group"].split("-")[0])
+    age = low if demographics["age"] != low else low + 1
+    forked = runner.invoke(
+        app,
+        [
+            "fork",
+            episode,
+            "--at",
+            at.checkpoint_id,
+            "--set",
+            f"demographics.age={age}",
+            "--as",
+            "ep-b",
+        ],
+    )
+    assert forked.exit_code == 0, forked.output
+    assert json.loads(forked.stdout)["episode_id"] == "ep-b"
+    bad = runner.invoke(app, ["fork", episode, "--at", str(at.index), "--set", "seed=abc"])
+    assert bad.exit_code == 2 and "seed" in bad.output
+
+    provider = [
+        "--config-set",
+        "llm.provider.kind=openai_compatible",
+        "--config-set",
+        f"llm.provider.base_url={fake_openai.url}",
+    ]
+    replayed = runner.invoke(app, ["replay", str(finished_run / "ep-b"), *provider])
+    assert replayed.exit_code == 0, replayed.output
+    assert "ran commonsense" in replayed.output
+    written = json.loads(replayed.stdout.splitlines()[-1])
+    episode_data = json.loads(Path(written["file"]).read_text())
+    assert episode_data["episode_id"] == "ep-b" and episode_data["demographics"]["age"] == age
+
+
+def test_cli_debug_reopens_an_existing_episode(fake_openai, finished_run: Path) -> None:
+    """`mcu debug --episode RUN/ID` on a finished episode: look around, go back, fork, leave."""
+    episode = str(finished_run / EPISODE)
+    rows = _history(parse_episode_ref(episode))
+    before_events = next(row for row in rows if row.next == ("events",))
+    keys = ["--set", "llm.provider.kind=openai_compatible"]
+    keys += ["--set", f"llm.provider.base_url={fake_openai.url}"]
+    typed = f"history\ngoto {before_events.index}\nshow n_sessions\nfork ep-look\nq\n"
+    args = ["debug", "--episode", episode, *keys]
+    refused = CliRunner().invoke(app, args, input=typed)
+    assert refused.exit_code == 3 and "--force-config" in refused.output  # other provider
+    result = CliRunner().invoke(app, [*args, "--force-config"], input=typed)
+    assert result.exit_code == 0, result.output
+    assert "episode finished" in result.output  # it opens at the latest checkpoint
+    assert f"stop before events at #{before_events.index}" in result.output
+    assert "events reads: seed, demographics, narrative, n_sessions, start_date" in result.output
+    assert "now debugging ep-look" in result.output and "left ep-look" in result.output
+    assert asyncio.run(show(parse_episode_ref(finished_run / "ep-look"), field="n_sessions")) == 2
