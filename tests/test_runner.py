@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from mcu_sim.cli import app
 from mcu_sim.config import Config, load_config
+from mcu_sim.graphs.estimate import estimate_run
 from mcu_sim.graphs.outputs import RunDir, ShardWriter, atomic_write_text
 from mcu_sim.graphs.progress import RunProgress, eta_seconds, format_duration
 from mcu_sim.graphs.run_manifest import run_lock
@@ -416,3 +417,63 @@ def test_progress_line_counts_events() -> None:
     assert "[3/5]" in console.export_text()
     assert eta_seconds(2, 3, 10.0) == 15.0 and eta_seconds(0, 3, 10.0) is None
     assert format_duration(3725) == "1:02:05" and format_duration(None) == "--:--"
+
+
+# ---------------------------------------------------------------- estimate
+
+
+def test_estimate_follows_the_graph_and_is_refined_by_a_run(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    price = "llm.provider.prices={fake-model: {input: 1.0, output: 2.0}}"
+    config = _config(fake_openai, tmp_path, price, sessions=2)
+    predicted = estimate_run(config, 100)
+    rows = {r.step: r for r in predicted.roles}
+    calls = {step: row.calls_per_episode for step, row in rows.items()}
+    assert calls == {
+        "persona": 1,
+        "commonsense": 1,
+        "narrative": 1,
+        "events": 1,
+        "device": 1,
+        "dialogue": 2,
+        "judge": 2,
+    }
+    assert predicted.calls == 900
+    assert rows["dialogue"].prompt_tokens_per_call > rows["narrative"].prompt_tokens_per_call
+    cost = sum(
+        r.calls_per_episode * (r.prompt_tokens_per_call + 2 * r.completion_tokens_per_call)
+        for r in predicted.roles
+    )
+    assert predicted.cost_usd == pytest.approx(100 * cost / 1e6)
+    assert fake_openai.chat_requests == []  # the dry run used its own in-process endpoint
+
+    out = tmp_path / "run"
+    _run(config, out, plan_jobs(2, 40))
+    refined = {r.step: r for r in estimate_run(config, 100, from_run=out).roles}
+    usage = [
+        RunDir(out).read_episode(i)["usage"]["session"] for i in ("ep-00000040", "ep-00000041")
+    ]
+    measured = sum(u["prompt_tokens"] for u in usage) / sum(u["calls"] for u in usage)
+    assert refined["dialogue"].source == "measured (2 episodes)"
+    assert refined["dialogue"].prompt_tokens_per_call == pytest.approx(measured)
+    assert refined["dialogue"].calls_per_episode == 2
+    assert refined["judge"].source == "predicted"  # the judge's usage is not in episodes
+
+    with_images = load_config(None, [*_overrides(fake_openai, tmp_path), "images.enabled=true"])
+    planner = {r.step: r for r in estimate_run(with_images, 1).roles}["planner"]
+    assert planner.calls_per_episode >= with_images.episode.device_images
+    result = CliRunner().invoke(
+        app,
+        [
+            "estimate",
+            "-n",
+            "10",
+            "--json",
+            *[f"--set={o}" for o in _overrides(fake_openai, tmp_path)],
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["episodes"] == 10 and data["calls"] == 70 and data["priced"] is False

@@ -1,0 +1,115 @@
+"""Exports of a real run directory (episodes from the real graph against the fake endpoint,
+real PNG images): Parquet, a Hugging Face dataset folder with its card, STARK and JSONL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mcu_sim.cli import app
+from mcu_sim.graphs.export import export_run, image_paths
+from mcu_sim.graphs.outputs import RunDir
+from mcu_sim.personas.schema import Episode
+from mcu_sim.testing.fake_openai import FakeOpenAIServer
+from mcu_sim.viewer.sample import build_sample_run, edit_episode
+
+
+@pytest.fixture
+def run_dir(fake_openai: FakeOpenAIServer, tmp_path: Path) -> Path:
+    """ep-00000011 complete with images (two from the shipped database, web images with a
+    source URL), ep-00000012 filtered as a whole, ep-00000013 failed."""
+    root = tmp_path / "run"
+    build_sample_run(root, fake_openai, sessions=2)
+
+    def sources(data: dict[str, Any]) -> None:
+        for request in data["image_requests"]:
+            image = request.get("image")
+            if request["status"] != "aligned" or not image:
+                continue
+            if image["module"] == "retrieval":
+                image["db_id"] = "cat" if request["id"].endswith("1") else "astronaut"
+            else:
+                image["source_url"] = f"https://images.example.org/{request['id']}.png"
+
+    edit_episode(root, "ep-00000011", sources)
+    return root
+
+
+def _card_header(readme: str) -> dict[str, Any]:
+    assert readme.startswith("---\n")
+    return yaml.safe_load(readme.split("---\n")[1])
+
+
+def test_parquet_has_one_row_per_kept_episode(run_dir: Path, tmp_path: Path) -> None:
+    target = export_run(run_dir, "parquet", tmp_path / "out.parquet")
+    table = pq.read_table(target)
+    assert table.column("episode_id").to_pylist() == ["ep-00000011"]
+    row = table.to_pylist()[0]
+    episode = Episode.model_validate(RunDir(run_dir).read_episode("ep-00000011"))
+    assert json.loads(row["sessions"]) == episode.model_dump(mode="json")["sessions"]
+    assert row["n_sessions"] == 2 and row["age"] == episode.demographics.age
+    assert row["persona_sentences"] == [a.sentence for a in episode.persona]
+    assert row["image_paths"] == image_paths(episode) and row["image_paths"]
+    assert row["n_images_aligned"] == sum(r.status == "aligned" for r in episode.image_requests)
+    everything = pq.read_table(export_run(run_dir, "parquet", include_filtered=True))
+    assert sorted(everything.column("status").to_pylist()) == ["complete", "filtered"]
+    assert not list(target.parent.glob(".*.tmp"))
+
+
+def test_hf_folder_has_data_images_and_a_card(run_dir: Path, tmp_path: Path) -> None:
+    folder = export_run(run_dir, "hf", tmp_path / "hf")
+    files = sorted(p.name for p in (folder / "data").iterdir())
+    assert files == ["train-00000-of-00001.parquet"]
+    table = pq.read_table(folder / "data" / files[0])
+    assert table.num_rows == 1
+    for path in table.column("image_paths").to_pylist()[0]:
+        assert (folder / path).is_file()  # linked beside the data, same relative path
+    readme = (folder / "README.md").read_text()
+    header = _card_header(readme)
+    assert header["configs"][0]["data_files"][0]["path"] == "data/train-*.parquet"
+    assert header["size_categories"] == ["n<1K"]
+    manifest = RunDir(run_dir).read_manifest()
+    assert manifest["config_fingerprint"] in readme
+    assert "episodes: 1 (episodes the filters kept; 1 filtered out)" in readme
+    assert "image database (retrieval) | 2 | CC0: 1, Public domain: 1" in readme
+    assert "`cat` (1x): CC0, Stefan van der Walt" in readme
+    assert "images.example.org" in readme and "source_url" in readme
+    assert "CreativeML Open RAIL++-M" in readme
+    assert "```yaml\nllm:" in readme  # the generating config
+    # a second export replaces the first, leaving no temporary folder behind
+    export_run(run_dir, "hf", folder, include_filtered=True)
+    assert pq.read_table(folder / "data" / files[0]).num_rows == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_hf_folder_loads_with_datasets(run_dir: Path, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    folder = export_run(run_dir, "hf", tmp_path / "hf")
+    loaded = datasets.load_dataset(str(folder), split="train")
+    assert loaded["episode_id"] == ["ep-00000011"]
+
+
+def test_stark_and_jsonl_exports(run_dir: Path) -> None:
+    stark = export_run(run_dir, "stark")
+    rows = [json.loads(line) for line in stark.read_text().splitlines()]
+    assert [r["unique_id"] for r in rows] == ["ep-00000011"]
+    assert set(rows[0]) >= {"session1", "session2", "persona_sentence", "mobile_device"}
+    jsonl = export_run(run_dir, "jsonl", include_filtered=True)
+    episodes = [Episode.model_validate_json(line) for line in jsonl.read_text().splitlines()]
+    assert [e.episode_id for e in episodes] == ["ep-00000011", "ep-00000012"]
+
+
+def test_export_cli(run_dir: Path, tmp_path: Path) -> None:
+    cli = CliRunner()
+    result = cli.invoke(app, ["export", str(run_dir), "-f", "parquet", "-o", str(tmp_path / "x")])
+    assert result.exit_code == 0 and (tmp_path / "x").is_file()
+    result = cli.invoke(app, ["export", str(run_dir), "-f", "xml"])
+    assert result.exit_code == 2 and "hf, parquet, stark, jsonl" in result.output
+    result = cli.invoke(app, ["export", str(tmp_path / "missing"), "-f", "jsonl"])
+    assert result.exit_code == 2 and "not a run directory" in result.output
