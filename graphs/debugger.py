@@ -46,6 +46,7 @@ from mcu_sim.graphs.timetravel import (
     load_history,
     make_context,
     open_graph,
+    require_sqlite,
     resolve,
     run_from,
     write_if_finished,
@@ -143,7 +144,7 @@ class Debugger:
         index = next(r.index for r in history.rows if r.checkpoint_id == checkpoint)
         view.render_stop(self.console, tuple(snapshot.next), self.reads, f"#{index} {checkpoint}")
         if not snapshot.next:
-            path = write_if_finished(self.run, snapshot)
+            path = write_if_finished(self.run, snapshot, self.config.run.shard_size)
             if path:
                 self.written.add(self.episode_id)
                 self.say(f"episode file written: {path}")
@@ -385,6 +386,7 @@ async def debug_episode(
     from mcu_sim.graphs.run_manifest import finish_manifest, run_lock, start_manifest
     from mcu_sim.graphs.runner import RunReport, build_toolbox
 
+    require_sqlite(config)
     own_llm = llm is None
     llm = llm if llm is not None else build_client(config.llm, cache_path=config.llm.cache.path)
     tools = tools if tools is not None else build_toolbox(config)

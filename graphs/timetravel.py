@@ -45,7 +45,7 @@ from mcu_sim.graphs.debug_state import (
     set_path,
     validate_field,
 )
-from mcu_sim.graphs.outputs import RunDir
+from mcu_sim.graphs.outputs import RunDir, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,16 @@ async def open_graph(run: RunDir) -> AsyncIterator[Any]:
         yield build_graph(saver)
     finally:
         await saver.conn.close()
+
+
+def require_sqlite(config: Config) -> None:
+    """These tools read ``<run>/checkpoints.sqlite``; say so when the config uses Postgres."""
+    if getattr(config.run, "postgres_dsn_env", None):
+        raise TimeTravelError(
+            "this config keeps checkpoints in Postgres (run.postgres_dsn_env), but the debugger "
+            "and the time-travel commands read <run>/checkpoints.sqlite only; use a config "
+            "without run.postgres_dsn_env"
+        )
 
 
 def load_run_config(run: RunDir, path: Path | None = None, overrides: list[str] = ()) -> Config:
@@ -275,12 +285,27 @@ async def invoke_config(graph: Any, config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def write_if_finished(run: RunDir, snapshot: Any) -> Path | None:
-    """Write the episode file when the graph has reached the end of this thread."""
+def write_if_finished(run: RunDir, snapshot: Any, shard_size: int = 1000) -> Path | None:
+    """Write the episode file when the graph has reached the end of this thread.
+
+    A new episode gets its file and index line (the next batch run adds it to a shard). An
+    episode whose file already holds the same data is left alone; one that changed (time
+    travel gave it a new ending) is rewritten, and the index and any shards are rebuilt
+    so no reader sees the old version.
+    """
     episode = snapshot.values.get("episode")
     if snapshot.next or not episode:
         return None
-    return run.write_episode(episode)
+    path = run.episode_path(episode["episode_id"])
+    if not path.is_file():
+        return run.write_episode(episode)
+    if run.read_episode(episode["episode_id"]) == episode:
+        return path
+    atomic_write_json(path, episode)
+    run.rebuild_index()
+    if any(run.shards.glob("shard-*.jsonl")):
+        run.rebuild_shards(shard_size)
+    return path
 
 
 async def replay(
@@ -299,6 +324,7 @@ async def replay(
     from mcu_sim.graphs.run_manifest import run_lock
 
     config = config or load_run_config(ref.run)
+    require_sqlite(config)
     context = make_context(
         config, ref.run, llm=llm, tools=tools, use_cache=use_cache, executions=executions
     )
@@ -308,7 +334,7 @@ async def replay(
                 snapshot = resolve(await load_history(graph, ref.episode_id), from_checkpoint)
                 nodes = await run_from(graph, snapshot.config, context, on_node=on_node)
                 head = await graph.aget_state(ref.thread)
-            path = write_if_finished(ref.run, head)
+            path = write_if_finished(ref.run, head, config.run.shard_size)
     finally:
         if llm is None:
             await context.llm.aclose()

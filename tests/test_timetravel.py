@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from mcu_sim.cli import app
 from mcu_sim.config import load_config
 from mcu_sim.graphs.episode import NODE_ORDER
+from mcu_sim.graphs.outputs import RunDir
 from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 from mcu_sim.graphs.timetravel import (
     TimeTravelError,
@@ -25,6 +27,7 @@ from mcu_sim.graphs.timetravel import (
     parse_episode_ref,
     replay,
     show,
+    write_if_finished,
 )
 from mcu_sim.testing.fake_openai import client_for, schema_name
 from mcu_sim.testing.scripted import scripted_answer
@@ -142,6 +145,9 @@ def test_fork_refuses_a_value_the_schema_rejects(finished_run: Path) -> None:
         _history(parse_episode_ref(finished_run / "ep-bad"))
     with pytest.raises(TimeTravelError, match="already exists"):
         asyncio.run(fork(ref, at.checkpoint_id, {}, EPISODE))
+    postgres = load_config(None, ["run.postgres_dsn_env=PG_DSN"])
+    with pytest.raises(TimeTravelError, match=r"checkpoints\.sqlite only"):
+        asyncio.run(replay(ref, config=postgres))
 
 
 def test_replay_from_an_earlier_checkpoint_branches_the_same_episode(
@@ -229,3 +235,22 @@ def test_cli_debug_reopens_an_existing_episode(fake_openai, finished_run: Path) 
     assert "events reads: seed, demographics, narrative, n_sessions, start_date" in result.output
     assert "now debugging ep-look" in result.output and "left ep-look" in result.output
     assert asyncio.run(show(parse_episode_ref(finished_run / "ep-look"), field="n_sessions")) == 2
+
+
+def test_finished_episode_file_is_written_once_and_rewritten_when_changed(
+    finished_run: Path,
+) -> None:
+    run = RunDir(finished_run)
+    episode = run.read_episode(EPISODE)
+    shards_before = sorted(p.name for p in run.shards.glob("shard-*.jsonl"))
+    same = SimpleNamespace(values={"episode": episode}, next=())
+    index_before = run.index.read_text()
+    assert write_if_finished(run, same) == run.episode_path(EPISODE)
+    assert run.index.read_text() == index_before  # no duplicate index line
+    assert write_if_finished(run, SimpleNamespace(values={"episode": episode}, next=("x",))) is None
+    changed = {**episode, "persona": [{**episode["persona"][0], "sentence": NEW_SENTENCE}]}
+    write_if_finished(run, SimpleNamespace(values={"episode": changed}, next=()), shard_size=10)
+    assert run.read_episode(EPISODE)["persona"][0]["sentence"] == NEW_SENTENCE
+    assert len(run.index.read_text().splitlines()) == 1
+    shard_text = "".join(p.read_text() for p in run.shards.glob("shard-*.jsonl"))
+    assert shards_before and NEW_SENTENCE in shard_text  # the shard holds the new version
