@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import time
 import traceback
@@ -165,7 +166,7 @@ async def drive_episode(
     context: EpisodeContext,
     thread_id: str,
     on_node: Callable[[str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool | Awaitable[bool]] | None = None,
 ) -> dict[str, Any] | None:
     """Run (or resume) one episode to its end; return the episode dict.
 
@@ -187,8 +188,12 @@ async def drive_episode(
             if on_node is not None:
                 for node in update:
                     on_node(node)
-            if should_stop is not None and should_stop():
-                return None
+            if should_stop is not None:
+                stop = should_stop()
+                if inspect.isawaitable(stop):
+                    stop = await stop
+                if stop:
+                    return None
         snapshot = await graph.aget_state(config)
     episode = snapshot.values.get("episode")
     if episode is None:

@@ -1,0 +1,196 @@
+"""The Ray backend on a local Ray instance with 2 CPUs: episodes as Ray tasks give the same
+episodes as the local backend for the same seeds (cache on), image tools served by a Ray
+actor (web search against a page on 127.0.0.1), and QA scoring batched across episodes."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import io
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcu_sim.config import Config, load_config
+from mcu_sim.graphs.outputs import RunDir
+from mcu_sim.graphs.ray_backend import BatchingScorer, RayEpisodeRunner
+from mcu_sim.graphs.runner import EpisodeRunner, make_runner, plan_jobs
+from mcu_sim.testing.fake_openai import FakeOpenAIServer
+from mcu_sim.testing.scripted import scripted_answer
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def image_site() -> Iterator[str]:
+    """A Bing-format result page linking one JPEG, served on 127.0.0.1."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 60, 20)).save(buffer, "JPEG")
+    photo = buffer.getvalue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if self.path.startswith("/search"):
+                urls = {"murl": f"{base}/a.jpg", "turl": f"{base}/a.jpg"}
+                meta = html.escape(json.dumps(urls, separators=(",", ":")))
+                link = f'<div class="imgpt"><a class="iusc" m="{meta}" href="#">x</a></div>'
+                body, kind = f"<html><body>{link}</body></html>".encode(), "text/html"
+            elif self.path == "/a.jpg":
+                body, kind = photo, "image/jpeg"
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/search?q={{query}}&first={{offset}}"
+    server.shutdown()
+    server.server_close()
+
+
+def _config(server: FakeOpenAIServer, tmp_path: Path, *extra: str) -> Config:
+    return load_config(
+        None,
+        [
+            "llm.provider.kind=openai_compatible",
+            f"llm.provider.base_url={server.url}",
+            "llm.provider.model=fake-model",
+            f"llm.cache.path={tmp_path / 'llm-cache.sqlite'}",
+            "episode.sessions_min=1",
+            "episode.sessions_max=2",
+            *extra,
+        ],
+    )
+
+
+def _episodes(run: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for episode_id in RunDir(run).finished_ids():
+        episode = RunDir(run).read_episode(episode_id)
+        episode.pop("usage")  # the second backend's calls are cache hits
+        out[episode_id] = episode
+    return out
+
+
+def test_ray_tasks_give_the_same_episodes_as_the_local_backend(
+    local_ray: None, fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    config = _config(fake_openai, tmp_path, "images.enabled=false", "run.shard_size=2")
+    jobs = plan_jobs(4, 60)
+    local = asyncio.run(EpisodeRunner(config, tmp_path / "local").run_jobs(jobs))
+    calls = len(fake_openai.chat_requests)
+    runner = make_runner(config, tmp_path / "ray", backend="ray", max_in_flight=4)
+    assert isinstance(runner, RayEpisodeRunner)
+    report = asyncio.run(runner.run_jobs(jobs))
+    assert report.failed == {} and sorted(report.finished) == sorted(local.finished)
+    assert len(fake_openai.chat_requests) == calls  # every call was a cache hit
+    assert report.usage.cached_calls == local.usage.calls > 0
+    assert _episodes(tmp_path / "ray") == _episodes(tmp_path / "local")
+    assert report.executions == local.executions  # counted in the workers, summed here
+    manifest = RunDir(tmp_path / "ray").read_manifest()
+    assert manifest["backend"] == "ray" and manifest["episodes_finished"] == 4
+    assert manifest["shards"] == 2
+    again = asyncio.run(make_runner(config, tmp_path / "ray", backend="ray").run_jobs(jobs))
+    assert again.finished == [] and len(again.skipped) == 4
+
+
+def test_image_tools_served_by_a_ray_actor(
+    local_ray: None, fake_openai: FakeOpenAIServer, image_site: str, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    images = [
+        "images.face.enabled=false",
+        "images.photomaker.enabled=false",
+        "images.retrieval.enabled=false",
+        "images.web_search.enabled=true",
+        "images.web_search.allow_loopback=true",
+        f"images.web_search.search_url={image_site}",
+        "images.web_search.top_k=1",
+        "images.qa.enabled=false",
+    ]
+    config = _config(fake_openai, tmp_path, *images)
+    jobs = plan_jobs(2, 70)
+    report = asyncio.run(RayEpisodeRunner(config, tmp_path / "ray").run_jobs(jobs))
+    assert report.failed == {} and len(report.finished) == 2
+    episodes = _episodes(tmp_path / "ray")
+    aligned = [
+        r for e in episodes.values() for r in e["image_requests"] if r["status"] == "aligned"
+    ]
+    assert len(aligned) >= 2 * 5  # at least the album photos of both episodes
+    for request in aligned:
+        assert request["module"] == "web_search"
+        assert request["image"]["source_url"].endswith("/a.jpg")
+        assert (tmp_path / "ray" / request["image"]["path"]).is_file()
+    # the local backend with an in-process toolbox makes the same episodes
+    local = asyncio.run(EpisodeRunner(config, tmp_path / "local").run_jobs(jobs))
+    assert local.failed == {} and _episodes(tmp_path / "local") == episodes
+
+
+class _SizeScorer:
+    """A real scorer of the QA interface: the score of an image is its file size."""
+
+    name = "size"
+    needs_texts = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[str]]] = []
+
+    async def score(self, images: list[str], texts: list[str] | None = None) -> list[Any]:
+        self.calls.append((list(images), list(texts or [])))
+        return [(Path(i).stat().st_size, t) for i, t in zip(images, texts or [], strict=True)]
+
+
+def test_batching_scorer_merges_concurrent_requests(tmp_path: Path) -> None:
+    files = []
+    for n in range(5):
+        path = tmp_path / f"{n}.bin"
+        path.write_bytes(b"x" * (n + 1))
+        files.append(str(path))
+    scorer = _SizeScorer()
+    batched = BatchingScorer(scorer, window_s=0.05, max_images=100)
+
+    async def three_episodes() -> list[list[Any]]:
+        return await asyncio.gather(
+            batched.score(files[:2], ["a", "a"]),
+            batched.score(files[2:3], ["b"]),
+            batched.score(files[3:], ["c", "c"]),
+        )
+
+    results = asyncio.run(three_episodes())
+    assert len(scorer.calls) == 1 and batched.batches == [5]  # one model call for all
+    assert results == [[(1, "a"), (2, "a")], [(3, "b")], [(4, "c"), (5, "c")]]
+    assert batched.needs_texts and batched.name == "size"
+
+    small = BatchingScorer(_SizeScorer(), window_s=10.0, max_images=2)
+
+    async def full_batch() -> list[Any]:  # a full batch goes at once, without the window
+        return await asyncio.wait_for(small.score(files[:2], ["x", "y"]), timeout=5)
+
+    assert asyncio.run(full_batch()) == [(1, "x"), (2, "y")]
