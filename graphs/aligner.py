@@ -91,9 +91,12 @@ async def _llm_plan(state: AlignState, ctx: EpisodeContext) -> tuple[dict, dict]
             image_source=request.get("image_source"),
         )
     except LLMError as exc:
-        module = ctx.tools.router_order[0] if ctx.tools else "retrieval"
+        # Retrieval is the safest default: it needs no face and fits most descriptions.
+        module = "retrieval"
         note = f"planner output unusable, defaulted to {module}: {exc}"[:400]
-        return {"module": module, "description": description, "note": note}, {}
+        spent = getattr(exc, "usage", None)
+        accounting = {"usage": {"planner": spent.as_dict()}} if spent else {}
+        return {"module": module, "description": description, "note": note}, accounting
     accounting = {
         "usage": {"planner": completion.usage.as_dict()},
         "prompt_versions": {planner.PROMPT: version},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mcu_sim.graphs.filters import FilterSettings
-from mcu_sim.graphs.state import EpisodeState, node_reads
+from mcu_sim.graphs.state import EpisodeState, merge_usage, node_reads
 
 
 def filter_settings(config: Any) -> FilterSettings:
@@ -43,6 +43,7 @@ async def safety_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
         return {"notes": ["text safety check off (filters.text_safety)"]}
     ok, why = checker.available()
     updates = []
+    spent: dict[str, dict[str, float]] = {}
     for session in state.get("sessions", []):
         if session.get("safety"):
             continue
@@ -50,9 +51,12 @@ async def safety_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
             verdict = await checker.check(dialogue_lines(session["turns"]))
             label = verdict.label or "not_judged"
             reason, version = verdict.reason, verdict.version
+            if verdict.usage:
+                spent = merge_usage(spent, {"judge": verdict.usage})
         else:
             label, reason, version = "not_judged", f"not judged: {why}", checker.name
         updates.append(
             {**session, "safety": {"label": label, "reason": reason[:300], "checker": version}}
         )
-    return {"sessions": updates}
+    versions = {"judge": checker.prompt_version} if hasattr(checker, "prompt_version") else {}
+    return {"sessions": updates, "usage": spent, "prompt_versions": versions}

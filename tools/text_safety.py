@@ -18,7 +18,7 @@ import asyncio
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -56,6 +56,7 @@ class SafetyVerdict:
     reason: str
     version: str
     score: float | None = None
+    usage: dict[str, Any] | None = None  # LLM tokens spent on this verdict, when an LLM judged
 
     @property
     def judged(self) -> bool:
@@ -164,9 +165,13 @@ class LLMJudgeSafety:
                 prompt_version=self.prompt_version,
             )
         except LLMError as exc:
-            return not_judged(self.version, f"{type(exc).__name__}: {exc}")
+            spent = getattr(exc, "usage", None)
+            verdict_none = not_judged(self.version, f"{type(exc).__name__}: {exc}")
+            return replace(verdict_none, usage=spent.as_dict() if spent else None)
         verdict: JudgeVerdict = completion.value
-        return SafetyVerdict(verdict.label, verdict.reason, self.version)
+        return SafetyVerdict(
+            verdict.label, verdict.reason, self.version, usage=completion.usage.as_dict()
+        )
 
 
 # ----------------------------------------------------------------- classifier
