@@ -459,7 +459,8 @@ def test_estimate_follows_the_graph_and_is_refined_by_a_run(
     assert refined["dialogue"].source == "measured (2 episodes)"
     assert refined["dialogue"].prompt_tokens_per_call == pytest.approx(measured)
     assert refined["dialogue"].calls_per_episode == 2
-    assert refined["judge"].source == "predicted"  # the judge's usage is not in episodes
+    assert refined["judge"].source == "measured (2 episodes)"
+    assert refined["judge"].calls_per_episode == 2  # one safety verdict per session
 
     with_images = load_config(None, [*_overrides(fake_openai, tmp_path), "images.enabled=true"])
     planner = {r.step: r for r in estimate_run(with_images, 1).roles}["planner"]
