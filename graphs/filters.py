@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcu_sim.personas.schema import Episode, ImageRequest, Removal
 
@@ -25,6 +25,13 @@ class FilterSettings(BaseModel):
     min_sessions: int | None = Field(None, ge=1, description="None: episode.sessions_min")
     max_sessions: int | None = Field(None, ge=1, description="None: episode.sessions_max")
     text_safety: Literal["llm", "classifier", "off"] = "llm"
+
+    @field_validator("text_safety", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as ``False``."""
+        return "off" if value is False else value
+
     safety_classifier: str | None = Field(None, description="Local text-classification model")
     clip_threshold: float = 0.21
     nsfw_threshold: float = 0.5
