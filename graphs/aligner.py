@@ -12,6 +12,7 @@ Every request ends ``aligned`` or ``unaligned`` with a reason; none disappears.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -133,6 +134,13 @@ async def plan_node(state: AlignState, runtime: Any) -> dict[str, Any]:
     return {"plan": chosen, "request": request, "tries": 0, **accounting}
 
 
+def _resolve(ctx: EpisodeContext, path: str | None) -> str | None:
+    """Image paths in state are relative to the run directory."""
+    if not path:
+        return None
+    return str(path) if Path(path).is_absolute() else str(ctx.run_dir / path)
+
+
 @node_reads("plan", "request", "face_image", "tries")
 async def execute_node(state: AlignState, runtime: Any) -> dict[str, Any]:
     """reads: plan, request, face_image, tries / writes: candidates (images on disk)."""
@@ -151,7 +159,7 @@ async def execute_node(state: AlignState, runtime: Any) -> dict[str, Any]:
             seed=seed,
             out_dir=out_dir,
             stem=f"{request['id']}-r{state.get('rewrites', 0)}-t{state.get('tries', 0)}",
-            face_image=state.get("face_image"),
+            face_image=_resolve(ctx, state.get("face_image")),
         )
     except Exception as exc:  # a tool error is a failed try, recorded, never a crash
         return {"candidates": [], "failures": [f"{plan['module']} error: {exc}"[:300]]}
@@ -166,7 +174,9 @@ async def qa_node(state: AlignState, runtime: Any) -> dict[str, Any]:
     candidates = state.get("candidates", [])
     tries = state.get("tries", 0) + 1
     if not candidates:
-        return {"tries": tries, "failures": [f"{plan['module']}: no candidate image"]}
+        failures = state.get("failures", [])
+        already = bool(failures) and failures[-1].startswith(f"{plan['module']} error")
+        return {"tries": tries, "failures": [] if already else [f"{plan['module']}: no image"]}
     verdict = await ctx.tools.judge_candidates(candidates, plan["description"], ctx.run_dir)
     if verdict.best is not None:
         return _finish(

@@ -39,6 +39,12 @@ def _accounting(node: str, completion: Completion, prompt: str, version: str) ->
 
 
 def _count(runtime: Ctx, node: str) -> EpisodeContext:
+    """Count the execution and return the context (with a clear error when none was given)."""
+    if runtime.context is None:
+        raise RuntimeError(
+            f"node {node!r} needs a runtime context: invoke the graph with "
+            "context=EpisodeContext(config=..., llm=..., run_dir=...)"
+        )
     runtime.context.executions[node] += 1
     return runtime.context
 
@@ -83,11 +89,10 @@ async def face_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     """reads: face, episode_id / writes: face (image or the reason it is unavailable)."""
     ctx = _count(runtime, "face")
     face = dict(state["face"])
-    tools = ctx.tools
-    if tools is None or getattr(tools, "face", None) is None:
-        face.update(status="unavailable", reason="no face generator configured (images.face)")
+    if ctx.tools is None:
+        face.update(status="unavailable", reason="image tools disabled (images.enabled)")
         return {"face": face}
-    return {"face": await tools.generate_face(face, state["episode_id"], ctx.run_dir)}
+    return {"face": await ctx.tools.generate_face(face, state["episode_id"], ctx.run_dir)}
 
 
 @node_reads("seed", "demographics", "persona_category")
