@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.personas.schema import Episode
 from pydantic import ValidationError
+
+from mcu_sim.personas.schema import Episode
 
 
 class ViewerError(Exception):

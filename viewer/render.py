@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
 from mcu_sim import __version__
 from mcu_sim.graphs.outputs import atomic_write_text
 from mcu_sim.personas.schema import DATE_FORMAT, Episode

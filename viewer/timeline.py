@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from markupsafe import Markup, escape
+
 from mcu_sim.personas.schema import DATE_FORMAT, EventGraph
 
 SPACING = 180
