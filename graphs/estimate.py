@@ -156,25 +156,16 @@ def images_config(config: Config) -> Any:
     return ImagesConfig.model_validate(config.images)
 
 
-class DryRunTools:
-    """An image toolbox whose modules are all unavailable: the planner is still asked for
+def dry_run_tools(config: Config) -> Any:
+    """The real image toolbox with every module unavailable: the planner is still asked for
     every image request (as in a real run), and nothing is generated or downloaded."""
+    from mcu_sim.tools.toolbox import ImageToolbox
 
-    face = None
+    class DryRunToolbox(ImageToolbox):
+        def availability(self, module: str) -> tuple[bool, str]:
+            return False, "estimate dry run"
 
-    def __init__(self, config: Config) -> None:
-        self.settings = images_config(config)
-
-    @property
-    def router_order(self) -> list[str]:
-        return list(self.settings.router_order)
-
-    @property
-    def qa_settings(self) -> Any:
-        return self.settings.qa
-
-    def availability(self, module: str) -> tuple[bool, str]:
-        return False, "estimate dry run"
+    return DryRunToolbox(images_config(config))
 
 
 def dry_run(config: Config, episodes: int = DRY_RUN_EPISODES) -> tuple[list[dict], list[int]]:
@@ -198,7 +189,7 @@ def dry_run(config: Config, episodes: int = DRY_RUN_EPISODES) -> tuple[list[dict
             config,
             Path(tmp) / "run",
             llm=build_client(llm_config, environ={}),
-            tools=DryRunTools(config) if images_on else None,
+            tools=dry_run_tools(config) if images_on else None,
             use_cache=False,
             max_in_flight=episodes,
         )

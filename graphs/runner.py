@@ -179,23 +179,28 @@ async def drive_episode(
     config = {"configurable": {"thread_id": thread_id}}
     snapshot = await graph.aget_state(config)
     finished = bool(snapshot.values) and not snapshot.next and "episode" in snapshot.values
-    if not finished:  # a finished graph whose file write was lost skips straight to it
-        payload = None if snapshot.values else {"episode_id": job.episode_id, "seed": job.seed}
-        stream = graph.astream(
-            payload, config, context=context, stream_mode="updates", durability="sync"
-        )
-        async for update in stream:
+    if finished:  # a finished graph whose file write was lost: no step to run
+        return snapshot.values["episode"]
+    payload = None if snapshot.values else {"episode_id": job.episode_id, "seed": job.seed}
+    stream = graph.astream(
+        payload, config, context=context, stream_mode="updates", durability="sync"
+    )
+    episode = None
+    async for update in stream:
+        for node, values in update.items():
             if on_node is not None:
-                for node in update:
-                    on_node(node)
-            if should_stop is not None:
-                stop = should_stop()
-                if inspect.isawaitable(stop):
-                    stop = await stop
-                if stop:
-                    return None
+                on_node(node)
+            if isinstance(values, dict) and "episode" in values:
+                episode = values["episode"]  # the last step's output: no need to reload it
+        if should_stop is not None:
+            stop = should_stop()
+            if inspect.isawaitable(stop):
+                stop = await stop
+            if stop:
+                return None
+    if episode is None:
         snapshot = await graph.aget_state(config)
-    episode = snapshot.values.get("episode")
+        episode = snapshot.values.get("episode")
     if episode is None:
         raise RuntimeError(f"the graph stopped before finalize (next: {list(snapshot.next)})")
     return episode
