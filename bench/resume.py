@@ -1,0 +1,142 @@
+"""Crash-resume: kill ``mcu run`` with SIGKILL at random moments, re-run it, count.
+
+    python bench/resume.py                  # 40 episodes, 6 kills
+    python bench/resume.py --smoke          # CI: 4 episodes, 2 kills
+
+Each round starts the real CLI (``mcu run``, same command every time) in a subprocess and
+SIGKILLs it after a random delay; after the last kill the command runs to the end. Then it
+prints episodes expected / found / duplicated / corrupt (episode files that do not
+validate, cut shard or index lines, a damaged checkpoint database) and the work redone:
+LLM requests the endpoint served minus the calls recorded in the finished episodes (the
+cache is off so that every redone call reaches the endpoint). Figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import bench_overrides, scan_run, start_endpoint
+
+
+def cli_command(run_dir: Path, episodes: int, overrides: list[str]) -> list[str]:
+    sets = [f"--set={o}" for o in overrides]
+    return [
+        sys.executable,
+        "-m",
+        "mcu_sim.cli",
+        "run",
+        f"--episodes={episodes}",
+        f"--out={run_dir}",
+        "--seed=500",
+        "--max-in-flight=8",
+        "--no-progress",
+        *sets,
+    ]
+
+
+def checkpoint_health(path: Path) -> str:
+    if not path.is_file():
+        return "missing"
+    with sqlite3.connect(path) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def recorded_calls(run_dir: Path) -> int:
+    """LLM calls that ended up in finished episodes (their per-node usage)."""
+    total = 0
+    for path in (run_dir / "episodes").glob("*.json"):
+        usage = json.loads(path.read_text()).get("usage") or {}
+        total += int(sum(node.get("calls", 0) for node in usage.values()))
+    return total
+
+
+def run(episodes: int, kills: int, min_delay: float, span: float, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    endpoint = start_endpoint(latency=0.02, capacity=16)
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        overrides = bench_overrides(endpoint.url, 2, 16)
+        command = cli_command(run_dir, episodes, overrides)
+        try:
+            for _ in range(kills):
+                delay = min_delay + rng.uniform(0, span)
+                process = subprocess.Popen(
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                time.sleep(delay)
+                finished_early = process.poll() is not None
+                process.kill()
+                process.wait()
+                done = len(list((run_dir / "episodes").glob("*.json")))
+                rounds.append({"killed_after_s": round(delay, 2), "episodes_done": done})
+                if finished_early:
+                    rounds[-1]["note"] = "the run had already finished"
+            final = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        finally:
+            served = endpoint.stop()
+        scan = scan_run(run_dir)
+        expected = [f"ep-{500 + i:08d}" for i in range(episodes)]
+        recorded = recorded_calls(run_dir)
+        result = {
+            "episodes_expected": episodes,
+            "episodes_found": len(set(scan["found"]) & set(expected)),
+            "lost": len(set(expected) - set(scan["found"]) - set(scan["failed"])),
+            "failed": len(scan["failed"]),
+            "duplicated": scan["shard_duplicates"] + scan["index_duplicates"],
+            "corrupt": len(scan["corrupt"])
+            + (checkpoint_health(run_dir / "checkpoints.sqlite") != "ok"),
+            "corrupt_detail": scan["corrupt"],
+            "shards_hold_every_episode": sorted(scan["shard_ids"]) == sorted(scan["found"]),
+            "kills": len(rounds),
+            "rounds": rounds,
+            "final_exit_code": final.returncode,
+            "endpoint_requests": served.get("requests", 0),
+            "calls_in_episodes": recorded,
+            "calls_redone": served.get("requests", 0) - recorded,
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=40)
+    parser.add_argument("--kills", type=int, default=6)
+    parser.add_argument("--min-delay", type=float, default=2.5, help="s; imports take ~2 s")
+    parser.add_argument("--span", type=float, default=4.0, help="random extra delay, s")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="CI size: 4 episodes, 2 kills")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.episodes, args.kills, args.span = 4, 2, 1.5
+    result = run(args.episodes, args.kills, args.min_delay, args.span, args.seed)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for n, item in enumerate(result["rounds"], 1):
+        extra = f" ({item['note']})" if "note" in item else ""
+        print(f"kill {n}: SIGKILL after {item['killed_after_s']} s, {item['episodes_done']} "
+              f"episodes on disk{extra}")  # fmt: skip
+    print(
+        f"episodes expected {result['episodes_expected']}, found {result['episodes_found']}, "
+        f"lost {result['lost']}, failed {result['failed']}, duplicated {result['duplicated']}, "
+        f"corrupt {result['corrupt']} {result['corrupt_detail'] or ''}\n"
+        f"shards hold every episode exactly once: {result['shards_hold_every_episode']}; "
+        f"final run exit code {result['final_exit_code']}\n"
+        f"work redone: {result['calls_redone']} LLM calls of {result['endpoint_requests']} "
+        f"served ({result['calls_in_episodes']} are in the finished episodes)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Throughput of the local runner against the bench endpoint (latency L, capacity C).
+
+    python bench/throughput.py                       # 200 episodes, L=0.2 s, C=16
+    python bench/throughput.py --latency 1 --capacity 64 --episodes 400
+    python bench/throughput.py --smoke               # CI: a few episodes
+
+Prints achieved LLM calls/s and its ratio to the endpoint's capacity C/L (overall, and in
+the steady part between 10 % and 90 % of the calls), framework CPU per LLM call (this
+process only: the endpoint runs in a subprocess), peak RSS and RSS per in-flight episode.
+``--in-flight`` defaults to 2C episodes, enough to keep C requests busy while episodes
+are between calls. Figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    Timer,
+    bench_overrides,
+    cpu_seconds,
+    peak_rss_mb,
+    rss_mb,
+    start_endpoint,
+)
+
+
+async def _sample_calls(runner: Any, samples: list[tuple[float, int]], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        samples.append((time.perf_counter(), runner.usage.calls))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.05)
+
+
+def steady_rate(samples: list[tuple[float, int]]) -> float:
+    """Calls/s between the moments 10 % and 90 % of all calls were done."""
+    total = samples[-1][1] if samples else 0
+    if total < 10:
+        return 0.0
+    low = next(t for t, c in samples if c >= 0.1 * total)
+    high = next(t for t, c in samples if c >= 0.9 * total)
+    return 0.8 * total / (high - low) if high > low else 0.0
+
+
+async def measured_run(config: Any, out: Path, episodes: int, in_flight: int) -> dict[str, Any]:
+    from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+
+    runner = EpisodeRunner(config, out, max_in_flight=in_flight, use_cache=False)
+    samples: list[tuple[float, int]] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_sample_calls(runner, samples, stop))
+    rss_before, cpu_before = rss_mb(), cpu_seconds()
+    with Timer() as timer:
+        report = await runner.run_jobs(plan_jobs(episodes, 1000))
+    cpu = cpu_seconds() - cpu_before
+    stop.set()
+    await sampler
+    samples.append((time.perf_counter(), report.usage.calls))
+    return {
+        "report": report,
+        "seconds": timer.seconds,
+        "cpu_s": cpu,
+        "rss_before_mb": rss_before,
+        "steady_calls_per_s": steady_rate(samples),
+    }
+
+
+def run(episodes: int, latency: float, capacity: int, in_flight: int, sessions: int) -> dict:
+    from mcu_sim.config import load_config
+
+    endpoint = start_endpoint(latency, capacity)
+    try:
+        config = load_config(None, bench_overrides(endpoint.url, sessions, capacity))
+        with tempfile.TemporaryDirectory() as tmp:
+            # warm-up: imports, the graph, the HTTP client and the SQLite files, off the clock
+            asyncio.run(measured_run(config, Path(tmp) / "warmup", 2, 2))
+            result = asyncio.run(measured_run(config, Path(tmp) / "run", episodes, in_flight))
+    finally:
+        served = endpoint.stop()
+    report = result["report"]
+    calls = report.usage.calls
+    capacity_rate = capacity / latency
+    peak = peak_rss_mb()
+    return {
+        "episodes": len(report.finished),
+        "failed": len(report.failed),
+        "llm_calls": calls,
+        "seconds": round(result["seconds"], 2),
+        "calls_per_s": round(calls / result["seconds"], 1),
+        "capacity_calls_per_s": round(capacity_rate, 1),
+        "ratio": round(calls / result["seconds"] / capacity_rate, 3),
+        "steady_ratio": round(result["steady_calls_per_s"] / capacity_rate, 3),
+        "endpoint_max_in_flight": served.get("max_in_flight"),
+        "cpu_ms_per_call": round(1000 * result["cpu_s"] / max(calls, 1), 3),
+        "cpu_busy_fraction": round(result["cpu_s"] / result["seconds"], 3),
+        "peak_rss_mb": round(peak, 1),
+        "rss_per_in_flight_mb": round(max(peak - result["rss_before_mb"], 0) / in_flight, 3),
+        "in_flight": in_flight,
+        "latency_s": latency,
+        "capacity": capacity,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=0.2, help="L, seconds per request")
+    parser.add_argument("--capacity", type=int, default=16, help="C, requests served at once")
+    parser.add_argument("--in-flight", type=int, help="episodes at once (default 2C)")
+    parser.add_argument("--sessions", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.episodes, args.latency, args.capacity, args.sessions = 6, 0.02, 4, 1
+    in_flight = args.in_flight or 2 * args.capacity
+    result = run(args.episodes, args.latency, args.capacity, in_flight, args.sessions)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{result['episodes']} episodes ({result['failed']} failed), {result['llm_calls']} LLM "
+        f"calls in {result['seconds']} s, {in_flight} episodes in flight\n"
+        f"achieved {result['calls_per_s']} calls/s; capacity C/L = "
+        f"{result['capacity_calls_per_s']}/s; ratio {result['ratio']} overall, "
+        f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "
+        f"once)\n"
+        f"framework CPU {result['cpu_ms_per_call']} ms per LLM call "
+        f"(busy {100 * result['cpu_busy_fraction']:.0f} % of one core)\n"
+        f"peak RSS {result['peak_rss_mb']} MB; {result['rss_per_in_flight_mb']} MB per "
+        f"in-flight episode"
+    )
+
+
+if __name__ == "__main__":
+    main()
