@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
@@ -18,9 +18,25 @@ PROMPT = "planner"
 TRIGGER = "img"
 
 
+Module = Literal["personalized_t2i", "retrieval", "web_search"]
+MODULES: tuple[str, ...] = ("personalized_t2i", "retrieval", "web_search")
+
+
 class PlanOutput(BaseModel):
-    module: Literal["personalized_t2i", "retrieval", "web_search"]
+    module: Module
     description: str = Field(min_length=5, max_length=300)
+
+
+def plan_model(modules: list[str]) -> type[PlanOutput]:
+    """``PlanOutput`` whose ``module`` enum holds only the modules that can run here."""
+    unknown = set(modules) - set(MODULES)
+    if unknown or not modules:
+        raise ValueError(f"modules must be a non-empty subset of {MODULES}, got {modules}")
+    return create_model(
+        "PlanOutput",
+        __base__=PlanOutput,
+        module=(Literal[tuple(modules)], ...),  # type: ignore[valid-type]
+    )
 
 
 def trigger_phrase(class_word: str) -> str:
@@ -57,12 +73,15 @@ async def plan_request(
     class_word: str,
     description: str,
     image_source: str | None,
+    modules: list[str] | None = None,
 ) -> tuple[PlanOutput, Completion, str]:
+    modules = list(modules or MODULES)
     return await ask(
         call,
         PROMPT,
-        PlanOutput,
+        plan_model(modules),
         validate=check_trigger(class_word),
+        modules=modules,
         name=name,
         age=age,
         gender=gender,

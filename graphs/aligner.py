@@ -77,10 +77,26 @@ def _fallback(ctx: EpisodeContext, wanted: str) -> tuple[str | None, list[str]]:
     return None, notes
 
 
-async def _llm_plan(state: AlignState, ctx: EpisodeContext) -> tuple[dict, dict]:
+def _available(ctx: EpisodeContext) -> tuple[list[str], list[str]]:
+    """Modules that can run here, in router order, and why the others cannot."""
+    usable, notes = [], []
+    for module in ctx.tools.router_order:
+        ok, why = ctx.tools.availability(module)
+        if ok:
+            usable.append(module)
+        else:
+            notes.append(f"{module} unavailable: {why}")
+    return usable, notes
+
+
+async def _llm_plan(state: AlignState, ctx: EpisodeContext, modules: list[str]) -> tuple:
+    """Ask the planner to choose among ``modules`` (an enum in its schema)."""
     person = state["person"]
     request = state["request"]
     description = request.get("planned_description") or request["description"]
+    if len(modules) == 1:  # nothing to choose: no call
+        note = f"only {modules[0]} is available; planner not asked"
+        return {"module": modules[0], "description": description, "note": note}, {}
     try:
         plan, completion, version = await planner.plan_request(
             ctx.role("planner", state["seed"], request["id"], state.get("rewrites", 0)),
@@ -90,10 +106,11 @@ async def _llm_plan(state: AlignState, ctx: EpisodeContext) -> tuple[dict, dict]
             class_word=person["class_word"],
             description=description,
             image_source=request.get("image_source"),
+            modules=modules,
         )
     except LLMError as exc:
         # Retrieval is the safest default: it needs no face and fits most descriptions.
-        module = "retrieval"
+        module = "retrieval" if "retrieval" in modules else modules[0]
         note = f"planner output unusable, defaulted to {module}: {exc}"[:400]
         spent = getattr(exc, "usage", None)
         accounting = {"usage": {"planner": spent.as_dict()}} if spent else {}
@@ -107,12 +124,20 @@ async def _llm_plan(state: AlignState, ctx: EpisodeContext) -> tuple[dict, dict]
 
 @node_reads("request", "person")
 async def plan_node(state: AlignState, runtime: Any) -> dict[str, Any]:
-    """reads: request, person / writes: plan (module, description, fallback notes)."""
+    """reads: request, person / writes: plan (module, description, availability notes).
+
+    Only modules that can run here are offered to the planner, as an enum; when just one
+    can, code decides without a call.
+    """
     ctx = _ctx(runtime, "align.plan")
     if ctx.tools is None:
         return _finish(state, "unaligned", "image tools disabled (images.enabled is false)")
-    plan, accounting = await _llm_plan(state, ctx)
-    module, notes = _fallback(ctx, plan["module"])
+    modules, notes = _available(ctx)
+    if not modules:
+        return _finish(state, "unaligned", "no image module available: " + "; ".join(notes))
+    plan, accounting = await _llm_plan(state, ctx, modules)
+    module, more = _fallback(ctx, plan["module"])
+    notes += more
     if plan.get("note"):
         notes.insert(0, plan["note"])
     if module is None:

@@ -168,20 +168,24 @@ def _summary(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """Keyword routing among the modules the schema offers."""
+    spec = schema["properties"]["module"]
+    allowed = spec.get("enum") or [spec.get("const")]
     system = body["messages"][0]["content"]
     user = body["messages"][-1]["content"]
     match = re.search(r'exactly as "(.+?) img"', system)
     class_word = match.group(1) if match else "person"
     description = user.split("Image description:", 1)[-1].split("\n", 1)[0].strip()
     lowered = description.lower()
+    wanted = "retrieval"
     if "selfie" in lowered or " me " in f" {lowered} ":
-        return {
-            "module": "personalized_t2i",
-            "description": f"a photo of {class_word} img, " + description,
-        }
-    if "news" in lowered or "latest" in lowered:
-        return {"module": "web_search", "description": description}
-    return {"module": "retrieval", "description": description}
+        wanted = "personalized_t2i"
+    elif "news" in lowered or "latest" in lowered:
+        wanted = "web_search"
+    module = wanted if wanted in allowed else allowed[0]
+    if module == "personalized_t2i":
+        return {"module": module, "description": f"a photo of {class_word} img, {description}"}
+    return {"module": module, "description": description}
 
 
 def _rewrite(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:

@@ -192,8 +192,34 @@ def test_disabled_module_falls_back_along_router_order(
     )
     assert result["status"] == "aligned" and result["module"] == "retrieval"
     plan = next(a for a in result["attempts"] if a.get("event") == "plan")
-    assert plan["planned"] == "personalized_t2i"
     assert any("personalized_t2i unavailable: disabled in config" in n for n in plan["notes"])
+    # the planner was only offered what can run here
+    (body,) = [r.body for r in fake_openai.chat_requests if schema_name(r.body) == "PlanOutput"]
+    offered = body["response_format"]["json_schema"]["schema"]["properties"]["module"]
+    assert offered["enum"] == ["retrieval", "web_search"]
+    assert "personalized_t2i" not in body["messages"][0]["content"]
+
+
+def test_a_tool_failing_at_run_time_is_disabled_and_the_router_falls_back(
+    fake_openai, tmp_path, tiny_photomaker, image_site
+):
+    fake_openai.handler = scripted_answer
+    broken = dict(tiny_photomaker, ckpt=tiny_photomaker["base"] / "model_index.json")
+    settings = _settings(broken, image_site, qa={"max_rewrites": 1})
+    toolbox = ImageToolbox(settings, scorers={})
+    (result,) = _align(
+        fake_openai,
+        tmp_path,
+        toolbox,
+        [_request("s1-t1", "a selfie of me with a cat")],
+        tiny_photomaker["face"],
+    )
+    plans = [a for a in result["attempts"] if a.get("event") == "plan"]
+    assert plans[0]["module"] == "personalized_t2i"
+    assert result["status"] == "aligned" and result["module"] != "personalized_t2i"
+    assert any("personalized_t2i unavailable" in n for n in plans[-1]["notes"])
+    failures = [a["detail"] for a in result["attempts"] if a.get("event") == "failure"]
+    assert any(f.startswith("personalized_t2i error") for f in failures)
     assert "img" not in result["planned_description"]
 
 

@@ -161,6 +161,12 @@ class ImageToolbox:
         out_dir.mkdir(parents=True, exist_ok=True)
         tool = self.tool(module)
         try:
+            await asyncio.to_thread(tool.load)  # weights load once; a failure disables it
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, ToolUnavailable) else f"load failed: {exc}"
+            self.disable(module, reason[:300])
+            raise ToolUnavailable(module, reason[:300]) from exc
+        try:
             if module == "retrieval":
                 found = await tool.search(
                     description, k=self.settings.retrieval.top_k, out_dir=out_dir
