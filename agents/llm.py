@@ -10,34 +10,62 @@ accounting, and a content-addressed SQLite cache.
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
 import logging
-import re
-import sys
-import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
-    wait_exponential_jitter,
 )
 
 from mcu_sim.agents.cache import ResponseCache, cache_key
+from mcu_sim.agents.retry import (
+    RateLimiter,
+    RetryAfterWait,
+    is_retryable,
+    retry_after_seconds,
+    status_of,
+)
+from mcu_sim.agents.structured import (
+    describe_validation_error,
+    extract_json,
+    repair_message,
+    schema_instructions,
+)
 from mcu_sim.config import LLMConfig, ProviderConfig, StepSettings
 
 Message = dict[str, str]
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger("mcu_sim.llm")
+
+# Re-exported for callers that import them from here.
+__all__ = [
+    "Completion",
+    "EndpointFault",
+    "LLMClient",
+    "LLMError",
+    "LLMOutputError",
+    "LLMRequestError",
+    "LLMTransportError",
+    "RateLimiter",
+    "RetryAfterWait",
+    "Usage",
+    "build_client",
+    "describe_validation_error",
+    "extract_json",
+    "is_retryable",
+    "repair_message",
+    "retry_after_seconds",
+    "schema_instructions",
+]
 
 
 class LLMError(RuntimeError):
@@ -155,135 +183,6 @@ class Adapter(Protocol):
     def identity(self) -> dict[str, Any]:
         """What distinguishes this endpoint in cache keys (never the API key)."""
         ...
-
-
-# ----------------------------------------------------------------- retry policy
-
-RETRY_STATUSES = frozenset({408, 409, 429})
-
-
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """429, 408, 409, 5xx, timeouts, connection errors and unusable bodies; nothing else."""
-    if isinstance(exc, EndpointFault):
-        return True
-    openai = sys.modules.get("openai")  # an openai error implies openai is imported
-    if openai is not None and isinstance(exc, openai.APIConnectionError):
-        return True  # includes APITimeoutError
-    status = _status_of(exc)
-    return status is not None and (status in RETRY_STATUSES or status >= 500)
-
-
-def retry_after_seconds(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait (``retry-after-ms``, ``Retry-After`` seconds or
-    HTTP date), or None."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if not value:
-            continue
-        try:
-            return max(float(value) * scale, 0.0)
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            continue
-        return max(when.timestamp() - time.time(), 0.0)
-    return None
-
-
-class RetryAfterWait:
-    """tenacity wait: the server's Retry-After when given, else exponential with jitter.
-
-    A Retry-After is honoured in full (not capped): if it does not fit in the remaining
-    retry budget, ``stop_before_delay`` ends the retries instead of retrying too early.
-    """
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.fallback = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        asked = retry_after_seconds(exc) if exc else None
-        return asked if asked is not None else self.fallback(retry_state)
-
-
-class RateLimiter:
-    """Spaces request starts so that at most ``rpm`` begin per minute (any event loop)."""
-
-    def __init__(self, rpm: float | None) -> None:
-        self.interval = 60.0 / rpm if rpm else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()  # held only for arithmetic, never across an await
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            delay = self._next - now
-            self._next = max(now, self._next) + self.interval
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-
-# ----------------------------------------------------------------- structured output
-
-JSON_BLOCK = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
-
-
-def extract_json(text: str) -> Any:
-    """Parse JSON from a reply that may wrap it in prose or a code fence. Never ``eval``."""
-    stripped = text.strip()
-    candidates = [stripped]
-    candidates += [m.group(1).strip() for m in JSON_BLOCK.finditer(text)]
-    for opener, closer in (("{", "}"), ("[", "]")):
-        start, end = stripped.find(opener), stripped.rfind(closer)
-        if 0 <= start < end:
-            candidates.append(stripped[start : end + 1])
-    last_error: json.JSONDecodeError | None = None
-    for candidate in candidates:
-        try:
-            return json.loads(candidate)
-        except json.JSONDecodeError as exc:
-            last_error = exc
-    raise ValueError(f"no JSON object found ({last_error})")
-
-
-def schema_instructions(schema: dict[str, Any]) -> str:
-    return (
-        "Answer with one JSON object only, no prose, that validates against this JSON schema:\n"
-        + json.dumps(schema, separators=(",", ":"))
-    )
-
-
-def repair_message(error: str) -> Message:
-    return {
-        "role": "user",
-        "content": (
-            "Your answer could not be used: "
-            + error[:1500]
-            + "\nReply again with the corrected JSON object only."
-        ),
-    }
-
-
-def describe_validation_error(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        parts = [
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-        ]
-        return "; ".join(parts[:12])
-    return str(exc)
 
 
 # ----------------------------------------------------------------- the client
@@ -496,7 +395,7 @@ class LLMClient:
                 ) from exc
             if isinstance(exc, LLMError):
                 raise
-            status = _status_of(exc)
+            status = status_of(exc)
             if status is not None:
                 raise LLMRequestError(
                     f"{self.adapter.name} refused the request (HTTP {status}); check "
