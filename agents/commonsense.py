@@ -31,7 +31,7 @@ def clean_phrase(text: str, relation: str) -> str:
         if lowered.startswith(prefix):
             lowered = lowered[len(prefix) :]
             break
-    return lowered.rstrip(". ")
+    return lowered.rstrip(".,;: ")
 
 
 async def generate_commonsense(
