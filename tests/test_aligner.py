@@ -301,22 +301,21 @@ def _rewrite_as_selfie(body: dict) -> Any:
     return scripted_answer(body)
 
 
+def _magid_run(server, tmp_path, tiny, site, failures: int) -> tuple[dict, FailingScorer]:
+    """One selfie request through the real loop, with a scorer failing ``failures`` times."""
+    server.handler = _rewrite_as_selfie
+    scorer = FailingScorer(failures=failures)
+    settings = _settings(tiny, site, qa={"retries_per_description": 2, "max_rewrites": 1})
+    toolbox = ImageToolbox(settings, scorers={"clip": scorer})
+    request = _request("s1-t1", "a selfie of me holding a trophy")
+    (result,) = _align(server, tmp_path, toolbox, [request], tiny["face"])
+    return result, scorer
+
+
 def test_magid_loop_two_failures_then_rewrite_then_success(
     fake_openai, tmp_path, tiny_photomaker, image_site
 ):
-    fake_openai.handler = _rewrite_as_selfie
-    scorer = FailingScorer(failures=3)
-    settings = _settings(
-        tiny_photomaker, image_site, qa={"retries_per_description": 2, "max_rewrites": 1}
-    )
-    toolbox = ImageToolbox(settings, scorers={"clip": scorer})
-    (result,) = _align(
-        fake_openai,
-        tmp_path,
-        toolbox,
-        [_request("s1-t1", "a selfie of me holding a trophy")],
-        tiny_photomaker["face"],
-    )
+    result, scorer = _magid_run(fake_openai, tmp_path, tiny_photomaker, image_site, failures=3)
     assert result["status"] == "aligned"
     # three generations of the first description failed (the first try and two retries with
     # new seeds), then the description was rewritten, re-planned and the fourth image passed
@@ -327,26 +326,12 @@ def test_magid_loop_two_failures_then_rewrite_then_success(
     rewrites = [a for a in result["attempts"] if a.get("event") == "rewrite"]
     assert len(rewrites) == 1
     assert result["image"]["scores"]["clip"] == pytest.approx(0.9)
-    seeds = [name for name, _ in scorer.seen]
-    assert seeds[0] != seeds[1]
 
 
 def test_magid_loop_exhausted_ends_unaligned_with_reasons(
     fake_openai, tmp_path, tiny_photomaker, image_site
 ):
-    fake_openai.handler = _rewrite_as_selfie
-    scorer = FailingScorer(failures=100)
-    settings = _settings(
-        tiny_photomaker, image_site, qa={"retries_per_description": 2, "max_rewrites": 1}
-    )
-    toolbox = ImageToolbox(settings, scorers={"clip": scorer})
-    (result,) = _align(
-        fake_openai,
-        tmp_path,
-        toolbox,
-        [_request("s1-t1", "a selfie of me at the office")],
-        tiny_photomaker["face"],
-    )
+    result, scorer = _magid_run(fake_openai, tmp_path, tiny_photomaker, image_site, failures=100)
     assert result["status"] == "unaligned"
     assert "clip 0.050 not >= 0.21" in result["reason"]
     assert len(scorer.seen) == 6  # (1 try + 2 retries) x (original + 1 rewrite)
