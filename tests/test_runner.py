@@ -462,7 +462,15 @@ def test_estimate_follows_the_graph_and_is_refined_by_a_run(
     assert refined["judge"].source == "measured (2 episodes)"
     assert refined["judge"].calls_per_episode == 2  # one safety verdict per session
 
-    with_images = load_config(None, [*_overrides(fake_openai, tmp_path), "images.enabled=true"])
+    # two modules can run, so the planner is asked (with one, code decides without a call)
+    with_images = load_config(
+        None,
+        [
+            *_overrides(fake_openai, tmp_path),
+            "images.enabled=true",
+            "images.web_search.enabled=true",
+        ],
+    )
     planner = {r.step: r for r in estimate_run(with_images, 1).roles}["planner"]
     assert planner.calls_per_episode >= with_images.episode.device_images
     result = CliRunner().invoke(
