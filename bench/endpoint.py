@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import signal
 import sys
 import threading
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"smoke_answer": ask_once(server.url)}))
     else:
         stop.wait()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     stats = {
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "requests": handler.requests,
         "max_in_flight": server.max_in_flight,
         "faults": dict(handler.faults),

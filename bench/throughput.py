@@ -98,6 +98,7 @@ def run(episodes: int, latency: float, capacity: int, in_flight: int, sessions: 
         "ratio": round(calls / result["seconds"] / capacity_rate, 3),
         "steady_ratio": round(result["steady_calls_per_s"] / capacity_rate, 3),
         "endpoint_max_in_flight": served.get("max_in_flight"),
+        "endpoint_cpu_ms_per_call": round(1000 * served.get("cpu_s", 0) / max(calls, 1), 3),
         "cpu_ms_per_call": round(1000 * result["cpu_s"] / max(calls, 1), 3),
         "cpu_busy_fraction": round(result["cpu_s"] / result["seconds"], 3),
         "peak_rss_mb": round(peak, 1),
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "
         f"once)\n"
         f"framework CPU {result['cpu_ms_per_call']} ms per LLM call "
-        f"(busy {100 * result['cpu_busy_fraction']:.0f} % of one core)\n"
+        f"(busy {100 * result['cpu_busy_fraction']:.0f} % of one core; the endpoint process "
+        f"used {result['endpoint_cpu_ms_per_call']} ms per call)\n"
         f"peak RSS {result['peak_rss_mb']} MB; {result['rss_per_in_flight_mb']} MB per "
         f"in-flight episode"
     )

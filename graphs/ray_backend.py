@@ -90,7 +90,7 @@ async def _episode_in_worker(payload: dict[str, Any]) -> dict[str, Any]:
 
     result: dict[str, Any] = {}
     try:
-        async with checkpointer_for(config, run) as saver:
+        async with checkpointer_for(config, run.checkpoints) as saver:
             graph = compile_graph(saver)
             context = EpisodeContext(
                 config=config,

@@ -11,19 +11,23 @@ path for debugging; :mod:`mcu_sim.graphs.ray_backend` runs the same jobs on Ray.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import os
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcu_sim.agents.llm import LLMClient, LLMOutputError, Usage, build_client
 from mcu_sim.config import Config, ConfigError
+from mcu_sim.graphs.checkpoints import (  # noqa: F401 - open_checkpointer re-exported
+    checkpointer_for,
+    open_checkpointer,
+    postgres_dsn,
+    thread_id_for,
+)
 from mcu_sim.graphs.context import EpisodeContext
 from mcu_sim.graphs.outputs import RunDir, ShardWriter
 from mcu_sim.graphs.run_manifest import (  # noqa: F401 - re-exported
@@ -79,82 +83,6 @@ def failed_jobs(run: RunDir) -> list[EpisodeJob]:
 def manifest_jobs(run: RunDir) -> list[EpisodeJob]:
     """Every job the run directory's manifest has planned (what ``--resume`` continues)."""
     return [EpisodeJob(episode_id_for(s), s) for s in jobs_in_manifest(run)]
-
-
-# ---------------------------------------------------------------- checkpointers
-
-
-async def open_checkpointer(path: Path) -> Any:
-    """An AsyncSqliteSaver on ``path`` with WAL and a busy timeout.
-
-    ``synchronous=NORMAL`` skips an fsync per checkpoint: a killed process loses nothing
-    (the WAL is in the OS cache); a power cut may roll back the last few steps, which are
-    then redone on resume — never a corrupt database.
-    """
-    import aiosqlite
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-    conn = await aiosqlite.connect(str(path), timeout=30)
-    await conn.execute("PRAGMA busy_timeout=30000")
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute("PRAGMA synchronous=NORMAL")
-    saver = AsyncSqliteSaver(conn)
-    await saver.setup()
-    return saver
-
-
-def postgres_dsn(config: Config, environ: dict[str, str] | None = None) -> str | None:
-    """The Postgres connection string named by ``run.postgres_dsn_env``, or None for SQLite."""
-    variable = getattr(config.run, "postgres_dsn_env", None)
-    if not variable:
-        return None
-    dsn = (os.environ if environ is None else environ).get(variable)
-    if not dsn:
-        raise ConfigError(
-            f"run.postgres_dsn_env names {variable}, but that environment variable is empty: "
-            f"export {variable}=postgresql://user:password@host:5432/db, or remove "
-            "run.postgres_dsn_env to keep checkpoints in <run>/checkpoints.sqlite."
-        )
-    return dsn
-
-
-@contextlib.asynccontextmanager
-async def checkpointer_for(config: Config, run: RunDir) -> AsyncIterator[Any]:
-    """The configured checkpointer, closed on exit (SQLite by default, else Postgres)."""
-    dsn = postgres_dsn(config)
-    if dsn is None:
-        saver = await open_checkpointer(run.checkpoints)
-        try:
-            yield saver
-        finally:
-            await saver.conn.close()
-        return
-    try:
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-        from psycopg import OperationalError
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ConfigError(
-            "Postgres checkpoints need langgraph-checkpoint-postgres: pip install 'mcu-sim[scale]'"
-        ) from exc
-    try:
-        manager = AsyncPostgresSaver.from_conn_string(dsn)
-        saver = await manager.__aenter__()
-    except OperationalError as exc:  # never echo the DSN: it may hold a password
-        raise ConfigError(
-            f"Cannot connect to the Postgres named by ${config.run.postgres_dsn_env}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
-    try:
-        await saver.setup()
-        yield saver
-    finally:
-        await manager.__aexit__(None, None, None)
-
-
-def thread_id_for(run_id: str, episode_id: str, shared_store: bool) -> str:
-    """The episode id; in a shared Postgres database, prefixed with the run's id so two
-    run directories that both have ``ep-00000001`` never share a thread."""
-    return f"{run_id}/{episode_id}" if shared_store else episode_id
 
 
 # ---------------------------------------------------------------- one episode
@@ -362,7 +290,7 @@ class EpisodeRunner:
     async def _execute(self, jobs: list[EpisodeJob], report: RunReport) -> None:
         """Local backend: one event loop, ``max_in_flight`` episodes at a time."""
         self._client()
-        async with checkpointer_for(self.config, self.run) as saver:
+        async with checkpointer_for(self.config, self.run.checkpoints) as saver:
             graph = compile_graph(saver, self.graph_factory)
             shared = postgres_dsn(self.config) is not None
 
