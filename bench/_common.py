@@ -48,7 +48,10 @@ def start_endpoint(
         f"--seed={seed}",
         f"--hang-s={hang_s}",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    # stderr is dropped: a killed client makes the server log connection resets
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     line = process.stdout.readline() if process.stdout else ""
     if not line.startswith("{"):
         process.kill()

@@ -59,9 +59,11 @@ def recorded_calls(run_dir: Path) -> int:
     return total
 
 
-def run(episodes: int, kills: int, min_delay: float, span: float, seed: int) -> dict[str, Any]:
+def run(
+    episodes: int, kills: int, min_delay: float, span: float, seed: int, latency: float
+) -> dict[str, Any]:
     rng = random.Random(seed)
-    endpoint = start_endpoint(latency=0.02, capacity=16)
+    endpoint = start_endpoint(latency=latency, capacity=16)
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
@@ -114,12 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-delay", type=float, default=2.5, help="s; imports take ~2 s")
     parser.add_argument("--span", type=float, default=4.0, help="random extra delay, s")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--latency", type=float, default=0.3, help="endpoint s per call")
     parser.add_argument("--smoke", action="store_true", help="CI size: 4 episodes, 2 kills")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
         args.episodes, args.kills, args.span = 4, 2, 1.5
-    result = run(args.episodes, args.kills, args.min_delay, args.span, args.seed)
+    result = run(args.episodes, args.kills, args.min_delay, args.span, args.seed, args.latency)
     if args.json:
         print(json.dumps(result))
         return

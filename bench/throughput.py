@@ -7,8 +7,9 @@
 Prints achieved LLM calls/s and its ratio to the endpoint's capacity C/L (overall, and in
 the steady part between 10 % and 90 % of the calls), framework CPU per LLM call (this
 process only: the endpoint runs in a subprocess), peak RSS and RSS per in-flight episode.
-``--in-flight`` defaults to 2C episodes, enough to keep C requests busy while episodes
-are between calls. Figures only; nothing is asserted.
+``--in-flight`` defaults to 2C episodes (and the client may have that many requests out),
+enough to keep C requests busy while episodes are between calls. Figures only; nothing
+is asserted.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def run(episodes: int, latency: float, capacity: int, in_flight: int, sessions: 
 
     endpoint = start_endpoint(latency, capacity)
     try:
-        config = load_config(None, bench_overrides(endpoint.url, sessions, capacity))
+        # the client may send more than C at once, so a request is always queued at the
+        # endpoint when a slot frees: the endpoint, not the client, is then the limit
+        config = load_config(None, bench_overrides(endpoint.url, sessions, in_flight))
         with tempfile.TemporaryDirectory() as tmp:
             # warm-up: imports, the graph, the HTTP client and the SQLite files, off the clock
             asyncio.run(measured_run(config, Path(tmp) / "warmup", 2, 2))

@@ -75,6 +75,17 @@ def plan_jobs(episodes: int, base_seed: int) -> list[EpisodeJob]:
     return [EpisodeJob(episode_id_for(base_seed + i), base_seed + i) for i in range(episodes)]
 
 
+def unique_jobs(jobs: list[EpisodeJob]) -> list[EpisodeJob]:
+    """``jobs`` without repeats: two workers on one episode thread would corrupt it."""
+    seen: set[str] = set()
+    unique = []
+    for job in jobs:
+        if job.episode_id not in seen:
+            seen.add(job.episode_id)
+            unique.append(job)
+    return unique
+
+
 def failed_jobs(run: RunDir) -> list[EpisodeJob]:
     """The jobs recorded in ``failures/`` (what ``mcu retry-failed`` re-runs)."""
     return [EpisodeJob(i, int(run.read_failure(i)["seed"])) for i in run.failed_ids()]
@@ -120,7 +131,7 @@ async def drive_episode(
                 on_node(node)
             if isinstance(values, dict) and "episode" in values:
                 episode = values["episode"]  # the last step's output: no need to reload it
-        if should_stop is not None:
+        if should_stop is not None and episode is None:  # a finished episode is kept
             stop = should_stop()
             if inspect.isawaitable(stop):
                 stop = await stop
@@ -249,6 +260,8 @@ class EpisodeRunner:
     async def _run_locked(self, jobs: list[EpisodeJob], force_config: bool) -> RunReport:
         report = RunReport(backend=self.backend)
         start = time.monotonic()
+        self._budget_hit.clear()
+        jobs = unique_jobs(jobs)
         seeds = [job.seed for job in jobs]
         manifest = start_manifest(self.run, self.config, seeds, force_config, self.backend)
         self.run_id = manifest["run_id"]
@@ -268,7 +281,7 @@ class EpisodeRunner:
             report.interrupted = True
             raise
         finally:
-            report.usage = self.usage if report.usage.calls == 0 else report.usage
+            report.usage = self.usage
             report.seconds = time.monotonic() - start
             report.executions = self.executions
             report.stopped_for_budget = self._budget_hit.is_set()
@@ -335,15 +348,16 @@ class EpisodeRunner:
 
     async def store_episode(self, episode: dict[str, Any], report: RunReport) -> None:
         """Write the episode file, its index line and (when full) its shard."""
-        await asyncio.to_thread(self._write_episode, episode)
+        shards = await asyncio.to_thread(self._write_episode, episode)
         report.finished.append(episode["episode_id"])
         self._emit("done", episode_id=episode["episode_id"])
+        for path in shards:
+            self._emit("shard", path=str(path))
 
-    def _write_episode(self, episode: dict[str, Any]) -> None:
+    def _write_episode(self, episode: dict[str, Any]) -> list[Path]:
         self.run.write_episode(episode)
         assert self.shards is not None
-        for path in self.shards.add(episode["episode_id"]):
-            self._emit("shard", path=str(path))
+        return self.shards.add(episode["episode_id"])
 
     async def store_failure(
         self, job: EpisodeJob, exc: BaseException, failed_at: list[str], report: RunReport

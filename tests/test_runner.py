@@ -90,7 +90,8 @@ def test_run_of_20_episodes_writes_episodes_shards_index_and_manifest(
     fake_openai.handler = slow
     config = _config(fake_openai, tmp_path, "run.shard_size=8")
     out = tmp_path / "run"
-    report, _ = _run(config, out, plan_jobs(20, 100), max_in_flight=8)
+    twins = plan_jobs(20, 100) + plan_jobs(3, 100)  # a repeated job runs once
+    report, _ = _run(config, out, twins, max_in_flight=8)
     assert report.failed == {} and len(report.finished) == 20
     assert fake_openai.max_in_flight > 1  # episodes really overlapped
     run = RunDir(out)
