@@ -33,6 +33,14 @@ def eta_seconds(finished_now: int, remaining: int, elapsed: float) -> float | No
     return remaining * elapsed / finished_now
 
 
+def compact(number: float) -> str:
+    """12,345 -> 12.3k; 4,500,000 -> 4.5M."""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= limit:
+            return f"{number / limit:.1f}{suffix}"
+    return f"{number:.0f}"
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
@@ -55,8 +63,7 @@ class RunProgress:
         self._last_log = self.started
         self.budget_note = ""
         self.progress = Progress(
-            TextColumn("episodes"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
             console=console,
@@ -88,7 +95,7 @@ class RunProgress:
         eta = eta_seconds(c.done + c.failed, remaining, elapsed)
         text = (
             f"done {c.done} failed {c.failed} in flight {c.in_flight} | "
-            f"{calls / elapsed:.1f} calls/s, {tokens:,} tok, ${cost:.4f} | "
+            f"{calls / elapsed:.1f} calls/s {compact(tokens)} tok ${cost:.4f} | "
             f"ETA {format_duration(eta)}"
         )
         return text + (f" | {self.budget_note}" if self.budget_note else "")

@@ -27,7 +27,7 @@ from mcu_sim.cli import app
 from mcu_sim.config import Config, load_config
 from mcu_sim.graphs.estimate import estimate_run
 from mcu_sim.graphs.outputs import RunDir, ShardWriter, atomic_write_text
-from mcu_sim.graphs.progress import RunProgress, eta_seconds, format_duration
+from mcu_sim.graphs.progress import RunProgress, compact, eta_seconds, format_duration
 from mcu_sim.graphs.run_manifest import run_lock
 from mcu_sim.graphs.runner import (
     EpisodeRunner,
@@ -418,6 +418,7 @@ def test_progress_line_counts_events() -> None:
     assert "[3/5]" in console.export_text()
     assert eta_seconds(2, 3, 10.0) == 15.0 and eta_seconds(0, 3, 10.0) is None
     assert format_duration(3725) == "1:02:05" and format_duration(None) == "--:--"
+    assert compact(12_345) == "12.3k" and compact(4_500_000) == "4.5M" and compact(7) == "7"
 
 
 # ---------------------------------------------------------------- estimate
