@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
-from mcu_sim.agents.llm import Completion
+from mcu_sim.agents.llm import Completion, LLMOutputError
+from mcu_sim.agents.prompting import load_prompt
+from mcu_sim.agents.structured import extract_json
 from mcu_sim.personas.schema import CausedBy, Event, EventGraph, add_interval
 
 PROMPT = "events"
@@ -67,16 +69,44 @@ def to_graph(output: BaseModel, start: dt.date) -> EventGraph:
     return EventGraph(events=events)
 
 
+def clamp_causes(output: BaseModel) -> list[str]:
+    """Last resort after the repair turns: point each impossible cause at the previous event.
+
+    Returns what was changed, so the episode records it instead of hiding it.
+    """
+    changes = []
+    for number, item in enumerate(output.events, start=1):
+        if number > 1 and not 1 <= item.caused_by < number:
+            changes.append(f"event {number}: caused_by {item.caused_by} -> {number - 1}")
+            item.caused_by = number - 1
+    return changes
+
+
 async def generate_events(
     call: RoleCall, name: str, narrative: str, count: int, start: dt.date
 ) -> tuple[EventGraph, Completion, str]:
-    output, completion, version = await ask(
-        call,
-        PROMPT,
-        events_model(count),
-        validate=check_causes,
-        name=name,
-        narrative=narrative,
-        count=count,
-    )
+    """The event graph. Impossible causes are fed back to the model for the configured repair
+    turns; if it still gets them wrong but the answer is otherwise valid, code repairs the
+    edges (recorded in ``completion.repairs_by_code``) rather than failing the episode."""
+    model = events_model(count)
+    try:
+        output, completion, version = await ask(
+            call,
+            PROMPT,
+            model,
+            validate=check_causes,
+            name=name,
+            narrative=narrative,
+            count=count,
+        )
+        completion.repairs_by_code = []
+    except LLMOutputError as exc:
+        try:
+            output = model.model_validate(extract_json(exc.raw_text))
+        except ValueError:
+            raise exc from None
+        changes = clamp_causes(output)
+        completion = Completion(output, exc.raw_text, exc.usage, repairs=exc.attempts)
+        completion.repairs_by_code = changes
+        version = load_prompt(PROMPT).version
     return to_graph(output, start), completion, version

@@ -86,12 +86,28 @@ def test_broken_event_graph_is_repaired_by_asking_again(fake_openai, tmp_path: P
     assert "event 2 has caused_by=9" in repair
 
 
-def test_hopeless_answers_fail_the_episode_not_the_run(fake_openai, tmp_path: Path) -> None:
+def test_causes_still_wrong_after_repairs_are_fixed_by_code(fake_openai, tmp_path: Path) -> None:
     def handler(body: dict) -> Any:
         if schema_name(body) == "EventsOutput":
             answer = scripted_object(body)
-            answer["events"][-1]["caused_by"] = 99
+            answer["events"][-1]["caused_by"] = 9  # in the schema's range, but no such event
             return json.dumps(answer)
+        return scripted_answer(body)
+
+    fake_openai.handler = handler
+    config = _config(tmp_path, sessions_min=2, sessions_max=2)
+    report, _ = _run(config, tmp_path / "run", fake_openai, plan_jobs(1, 30))
+    assert report.finished == ["ep-00000030"]
+    events = [r for r in fake_openai.chat_requests if schema_name(r.body) == "EventsOutput"]
+    assert len(events) == 3  # the first answer and two repair turns
+    graph = _episode(tmp_path / "run", "ep-00000030").events.events
+    assert graph[-1].caused_by.id == graph[-2].id  # pointed at the previous event
+
+
+def test_hopeless_answers_fail_the_episode_not_the_run(fake_openai, tmp_path: Path) -> None:
+    def handler(body: dict) -> Any:
+        if schema_name(body) == "EventsOutput":
+            return "the events are: first I wake up, then I eat"
         return scripted_answer(body)
 
     fake_openai.handler = handler
@@ -101,7 +117,7 @@ def test_hopeless_answers_fail_the_episode_not_the_run(fake_openai, tmp_path: Pa
     record = json.loads((tmp_path / "run" / "failures" / "ep-00000020.json").read_text())
     assert record["error_type"] == "LLMOutputError"
     assert record["failed_at"] == ["events"]
-    assert '"caused_by": 99' in record["raw_text"]
+    assert "first I wake up" in record["raw_text"]
 
 
 def test_same_seed_gives_byte_identical_episode(fake_openai, tmp_path: Path) -> None:
