@@ -537,7 +537,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity", type=int, default=0, help="max served at once; 0 = no cap")
     parser.add_argument("--model", default="fake-model")
     args = parser.parse_args(argv)
+    from mcu_sim.testing.scripted import scripted_answer  # answers every role validly
+
     server = FakeOpenAIServer(
+        scripted_answer,
         host=args.host,
         port=args.port,
         latency=args.latency,
