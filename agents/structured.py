@@ -15,18 +15,27 @@ JSON_BLOCK = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
 def extract_json(text: str) -> Any:
-    """Parse JSON from a reply that may wrap it in prose or a code fence. Never ``eval``."""
+    """Parse JSON from a reply that may wrap it in prose or a code fence. Never ``eval``.
+
+    Tried in order: the whole reply, fenced blocks, then for objects before arrays the span
+    from the first opener to the last closer and the first complete value (a whole object
+    followed by chatter).
+    """
     stripped = text.strip()
-    candidates = [stripped]
-    candidates += [m.group(1).strip() for m in JSON_BLOCK.finditer(text)]
+    attempts: list[Any] = [stripped, *(m.group(1).strip() for m in JSON_BLOCK.finditer(text))]
     for opener, closer in (("{", "}"), ("[", "]")):
         start, end = stripped.find(opener), stripped.rfind(closer)
         if 0 <= start < end:
-            candidates.append(stripped[start : end + 1])
+            attempts.append(stripped[start : end + 1])
+        if start >= 0:
+            attempts.append(start)  # an int: raw-decode the first value starting there
+    decoder = json.JSONDecoder()
     last_error: json.JSONDecodeError | None = None
-    for candidate in candidates:
+    for attempt in attempts:
         try:
-            return json.loads(candidate)
+            if isinstance(attempt, int):
+                return decoder.raw_decode(stripped, attempt)[0]
+            return json.loads(attempt)
         except json.JSONDecodeError as exc:
             last_error = exc
     raise ValueError(f"no JSON object found ({last_error})")

@@ -539,8 +539,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from mcu_sim.testing.scripted import scripted_answer  # answers every role validly
 
+    def answer(body: dict[str, Any]) -> Outcome:
+        try:
+            return scripted_answer(body)
+        except KeyError:  # not one of our roles: a minimal instance of its schema
+            return schema_example_handler(body)
+
     server = FakeOpenAIServer(
-        scripted_answer,
+        answer,
         host=args.host,
         port=args.port,
         latency=args.latency,

@@ -600,3 +600,24 @@ def test_cache_is_shared_safely_between_writers(tmp_path):
     assert (cache.hits, cache.misses) == (1, 1)
     mode = cache._conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ('{"a": 1} Hope this helps! {"b"', {"a": 1}),  # whole object, then chatter
+        ('Here: {"a": [1, 2]} and {"c": 2}', {"a": [1, 2]}),  # objects before arrays
+        ('```json\n{"z": 3}\n```', {"z": 3}),
+    ],
+)
+def test_extract_json_takes_the_first_complete_object(reply: str, expected: dict) -> None:
+    from mcu_sim.agents.structured import extract_json
+
+    assert extract_json(reply) == expected
+
+
+def test_extract_json_without_json_raises() -> None:
+    from mcu_sim.agents.structured import extract_json
+
+    with pytest.raises(ValueError, match="no JSON object found"):
+        extract_json("no braces at all")
