@@ -19,6 +19,7 @@ from typing import Any
 
 from mcu_sim.agents.llm import EndpointFault, LLMRequestError, RawReply, Request
 from mcu_sim.config import ConfigError, ProviderConfig
+from mcu_sim.redaction import MASK, mask_url
 
 log = logging.getLogger("mcu_sim.llm")
 
@@ -87,8 +88,13 @@ def unbounded_fields(schema: dict[str, Any], path: str = "$") -> list[str]:
 
 
 def _http_client(openai: Any, timeout_s: float) -> Any:
-    """The SDK's default HTTP client minus its ``__del__``, which schedules ``aclose`` on
-    whatever loop is running at garbage-collection time, not the one owning the sockets."""
+    """The SDK's default HTTP client class, which has no ``__del__``.
+
+    Without an ``http_client`` the SDK builds an ``AsyncHttpxClientWrapper``, a subclass of
+    this class whose ``__del__`` schedules ``aclose`` on whatever loop is running at
+    garbage-collection time, not the one owning the sockets. Passing the parent class keeps
+    the SDK's defaults (limits, redirects) without that hook; :meth:`aclose` closes clients.
+    """
     return openai.DefaultAsyncHttpxClient(timeout=timeout_s)
 
 
@@ -109,15 +115,21 @@ class OpenAICompatibleAdapter:
         self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.config.model!r}, url={self._where()!r})"
+        where = mask_url(self._where() or "") or None
+        return f"{type(self).__name__}(model={self.config.model!r}, url={where!r})"
 
     def _where(self) -> str | None:
         return self.config.base_url
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key masked (for error messages and logs)."""
+        """``text`` with the API key and any credentials in the URL masked (for errors/logs)."""
         key = self._api_key
-        return text.replace(key, "***") if key and len(key) >= 6 else text
+        if key and len(key) >= 6:
+            text = text.replace(key, MASK)
+        where = self._where()
+        if where and mask_url(where) != where:
+            text = text.replace(where, mask_url(where))
+        return text
 
     def _make_client(self) -> Any:
         import openai
@@ -141,7 +153,9 @@ class OpenAICompatibleAdapter:
         return client
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.name, "base_url": self.config.base_url, "model": self.config.model}
+        # Credentials in the URL are masked: rotating them must not invalidate the cache.
+        base_url = mask_url(self.config.base_url) if self.config.base_url else None
+        return {"kind": self.name, "base_url": base_url, "model": self.config.model}
 
     def request_kwargs(self, request: Request) -> dict[str, Any]:
         """The Chat Completions arguments for ``request`` (what goes on the wire)."""
@@ -212,7 +226,9 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
     def identity(self) -> dict[str, Any]:
         return {
             "kind": self.name,
-            "endpoint": self.config.azure_endpoint,
+            "endpoint": mask_url(self.config.azure_endpoint)
+            if self.config.azure_endpoint
+            else None,
             "deployment": self.config.azure_deployment,
             "model": self.config.model,
         }

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mcu_sim.agents.adapters import make_adapter
 from mcu_sim.config import (
@@ -16,6 +18,7 @@ from mcu_sim.config import (
     ConfigError,
     ProviderConfig,
     load_config,
+    mask_url,
     redacted,
     render_config,
 )
@@ -225,6 +228,76 @@ def test_redacted_masks_secrets_and_keeps_variable_names():
     }
 
 
+SECRET_URL = "https://bob:hunter2-pass@llm.example.com/v1?api-key=sk-url-secret&deployment=x"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("https://user:pass@host/v1", "https://***@host/v1"),
+        ("https://token-only@host:8443/v1", "https://***@host:8443/v1"),
+        ("https://h/v1?api-key=abc&x=1", "https://h/v1?api-key=***&x=1"),
+        (
+            "https://h/v1?key=abc&sig=s1&access_token=t",
+            "https://h/v1?key=***&sig=***&access_token=***",
+        ),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        ("https://h/v1?model=m&limit=3", "https://h/v1?model=m&limit=3"),
+        ("no url here", "no url here"),
+    ],
+)
+def test_mask_url_hides_userinfo_and_secret_query_values(url, masked):
+    assert mask_url(url) == masked
+
+
+def _with_url(url: str, **extra: str):
+    overrides = ["llm.provider.kind=openai_compatible", f"llm.provider.base_url={url}"]
+    return load_config(overrides=overrides + [f"{k}={v}" for k, v in extra.items()], environ={})
+
+
+def test_credentials_in_base_url_are_masked_everywhere_shown(tmp_path):
+    from mcu_sim.graphs.outputs import RunDir
+    from mcu_sim.graphs.run_manifest import start_manifest
+
+    config = _with_url(SECRET_URL)
+    shown = render_config(config)
+    assert "base_url: https://***@llm.example.com/v1?api-key=***&deployment=x" in shown
+    run = RunDir(tmp_path / "run")
+    run.create()
+    start_manifest(run, config, [1], False, "local")
+    written = run.config_file.read_text() + run.manifest.read_text()
+    for secret in ("bob", "hunter2-pass", "sk-url-secret"):
+        assert secret not in shown and secret not in written
+    adapter = make_adapter(config.llm.provider, environ={"OPENAI_API_KEY": "sk-header-key"})
+    assert "hunter2" not in json.dumps(adapter.identity()) and "hunter2" not in repr(adapter)
+    assert "sk-url-secret" not in adapter.redact(f"cannot reach {SECRET_URL}: refused")
+
+
+def test_fingerprint_input_holds_no_url_credentials():
+    base = _with_url(SECRET_URL)
+    rotated = _with_url(SECRET_URL.replace("hunter2-pass", "other").replace("sk-url", "sk-new"))
+    elsewhere = _with_url(SECRET_URL.replace("llm.example.com", "other.example.com"))
+    assert base.fingerprint() == rotated.fingerprint()  # the secret never entered the hash
+    assert base.fingerprint() != elsewhere.fingerprint()  # the endpoint itself still counts
+
+
+def test_a_masked_url_from_a_run_dir_is_refused_with_the_way_out(tmp_path):
+    shown = write(tmp_path, render_config(_with_url(SECRET_URL)))
+    with pytest.raises(ConfigError) as info:
+        load_config(shown, environ={})
+    message = str(info.value)
+    assert "'llm.provider.base_url' holds masked credentials" in message
+    assert "MCU__LLM__PROVIDER__BASE_URL" in message
+    env = {"MCU__LLM__PROVIDER__BASE_URL": SECRET_URL}
+    assert load_config(shown, environ=env).llm.provider.base_url == SECRET_URL
+
+
+def test_a_wrongly_typed_url_is_echoed_masked(tmp_path):
+    text = f"llm:\n  provider:\n    timeout_s: '{SECRET_URL}'\n"
+    message = error_for(tmp_path, text)
+    assert "'llm.provider.timeout_s'" in message and "hunter2" not in message
+
+
 def test_rendered_config_round_trips(tmp_path):
     config = load_config(CONFIG_DIR / "openai.yaml", environ={})
     text = render_config(config)
@@ -255,6 +328,53 @@ def test_fingerprint_is_stable_and_tracks_content_settings():
     for override in different:
         config = load_config(CONFIG_DIR / "openai.yaml", overrides=[override], environ={})
         assert config.fingerprint() != base.fingerprint(), override
+
+
+# ----------------------------------------------------------------- the CLI commands
+
+
+def _cli(*args: str, env: dict[str, str] | None = None):
+    from typer.testing import CliRunner
+
+    from mcu_sim.cli import app
+
+    return CliRunner(env=env).invoke(app, list(args))
+
+
+def test_cli_config_show_masks_secrets_and_prints_the_fingerprint(tmp_path):
+    text = f"llm:\n  provider:\n    kind: openai_compatible\n    base_url: '{SECRET_URL}'\n"
+    path = write(tmp_path, text)
+    env = {"MCU__LLM__PROVIDER__MODEL": "from-env"}
+    result = _cli("config", "show", "--config", str(path), "--set", "run.seed=7", env=env)
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.stdout)
+    assert shown["llm"]["provider"]["base_url"] == mask_url(SECRET_URL)
+    assert shown["llm"]["provider"]["model"] == "from-env" and shown["run"]["seed"] == 7
+    assert "hunter2" not in result.output and "sk-url-secret" not in result.output
+    expected = load_config(path, ["run.seed=7"], environ=env).fingerprint()
+    assert result.stdout.strip().endswith(f"# fingerprint: {expected}")
+
+
+def test_cli_config_show_reports_a_bad_key_and_exits_2(tmp_path):
+    path = write(tmp_path, "episode:\n  sesions_max: 3\n")
+    result = _cli("config", "show", "--config", str(path), env={})
+    assert result.exit_code == 2
+    assert "Did you mean 'sessions_max'?" in result.output
+
+
+def test_cli_config_init_writes_the_commented_example_and_keeps_existing_files(tmp_path):
+    target = tmp_path / "mcu.yaml"
+    result = _cli("config", "init", str(target))
+    assert result.exit_code == 0 and f"wrote {target}" in result.stdout
+    assert target.read_text() == EXAMPLE_CONFIG
+    assert sum(line.lstrip().startswith("#") for line in EXAMPLE_CONFIG.splitlines()) >= 3
+    assert load_config(target, environ={}) == Config()  # the example spells out the defaults
+    target.write_text("# mine\n")
+    refused = _cli("config", "init", str(target))
+    assert refused.exit_code == 1 and "--force" in refused.output
+    assert target.read_text() == "# mine\n"  # untouched
+    forced = _cli("config", "init", str(target), "--force")
+    assert forced.exit_code == 0 and target.read_text() == EXAMPLE_CONFIG
 
 
 # ----------------------------------------------------------------- import weight
