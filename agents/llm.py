@@ -126,6 +126,16 @@ class Usage:
             self.cost_usd + other.cost_usd,
         )
 
+    def __sub__(self, other: Usage) -> Usage:
+        """What was spent since ``other`` was read (``client.usage - before``)."""
+        return Usage(
+            self.calls - other.calls,
+            self.cached_calls - other.cached_calls,
+            self.prompt_tokens - other.prompt_tokens,
+            self.completion_tokens - other.completion_tokens,
+            self.cost_usd - other.cost_usd,
+        )
+
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
