@@ -1,4 +1,6 @@
-"""The provider layer against a real HTTP fake endpoint, through the real openai SDK.
+"""The provider layer's transport against a real HTTP fake endpoint, through the real openai
+SDK: retries, limits, what goes on the wire, secrets, and the fake server itself. Answers
+(validation, repair, cache, usage) are in ``test_llm_outputs.py``.
 
 Waits are checked loosely from the arrival times the server records: lower bounds and
 ordering only, never tight upper bounds.
@@ -24,9 +26,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from mcu_sim.agents.cache import ResponseCache, cache_key
 from mcu_sim.agents.llm import (
-    LLMOutputError,
     LLMRequestError,
     LLMTransportError,
 )
@@ -34,7 +34,6 @@ from mcu_sim.config import default_step_settings, render_config
 from mcu_sim.testing.fake_openai import (
     FakeOpenAIServer,
     Fault,
-    Reply,
     client_for,
     route_by_schema,
     schema_example_handler,
@@ -158,175 +157,6 @@ async def test_other_4xx_surface_immediately(fake_openai, make_llm_client, statu
         await client.complete(USER, Person)
     assert info.value.status_code == status
     assert len(fake_openai.chat_requests) == 1
-
-
-# ----------------------------------------------------------------- validation and repair
-
-
-async def test_repair_turn_fixes_an_invalid_answer(fake_openai, make_llm_client):
-    client = make_llm_client(cache_path=None)
-    bad = {"name": "Ada", "age": 300}
-    fake_openai.script(Reply(bad, 100, 10), Reply(GOOD, 130, 8))
-    result = await client.complete(USER, Person)
-    assert result.value == Person(**GOOD)
-    assert result.repairs == 1
-    second = fake_openai.chat_requests[1].body["messages"]
-    assert second[: len(USER)] == USER
-    assert second[-2] == {"role": "assistant", "content": Reply(bad).text}
-    assert second[-1]["role"] == "user"
-    assert "age" in second[-1]["content"]
-    assert "less than or equal to 120" in second[-1]["content"]
-    assert (result.usage.calls, result.usage.prompt_tokens) == (2, 230)
-    assert result.usage.completion_tokens == 18
-
-
-async def test_prose_around_json_and_no_json_at_all(fake_openai, make_llm_client):
-    client = make_llm_client(cache_path=None)
-    fake_openai.script(
-        "Sure, I cannot give a person.",
-        'Here you go:\n```json\n{"name": "Bo", "age": 4}\n```',
-    )
-    result = await client.complete(USER, Person)
-    assert result.value.name == "Bo" and result.repairs == 1
-    assert "no JSON object found" in fake_openai.chat_requests[1].body["messages"][-1]["content"]
-
-
-async def test_validate_callback_errors_are_fed_back(fake_openai, make_llm_client):
-    client = make_llm_client(cache_path=None)
-
-    def starts_with_b(person: Person) -> None:
-        if not person.name.startswith("B"):
-            raise ValueError("the name must start with B")
-
-    fake_openai.script(GOOD, {"name": "Bea", "age": 3})
-    result = await client.complete(USER, Person, validate=starts_with_b)
-    assert result.value.name == "Bea"
-    assert "must start with B" in fake_openai.chat_requests[1].body["messages"][-1]["content"]
-
-
-async def test_hopeless_answer_raises_output_error_with_raw_text(fake_openai, make_llm_client):
-    client = make_llm_client(repair_turns=2)
-    fake_openai.handler = lambda body: Reply("I would rather not.", 10, 5)
-    with pytest.raises(LLMOutputError) as info:
-        await client.complete(USER, Person)
-    error = info.value
-    assert error.raw_text == "I would rather not."
-    assert error.attempts == 3
-    assert len(fake_openai.chat_requests) == 3
-    assert (error.usage.calls, error.usage.prompt_tokens, error.usage.completion_tokens) == (
-        3,
-        30,
-        15,
-    )
-    assert len(client.cache) == 0  # nothing invalid is cached
-    # Each repair turn carries the whole conversation so far.
-    assert len(fake_openai.chat_requests[2].body["messages"]) == len(USER) + 4
-
-
-async def test_text_completion_without_schema(fake_openai, make_llm_client):
-    client = make_llm_client(cache_path=None)
-    fake_openai.script("just words")
-    result = await client.complete(USER)
-    assert result.value == result.text == "just words"
-    assert "response_format" not in fake_openai.chat_requests[0].body
-
-
-# ----------------------------------------------------------------- cache
-
-
-async def test_cache_makes_the_second_identical_call_free(fake_openai, make_llm_client, tmp_path):
-    client = make_llm_client(prices={"fake-model": {"input": 1, "output": 1}})
-    fake_openai.handler = lambda body: Reply(GOOD, 1000, 1000)
-    first = await client.complete(USER, Person, seed=1, prompt_version="p@1")
-    second = await client.complete(USER, Person, seed=1, prompt_version="p@1")
-    assert len(fake_openai.chat_requests) == 1
-    assert not first.cached and second.cached
-    assert second.value == first.value
-    # the completion reports what the answer originally cost (so episodes are reproducible);
-    # the client's ledger shows this run paid nothing for it
-    assert second.usage == first.usage and first.usage.cost_usd == pytest.approx(0.002)
-    assert client.usage.calls == 1 and client.usage.cached_calls == 1
-    assert client.usage.cost_usd == pytest.approx(0.002)
-    # The cache lives on disk: a new client (a re-run) is free too.
-    rerun = make_llm_client()
-    third = await rerun.complete(USER, Person, seed=1, prompt_version="p@1")
-    assert third.cached and len(fake_openai.chat_requests) == 1
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"seed": 2},
-        {"prompt_version": "p@2"},
-        {"messages": [{"role": "user", "content": "Describe another person."}]},
-        {"settings": default_step_settings()["judge"]},
-    ],
-)
-async def test_cache_key_covers_what_changes_the_answer(fake_openai, make_llm_client, change):
-    client = make_llm_client()
-    fake_openai.handler = lambda body: GOOD
-    base = {"messages": USER, "seed": 1, "prompt_version": "p@1"}
-    await client.complete(schema=Person, **base)
-    again = await client.complete(schema=Person, **{**base, **change})
-    assert not again.cached
-    assert len(fake_openai.chat_requests) == 2
-
-
-async def test_use_cache_false_bypasses_the_cache(fake_openai, make_llm_client):
-    client = make_llm_client()
-    fake_openai.handler = lambda body: GOOD
-    await client.complete(USER, Person)
-    result = await client.complete(USER, Person, use_cache=False)
-    assert not result.cached
-    assert len(fake_openai.chat_requests) == 2
-
-
-async def test_only_the_validated_answer_is_cached(fake_openai, make_llm_client):
-    client = make_llm_client()
-    fake_openai.script({"name": "Ada", "age": -1}, GOOD)
-    await client.complete(USER, Person)
-    hit = await client.complete(USER, Person)
-    assert hit.cached and hit.value == Person(**GOOD)
-    assert len(client.cache) == 1
-
-
-async def test_a_cached_answer_failing_new_validation_is_not_used(fake_openai, make_llm_client):
-    client = make_llm_client()
-    fake_openai.script(GOOD, {"name": "Bea", "age": 3})
-    await client.complete(USER, Person)
-
-    def starts_with_b(person: Person) -> None:
-        if not person.name.startswith("B"):
-            raise ValueError("the name must start with B")
-
-    result = await client.complete(USER, Person, validate=starts_with_b)
-    assert not result.cached and result.value.name == "Bea"
-
-
-# ----------------------------------------------------------------- usage and cost
-
-
-async def test_usage_and_cost_are_summed_across_repairs_and_calls(fake_openai, make_llm_client):
-    prices = {"fake-model": {"input": 2.0, "output": 8.0}, "big": {"input": 10, "output": 30}}
-    client = make_llm_client(cache_path=None, prices=prices)
-    fake_openai.script(
-        Reply({"name": "Ada", "age": "old"}, 1000, 100), Reply(GOOD, 1200, 50), Reply(GOOD, 10, 10)
-    )
-    first = await client.complete(USER, Person)
-    assert first.usage.as_dict() == {
-        "calls": 2,
-        "cached_calls": 0,
-        "prompt_tokens": 2200,
-        "completion_tokens": 150,
-        "cost_usd": round((2200 * 2.0 + 150 * 8.0) / 1e6, 8),
-    }
-    big = default_step_settings()["events"].model_copy(update={"model": "big"})
-    second = await client.complete(USER, Person, settings=big)
-    assert second.usage.cost_usd == pytest.approx((10 * 10 + 10 * 30) / 1e6)
-    assert fake_openai.chat_requests[-1].body["model"] == "big"
-    total = first.usage + second.usage
-    assert client.usage == total
-    assert total.total_tokens == 2200 + 150 + 20
 
 
 # ----------------------------------------------------------------- limits
@@ -570,54 +400,3 @@ def test_command_line_server_for_benchmarks():
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0  # SIGTERM stops it cleanly
-
-
-# ----------------------------------------------------------------- the cache itself
-
-
-def test_cache_key_is_canonical():
-    assert cache_key({"a": 1, "b": [1, 2]}, "x") == cache_key({"b": [1, 2], "a": 1}, "x")
-    assert cache_key({"a": 1}, "x") != cache_key({"a": 2}, "x")
-
-
-def test_cache_is_shared_safely_between_writers(tmp_path):
-    path = tmp_path / "shared.sqlite"
-
-    def write(worker: int) -> None:
-        cache = ResponseCache(path)  # one connection per writer, as separate processes would
-        for n in range(50):
-            cache.put(f"{worker}-{n}", f"text {worker} {n}")
-        cache.close()
-
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    cache = ResponseCache(path)
-    assert len(cache) == 200
-    assert cache.get("3-49") == "text 3 49" and cache.get("nope") is None
-    assert (cache.hits, cache.misses) == (1, 1)
-    mode = cache._conn.execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
-
-
-@pytest.mark.parametrize(
-    ("reply", "expected"),
-    [
-        ('{"a": 1} Hope this helps! {"b"', {"a": 1}),  # whole object, then chatter
-        ('Here: {"a": [1, 2]} and {"c": 2}', {"a": [1, 2]}),  # objects before arrays
-        ('```json\n{"z": 3}\n```', {"z": 3}),
-    ],
-)
-def test_extract_json_takes_the_first_complete_object(reply: str, expected: dict) -> None:
-    from mcu_sim.agents.structured import extract_json
-
-    assert extract_json(reply) == expected
-
-
-def test_extract_json_without_json_raises() -> None:
-    from mcu_sim.agents.structured import extract_json
-
-    with pytest.raises(ValueError, match="no JSON object found"):
-        extract_json("no braces at all")
