@@ -322,6 +322,7 @@ class Episode(Model):
         check_session_dates(self.sessions, self.events)
         check_album_references(self.sessions, self.device_images)
         check_requests(self.sessions, self.image_requests)
+        check_requests_settled(self.image_requests)
         return self
 
 
@@ -370,13 +371,35 @@ def check_album_references(sessions: list[Session], device_images: list[DeviceIm
 
 
 def check_requests(sessions: list[Session], requests: list[ImageRequest]) -> None:
+    """Request ids are unique, and every sharing turn points at a request that exists."""
     ids = {r.id for r in requests}
     if len(ids) != len(requests):
         raise ValueError("image request ids must be unique")
     for session in sessions:
         for turn in session.turns:
-            if turn.sharing and turn.request_id and turn.request_id not in ids:
+            if not turn.sharing:
+                continue
+            if turn.request_id is None:
+                raise ValueError(
+                    f"session {session.index} turn {turn.id} shares an image but has no image "
+                    "request (request_id is None): every sharing moment must be aligned or "
+                    "marked unaligned"
+                )
+            if turn.request_id not in ids:
                 raise ValueError(
                     f"session {session.index} turn {turn.id} points at missing image request "
                     f"{turn.request_id}"
                 )
+
+
+def check_requests_settled(requests: list[ImageRequest]) -> None:
+    """A finished episode has no ``pending`` request: each ended aligned or unaligned."""
+    pending = sorted(r.id for r in requests if r.status == "pending")
+    if pending:
+        shown = ", ".join(pending[:10]) + (
+            f" and {len(pending) - 10} more" if len(pending) > 10 else ""
+        )
+        raise ValueError(
+            f"image request(s) {shown} still pending in a finished episode: the aligner must "
+            "end every request as aligned or unaligned (with a reason)"
+        )

@@ -44,6 +44,19 @@ def turn(turn_id: int, speaker: str = USER, request: str | None = None, **sharin
     return data
 
 
+def request(request_id: str, session: int, turn_id: int) -> dict[str, Any]:
+    """A sharing moment's image request, settled as the aligner leaves it (unaligned)."""
+    return {
+        "id": request_id,
+        "origin": "sharing",
+        "session": session,
+        "turn_id": turn_id,
+        "description": "x",
+        "status": "unaligned",
+        "reason": "image tools disabled",
+    }
+
+
 def valid_episode() -> dict[str, Any]:
     """A small, complete episode: 3 events, 2 sessions, 2 album photos plus one new one."""
     return {
@@ -130,9 +143,9 @@ def valid_episode() -> dict[str, Any]:
             },
         ],
         "image_requests": [
-            {"id": "s1-2", "origin": "sharing", "session": 1, "turn_id": 2, "description": "x"},
-            {"id": "s1-3", "origin": "sharing", "session": 1, "turn_id": 3, "description": "x"},
-            {"id": "s2-2", "origin": "sharing", "session": 2, "turn_id": 2, "description": "x"},
+            request("s1-2", 1, 2),
+            request("s1-3", 1, 3),
+            request("s2-2", 2, 2),
         ],
     }
 
@@ -262,6 +275,25 @@ def test_image_requests_are_unique_and_resolve(episode: dict[str, Any]) -> None:
     assert "image request ids must be unique" in rejected(duplicated)
     episode["sessions"][0]["turns"][1]["request_id"] = "s-99"
     assert "session 1 turn 2 points at missing image request s-99" in rejected(episode)
+
+
+def test_a_sharing_turn_without_a_request_is_rejected(episode: dict[str, Any]) -> None:
+    episode["sessions"][1]["turns"][1]["request_id"] = None
+    message = rejected(episode)
+    assert "session 2 turn 2 shares an image but has no image request (request_id is None)" in (
+        message
+    )
+
+
+def test_a_finished_episode_has_no_pending_request(episode: dict[str, Any]) -> None:
+    episode["image_requests"][0]["status"] = "pending"
+    episode["image_requests"][2]["status"] = "pending"
+    message = rejected(episode)
+    assert "image request(s) s1-2, s2-2 still pending in a finished episode" in message
+    assert "aligned or unaligned" in message
+    episode["image_requests"][0]["status"] = "aligned"
+    episode["image_requests"][2]["status"] = "unaligned"
+    assert Episode.model_validate(episode).image_requests[0].status == "aligned"
 
 
 def test_unknown_fields_are_rejected(episode: dict[str, Any]) -> None:
