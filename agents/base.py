@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from mcu_sim.agents.llm import Completion, LLMClient
+from mcu_sim.agents.llm import Completion, LLMClient, Rescue
 from mcu_sim.agents.prompting import load_prompt
 from mcu_sim.config import StepSettings
 
@@ -30,9 +30,13 @@ async def ask(
     prompt_name: str,
     schema: type[T],
     validate: Callable[[T], None] | None = None,
+    rescue: Rescue | None = None,
     **variables: Any,
 ) -> tuple[T, Completion, str]:
-    """Render ``prompt_name`` with ``variables``; return (object, completion, prompt version)."""
+    """Render ``prompt_name`` with ``variables``; return (object, completion, prompt version).
+
+    ``validate`` and ``rescue`` go to :meth:`LLMClient.complete`.
+    """
     prompt = load_prompt(prompt_name)
     completion = await call.llm.complete(
         prompt.render(**variables),
@@ -42,5 +46,6 @@ async def ask(
         seed=call.seed,
         use_cache=call.use_cache,
         validate=validate,
+        rescue=rescue,
     )
     return completion.value, completion, prompt.version

@@ -8,13 +8,13 @@ date, so dates cannot go backwards and every ``caused_by`` is checked to exist.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, Field, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
-from mcu_sim.agents.llm import Completion, LLMOutputError
-from mcu_sim.agents.prompting import load_prompt
+from mcu_sim.agents.llm import Completion
 from mcu_sim.agents.structured import extract_json
 from mcu_sim.personas.schema import CausedBy, Event, EventGraph, add_interval
 
@@ -82,31 +82,33 @@ def clamp_causes(output: BaseModel) -> list[str]:
     return changes
 
 
+def rescue_causes(model: type[BaseModel]) -> Callable[[str], tuple[BaseModel, list[str]]]:
+    """The provider layer's last resort for ``model``: parse the raw answer (it must be valid
+    apart from its causes) and point each impossible cause at the previous event."""
+
+    def rescue(raw_text: str) -> tuple[BaseModel, list[str]]:
+        output = model.model_validate(extract_json(raw_text))
+        return output, clamp_causes(output)
+
+    return rescue
+
+
 async def generate_events(
     call: RoleCall, name: str, narrative: str, count: int, start: dt.date
 ) -> tuple[EventGraph, Completion, str]:
     """The event graph. Impossible causes are fed back to the model for the configured repair
     turns; if it still gets them wrong but the answer is otherwise valid, code repairs the
-    edges (recorded in ``completion.repairs_by_code``) rather than failing the episode."""
+    edges (listed in ``completion.repairs_by_code``) rather than failing the episode. The
+    repaired answer is cached like a valid one, so a re-run of the seed makes no call."""
     model = events_model(count)
-    try:
-        output, completion, version = await ask(
-            call,
-            PROMPT,
-            model,
-            validate=check_causes,
-            name=name,
-            narrative=narrative,
-            count=count,
-        )
-        completion.repairs_by_code = []
-    except LLMOutputError as exc:
-        try:
-            output = model.model_validate(extract_json(exc.raw_text))
-        except ValueError:
-            raise exc from None
-        changes = clamp_causes(output)
-        completion = Completion(output, exc.raw_text, exc.usage, repairs=exc.attempts)
-        completion.repairs_by_code = changes
-        version = load_prompt(PROMPT).version
+    output, completion, version = await ask(
+        call,
+        PROMPT,
+        model,
+        validate=check_causes,
+        rescue=rescue_causes(model),
+        name=name,
+        narrative=narrative,
+        count=count,
+    )
     return to_graph(output, start), completion, version

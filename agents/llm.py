@@ -56,6 +56,7 @@ __all__ = [
     "LLMRequestError",
     "LLMTransportError",
     "RateLimiter",
+    "Rescue",
     "RetryAfterWait",
     "Usage",
     "build_client",
@@ -156,13 +157,23 @@ class Usage:
 
 @dataclass
 class Completion:
-    """What ``complete`` returns: the validated object (or text) and what it cost."""
+    """What ``complete`` returns: the validated object (or text) and what it cost.
+
+    ``repairs`` counts the repair turns the model needed; ``repairs_by_code`` lists what a
+    ``rescue`` changed when the model never got it right (empty otherwise). Both survive the
+    cache: a rescued answer read back carries the same ``repairs_by_code``.
+    """
 
     value: Any
     text: str
     usage: Usage
     cached: bool = False
     repairs: int = 0
+    repairs_by_code: list[str] = field(default_factory=list)
+
+
+Rescue = Callable[[str], tuple[Any, list[str]]]
+"""``rescue(raw_text) -> (object, changes)``: the last resort of :meth:`LLMClient.complete`."""
 
 
 @dataclass
@@ -240,12 +251,19 @@ class LLMClient:
         seed: int | None = None,
         use_cache: bool = True,
         validate: Callable[[Any], None] | None = None,
+        rescue: Rescue | None = None,
     ) -> Completion:
         """Send ``messages``; return the ``schema``-validated object (or the text) and usage.
 
         ``validate`` is an optional callable run on the parsed object; a ``ValueError`` it
         raises counts as a validation error and is fed back like any other. Only answers
         that pass validation are cached; a cached answer is validated again when read.
+
+        ``rescue`` is the last resort once the repair turns are used up: called with the
+        model's last text, it returns the object fixed by code and what it changed (or
+        raises ``ValueError``, and the :class:`LLMOutputError` stands). The rescued object
+        must pass ``schema`` and ``validate``; it is cached under this request's key like a
+        valid answer, with its changes, so a re-run gets the same answer without a call.
         """
         settings = settings or StepSettings()
         json_schema = schema.model_json_schema() if schema else None
@@ -279,10 +297,19 @@ class LLMClient:
                     # answer originally cost, so an episode's usage is the same on a re-run.
                     self.usage = self.usage + Usage(cached_calls=1)
                     usage = Usage.from_dict(original) if original else Usage(cached_calls=1)
-                    return Completion(value, hit, usage, cached=True)
-        completion = await self._complete_with_repairs(request, schema, validate)
+                    fixed = list((original or {}).get("repairs_by_code") or [])
+                    return Completion(value, hit, usage, cached=True, repairs_by_code=fixed)
+        try:
+            completion = await self._complete_with_repairs(request, schema, validate)
+        except LLMOutputError as exc:
+            if rescue is None:
+                raise
+            completion = self._rescued(exc, rescue, schema, validate)
         if cache is not None:
-            cache.put(key, completion.text, completion.usage.as_dict())
+            stored = completion.usage.as_dict()
+            if completion.repairs_by_code:
+                stored["repairs_by_code"] = completion.repairs_by_code
+            cache.put(key, completion.text, stored)
         return completion
 
     async def aclose(self) -> None:
@@ -311,6 +338,21 @@ class LLMClient:
         if validate is not None:
             validate(value)
         return value
+
+    def _rescued(
+        self, error: LLMOutputError, rescue: Rescue, schema: type[T] | None, validate: Any
+    ) -> Completion:
+        """The answer ``rescue`` makes of the last raw text, checked like any answer."""
+        try:
+            fixed, changes = rescue(error.raw_text)
+            text = fixed.model_dump_json() if isinstance(fixed, BaseModel) else str(fixed)
+            value = self._parse(text, schema, validate)
+        except ValueError:
+            raise error from None
+        log.info("%s rescued by code: %s", schema.__name__ if schema else "answer", changes)
+        return Completion(
+            value, text, error.usage, repairs=error.attempts, repairs_by_code=list(changes)
+        )
 
     async def _complete_with_repairs(
         self, request: Request, schema: type[T] | None, validate: Any

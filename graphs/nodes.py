@@ -166,7 +166,7 @@ async def events_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
         state["n_sessions"],
         dt.date.fromisoformat(state["start_date"]),
     )
-    fixed = getattr(completion, "repairs_by_code", [])
+    fixed = completion.repairs_by_code
     notes = [f"events: model never gave valid causes; code repaired {'; '.join(fixed)}"]
     return {
         "events": graph.model_dump(mode="json"),

@@ -4,6 +4,7 @@ checkpointer: structure of the episode, validator-driven repairs, determinism, f
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,31 @@ def test_causes_still_wrong_after_repairs_are_fixed_by_code(fake_openai, tmp_pat
     assert len(events) == 3  # the first answer and two repair turns
     graph = _episode(tmp_path / "run", "ep-00000030").events.events
     assert graph[-1].caused_by.id == graph[-2].id  # pointed at the previous event
+
+
+def test_an_answer_rescued_by_code_is_cached(fake_openai, tmp_path: Path) -> None:
+    """A non-deterministic endpoint that never gets the causes right: the rescued answer is
+    cached, so re-running the seed calls nothing and writes the very same episode."""
+    calls = itertools.count(1)
+
+    def handler(body: dict) -> Any:
+        if schema_name(body) == "EventsOutput":
+            answer = scripted_object(body)
+            answer["events"][0]["event"] = f"Answer number {next(calls)}: I start a new job."
+            answer["events"][-1]["caused_by"] = 9
+            return json.dumps(answer)
+        return scripted_answer(body)
+
+    fake_openai.handler = handler
+    config = _config(tmp_path, sessions_min=2, sessions_max=2)
+    _run(config, tmp_path / "a", fake_openai, plan_jobs(1, 30))
+    first_calls = len(fake_openai.chat_requests)
+    report, _ = _run(config, tmp_path / "b", fake_openai, plan_jobs(1, 30))
+    assert report.finished == ["ep-00000030"]
+    assert len(fake_openai.chat_requests) == first_calls  # every answer came from the cache
+    first = (tmp_path / "a" / "episodes" / "ep-00000030.json").read_bytes()
+    assert first == (tmp_path / "b" / "episodes" / "ep-00000030.json").read_bytes()
+    assert "Answer number 3:" in json.loads(first)["events"]["events"][0]["event"]
 
 
 def test_hopeless_answers_fail_the_episode_not_the_run(fake_openai, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ Transport (retries, limits, the wire, secrets) is in ``test_llm.py``.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -93,6 +94,56 @@ async def test_text_completion_without_schema(fake_openai, make_llm_client):
     result = await client.complete(USER)
     assert result.value == result.text == "just words"
     assert "response_format" not in fake_openai.chat_requests[0].body
+
+
+def _adult_rescue(text: str) -> tuple[Person, list[str]]:
+    data = json.loads(text)
+    if "age" not in data:
+        raise ValueError("nothing to rescue")
+    changes = [f"age {data['age']} -> 18"] if data["age"] < 18 else []
+    return Person(name=data["name"], age=max(18, data["age"])), changes
+
+
+def _adult(person: Person) -> None:
+    if person.age < 18:
+        raise ValueError("the person must be an adult")
+
+
+async def test_rescue_fixes_the_last_answer_and_is_cached_with_its_changes(
+    fake_openai, make_llm_client
+):
+    client = make_llm_client(repair_turns=1)
+    counter = iter(range(100))
+    fake_openai.handler = lambda body: Reply({"name": f"Kid{next(counter)}", "age": 7}, 10, 5)
+    first = await client.complete(USER, Person, validate=_adult, rescue=_adult_rescue)
+    assert first.value == Person(name="Kid1", age=18)  # the last of the two answers, fixed
+    assert first.repairs_by_code == ["age 7 -> 18"] and first.repairs == 2
+    assert first.usage.calls == 2 and len(fake_openai.chat_requests) == 2
+    again = await make_llm_client(repair_turns=1).complete(
+        USER, Person, validate=_adult, rescue=_adult_rescue
+    )
+    assert again.cached and len(fake_openai.chat_requests) == 2  # no call for the re-run
+    assert (again.value, again.repairs_by_code, again.usage) == (
+        first.value,
+        first.repairs_by_code,
+        first.usage,
+    )
+
+
+async def test_a_rescue_that_cannot_help_keeps_the_output_error(fake_openai, make_llm_client):
+    client = make_llm_client(repair_turns=1)
+    fake_openai.handler = lambda body: Reply({"name": "Kid"}, 10, 5)
+    with pytest.raises(LLMOutputError) as info:
+        await client.complete(USER, Person, validate=_adult, rescue=_adult_rescue)
+    assert info.value.raw_text == '{"name": "Kid"}' and len(client.cache) == 0
+
+
+async def test_a_rescued_object_must_still_validate(fake_openai, make_llm_client):
+    client = make_llm_client(repair_turns=0)
+    fake_openai.handler = lambda body: Reply({"name": "Kid", "age": 7}, 10, 5)
+    with pytest.raises(LLMOutputError):
+        await client.complete(USER, Person, validate=_adult, rescue=lambda text: (text, []))
+    assert len(client.cache) == 0
 
 
 # ----------------------------------------------------------------- cache
