@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mcu_sim.agents.prompting import load_prompt
 from mcu_sim.config import load_config
 from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import ASSISTANT, Episode
@@ -34,8 +36,27 @@ def _episode(out: Path, episode_id: str) -> Episode:
     return Episode.model_validate(json.loads((out / "episodes" / f"{episode_id}.json").read_text()))
 
 
+def _new_photo_first(counter: Iterator[int]) -> Callable[[dict], Any]:
+    """Scripted answers whose first sharing moment is always a new phone photo, so the
+    album has to grow (the plain script picks album ids or "new" at random)."""
+
+    def handler(body: dict) -> Any:
+        if schema_name(body) != "DialogueOutput":
+            return scripted_answer(body)
+        answer = scripted_object(body)
+        answer["sharing_moments"][0].update(
+            shared_by="user",
+            image_source="mobile",
+            image_id_from_mobile="new",
+            image_description=f"a fresh phone photo, number {next(counter)}, of my garden",
+        )
+        return json.dumps(answer)
+
+    return handler
+
+
 def test_full_episode_structure(fake_openai, tmp_path: Path) -> None:
-    fake_openai.handler = scripted_answer
+    fake_openai.handler = _new_photo_first(itertools.count(1))
     config = _config(tmp_path, sessions_min=3, sessions_max=3)
     report, _ = _run(config, tmp_path / "run", fake_openai, plan_jobs(1, 11))
     assert report.failed == {} and report.finished == ["ep-00000011"]
@@ -52,6 +73,10 @@ def test_full_episode_structure(fake_openai, tmp_path: Path) -> None:
     new_photos = [t for _, t in moments if t.sharing.image_id_from_mobile == "new"]
     grown = [d for d in episode.device_images if d.added_in_session > 0]
     assert len(grown) == len(new_photos) and len(episode.device_images) == 5 + len(grown)
+    assert {d.added_in_session for d in grown} == {1, 2, 3}  # one forced per session at least
+    by_request = {t.request_id: t for _, t in moments}
+    for photo in grown:  # the photo is the very moment that added it
+        assert by_request[photo.request_id].sharing.image_description == photo.description
     speakers = {t.speaker for s in episode.sessions for t in s.turns}
     assert speakers == {episode.demographics.name, ASSISTANT}
     # session n>1 saw the history: its prompt names the earlier dates
@@ -62,8 +87,76 @@ def test_full_episode_structure(fake_openai, tmp_path: Path) -> None:
     last_user = dialogue_prompts[-1]["messages"][-1]["content"]
     first_date = episode.sessions[0].date.strftime("%Y.%m.%d")
     assert first_date in last_user and "after the last conversation" in last_user
+    # a photo added in session n is on the phone the next session's prompt shows, not before
+    for photo in grown:
+        listed = f"{photo.id}: {photo.description}"
+        prompts = [p["messages"][-1]["content"] for p in dialogue_prompts]
+        shown_in = [n for n, text in enumerate(prompts, start=1) if listed in text]
+        assert shown_in == list(range(photo.added_in_session + 1, 4)), listed
     assert set(episode.usage) >= {"persona", "commonsense", "narrative", "events", "session"}
     assert (tmp_path / "run" / "index.jsonl").read_text().count("\n") == 1
+
+
+def test_a_dangling_album_id_in_a_dialogue_is_repaired_by_asking_again(
+    fake_openai, tmp_path: Path
+) -> None:
+    sent: list[dict] = []
+
+    def handler(body: dict) -> Any:
+        if schema_name(body) != "DialogueOutput":
+            return scripted_answer(body)
+        sent.append(body)
+        answer = scripted_object(body)
+        if len(sent) == 1:  # session 1, first answer: a photo the album does not hold
+            answer["sharing_moments"][0].update(
+                shared_by="user", image_source="mobile", image_id_from_mobile=42
+            )
+        return json.dumps(answer)
+
+    fake_openai.handler = handler
+    config = _config(tmp_path, sessions_min=2, sessions_max=2)
+    report, _ = _run(config, tmp_path / "run", fake_openai, plan_jobs(1, 8))
+    assert report.finished == ["ep-00000008"] and report.failed == {}
+    assert len(sent) == 3  # session 1 twice (answer + one repair turn), session 2 once
+    repair = sent[1]["messages"]
+    assert repair[-2]["role"] == "assistant"
+    assert '"image_id_from_mobile": 42' in repair[-2]["content"]
+    fed_back = repair[-1]["content"]  # the error names the field and the ids that exist
+    assert "sharing_moments.0.image_id_from_mobile: Input should be 1, 2, 3, 4, 5 or 'new'" in (
+        fed_back
+    )
+    episode = _episode(tmp_path / "run", "ep-00000008")
+    album = {d.id for d in episode.device_images}
+    refs = [t.sharing.image_id_from_mobile for s in episode.sessions for t in s.turns if t.sharing]
+    assert 42 not in refs and all(r in album or r in ("new", None) for r in refs)
+
+
+def test_optional_summaries_are_written_counted_and_versioned(fake_openai, tmp_path: Path) -> None:
+    fake_openai.handler = scripted_answer
+    config = _config(tmp_path, sessions_min=2, sessions_max=2, summarize_sessions="true")
+    report, _ = _run(config, tmp_path / "run", fake_openai, plan_jobs(1, 12))
+    assert report.finished == ["ep-00000012"]
+    episode = _episode(tmp_path / "run", "ep-00000012")
+    asked = [r.body for r in fake_openai.chat_requests if schema_name(r.body) == "SummaryOutput"]
+    assert len(asked) == 2
+    for session, body in zip(episode.sessions, asked, strict=True):
+        assert session.summary and session.summary.startswith("They talked about")
+        prompt = body["messages"][-1]["content"]  # the summary saw that session's dialogue
+        assert session.date.strftime("%Y.%m.%d") in prompt
+        assert session.turns[0].utterance in prompt
+    assert episode.usage["summarizer"]["calls"] == 2
+    assert episode.usage["summarizer"]["completion_tokens"] > 0
+    assert episode.usage["session"]["calls"] == 2  # dialogue usage kept apart
+    assert episode.prompt_versions["summarizer"] == load_prompt("summarizer").version
+
+
+def test_summaries_are_off_by_default(fake_openai, tmp_path: Path) -> None:
+    fake_openai.handler = scripted_answer
+    _run(_config(tmp_path, sessions_min=1, sessions_max=1), tmp_path / "run", fake_openai,
+         plan_jobs(1, 12))  # fmt: skip
+    episode = _episode(tmp_path / "run", "ep-00000012")
+    assert episode.sessions[0].summary is None and "summarizer" not in episode.usage
+    assert not [r for r in fake_openai.chat_requests if schema_name(r.body) == "SummaryOutput"]
 
 
 def test_broken_event_graph_is_repaired_by_asking_again(fake_openai, tmp_path: Path) -> None:
