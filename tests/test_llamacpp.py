@@ -161,7 +161,15 @@ def wait_ready(url: str, process: subprocess.Popen, limit_s: float = 90) -> None
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
+    # Not importorskip: the dev extra carries llama-cpp-python[server], so a missing server
+    # is a broken install, and a silent skip would hide that CI never ran this test.
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(
+            f"llama_cpp.server is not importable ({exc}): install the dev extra "
+            "(pip install -e '.[dev]'), which carries llama-cpp-python[server]"
+        )
     port = free_port()
     args = ["--model", bundled_gguf_path(), "--model_alias", "smollm2", "--verbose", "False"]
     args += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
