@@ -18,12 +18,13 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from mcu_sim.tools.base import ToolUnavailable, resolve_device
 from mcu_sim.tools.image_db import MINILM_KIND, clip_kind
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class MiniLMEmbedder:
         return int(self._model.config.hidden_size)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        import numpy as np
+
         self.load()
         import torch
 
@@ -170,6 +173,8 @@ class ClipEmbedder:
         return next(self._model.parameters()).device
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        import numpy as np
+
         self.load()
         import torch
 
@@ -183,6 +188,8 @@ class ClipEmbedder:
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         """Embed a batch of PIL images (any mode; converted to RGB)."""
+        import numpy as np
+
         self.load()
         import torch
 

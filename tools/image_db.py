@@ -11,7 +11,8 @@ package-data glob):
 - ``<slug>.<part>.npy`` / ``<slug>.<part>.faiss``: L2-normalised float32 embeddings and the
   AutoFaiss index over them (``part`` is ``images`` or ``captions``).
 
-This module is pure (json, numpy): no torch, no faiss.
+This module is pure (json, numpy): no torch, no faiss; numpy is imported inside the
+functions that compute, so importing the layout stays light.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 FORMAT_NAME = "mcu-image-db"
 FORMAT_VERSION = 1
@@ -82,6 +85,8 @@ class ZStats:
 
 def mean_std(similarities: np.ndarray) -> tuple[float, float]:
     """Mean and (population) standard deviation, with the std floored to stay divisible."""
+    import numpy as np
+
     values = np.asarray(similarities, dtype=np.float64).ravel()
     if values.size == 0:
         raise ValueError("cannot compute z-score statistics of zero similarities")
@@ -99,6 +104,8 @@ def dialogcc_score(
     ``NaN`` in ``desc_caption_sim`` marks an item without a caption; its score is then the
     z-scored image similarity alone, so uncaptioned images are neither boosted nor buried.
     """
+    import numpy as np
+
     weight = stats.alpha if alpha is None else alpha
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"alpha must be within [0, 1], got {weight}")
@@ -124,6 +131,8 @@ def similarity_stats(
     image and caption (matching pairs are left out, as a query rarely has its exact twin).
     At most ``max_items`` captioned items are sampled. ``None`` when fewer than two captions.
     """
+    import numpy as np
+
     rows = np.flatnonzero(has_caption)
     if rows.size < 2:
         return None
@@ -139,6 +148,8 @@ def similarity_stats(
 
 def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     """L2-normalise rows; all-zero rows (no caption) stay zero."""
+    import numpy as np
+
     matrix = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.where(norms == 0, 1.0, norms)

@@ -17,9 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from mcu_sim.tools.image_db import (
     MANIFEST,
@@ -34,6 +32,9 @@ from mcu_sim.tools.image_db import (
     write_manifest,
 )
 from mcu_sim.tools.index_inputs import collect_items
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def faiss_index(npy_path: Path, index_path: Path, n_rows: int, progress: bool = 
 
     Returns the faiss index key that was used.
     """
+    import numpy as np
     from autofaiss import build_index as autofaiss_build
 
     index_key = "Flat" if n_rows < EXACT_INDEX_BELOW else None
@@ -134,6 +136,8 @@ def faiss_index(npy_path: Path, index_path: Path, n_rows: int, progress: bool = 
 
 
 def _open_matrix(path: Path, rows: int, dim: int) -> np.ndarray:
+    import numpy as np
+
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
 
 
@@ -148,6 +152,7 @@ def _embed_clip(
     device: str,
     progress: bool,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    import numpy as np
     from PIL import Image
 
     from mcu_sim.tools.embedders import ClipEmbedder

@@ -22,9 +22,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from mcu_sim.tools.base import Candidate, ToolUnavailable
 from mcu_sim.tools.image_db import (
@@ -40,6 +38,9 @@ from mcu_sim.tools.image_db import (
     read_manifest,
 )
 from mcu_sim.tools.index_build import IndexInfo, build_index
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "ImageDatabase",
@@ -63,6 +64,7 @@ class _Embedding:
 
     def __init__(self, db_dir: Path, entry: dict[str, Any], encoder: Any) -> None:
         import faiss
+        import numpy as np
 
         self.kind: str = entry["kind"]
         self.dim = int(entry["dim"])
@@ -213,6 +215,8 @@ class ImageDatabase:
     # -- searching -------------------------------------------------------------------------
     def search_vector(self, query: np.ndarray, k: int = 5) -> list[tuple[DbItem, dict[str, Any]]]:
         """Top-``k`` items for an embedding in this database's space, with their scores."""
+        import numpy as np
+
         self.load()
         emb = self._embedding
         assert emb is not None
@@ -248,6 +252,8 @@ class ImageDatabase:
         return results
 
     def _score(self, emb: _Embedding, q: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+        import numpy as np
+
         has_caption = np.array([bool(self._items[r].caption) for r in rows])
         cap_sim = None
         if emb.captions is not None:
@@ -271,6 +277,8 @@ class ImageDatabase:
         self, description: str, k: int = 5, out_dir: Path | None = None
     ) -> list[Candidate]:
         """Blocking search; see :meth:`search`."""
+        import numpy as np
+
         if not description.strip():
             raise ValueError("empty description: nothing to search for")
         if k < 1:
