@@ -272,14 +272,27 @@ def index_build(
         Path | None, typer.Option("--parquet", help="Parquet with image paths and captions.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="open_clip model name; omit for captions only.")
+        str | None,
+        typer.Option(
+            help="open_clip model name (or local-dir:/hf-hub:); 'none' for captions only."
+        ),
     ] = "ViT-L-14-336",
-    pretrained: Annotated[str | None, typer.Option(help="Local CLIP weights file.")] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="CLIP weights: a local file or an open_clip tag (required for a bare name)."
+        ),
+    ] = None,
+    random_weights: Annotated[
+        bool,
+        typer.Option("--random-weights", help="Build without --pretrained (tests only)."),
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     device: Annotated[str, typer.Option(help="cpu | cuda | mps")] = "cpu",
     minilm: Annotated[bool, typer.Option(help="Also embed captions with MiniLM.")] = True,
 ) -> None:
-    """Embed images (and captions) in batches and build an AutoFaiss index."""
+    """Embed images (and captions) in batches and build an AutoFaiss index. A bare model
+    name needs --pretrained weights; --random-weights opts into random ones (tests only)."""
     from mcu_sim.tools.base import ToolUnavailable
     from mcu_sim.tools.index_build import build_index
 
@@ -288,8 +301,9 @@ def index_build(
             images,
             parquet,
             out,
-            model_name=model,
+            model_name=None if model is None or model.lower() == "none" else model,
             pretrained=pretrained,
+            random_weights=random_weights,
             batch_size=batch_size,
             device=device,
             progress=True,

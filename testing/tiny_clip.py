@@ -12,13 +12,16 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+# OpenAI CLIP's normalisation, defined once (PhotoMaker's ID encoder uses it too).
+from mcu_sim.tools.photomaker import CLIP_MEAN, CLIP_STD
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "TINY_CLIP_CONFIG", "save_tiny_clip"]
+
 TINY_CLIP_CONFIG: dict = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SAFETY_LABELS = ("safe", "needs_caution", "unsafe")
 _WORD_TEXT = (
     "i you we the a to and is am are was my your it this that have had do not no yes hello hi "

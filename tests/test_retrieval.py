@@ -100,10 +100,10 @@ def _draw(name: str, size: int = 48) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def clip_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    from mcu_sim.tools.embedders import make_tiny_open_clip
+    from mcu_sim.testing.tiny_clip import save_tiny_clip
 
     root = tmp_path_factory.mktemp("clipdb")
-    model_name = make_tiny_open_clip(root / "tiny_clip")
+    model_name = save_tiny_clip(root / "tiny_clip")
     images = root / "images"
     images.mkdir()
     for i, name in enumerate(SHAPES):
@@ -186,19 +186,66 @@ def test_mcu_index_build_command(clip_db: tuple[Path, str], tmp_path: Path) -> N
     from mcu_sim.cli import app
 
     _, model_name = clip_db
-    images = tmp_path / "pics"
-    images.mkdir()
-    for name in SHAPES[:3]:
-        _draw(name).save(images / f"{name.replace(' ', '_')}.png")
+    images = _pics(tmp_path / "pics")
     args = ["index", "build", "--images", str(images), "--out", str(tmp_path / "db")]
     result = CliRunner().invoke(app, [*args, "--model", model_name, "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     manifest = read_manifest(tmp_path / "db")
     entry = manifest["embeddings"][f"clip:{model_name}"]
     assert entry["index_key"] == "Flat" and (tmp_path / "db" / entry["image_index"]).is_file()
+    assert entry["random_weights"] is False  # a local-dir: model carries its own weights
     vectors = np.load(tmp_path / "db" / entry["images"])
     db = ImageDatabase(tmp_path / "db", clip_model=model_name)
     assert db.search_vector(vectors[1], k=1)[0][0].id == "green_circle"
+
+
+def _pics(folder: Path, count: int = 3) -> Path:
+    folder.mkdir()
+    for name in SHAPES[:count]:
+        _draw(name).save(folder / f"{name.replace(' ', '_')}.png")
+    return folder
+
+
+def test_a_bare_model_name_without_weights_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mcu_sim.cli import app
+
+    images = _pics(tmp_path / "pics")
+    args = ["index", "build", "--images", str(images), "--out", str(tmp_path / "db")]
+    result = CliRunner().invoke(app, args)  # the default model, ViT-L-14-336, no --pretrained
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())  # rich wraps long lines
+    assert "open_clip 'ViT-L-14-336' needs weights: pass --pretrained" in message
+    assert "--random-weights" in message
+    assert not (tmp_path / "db").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match="needs weights"):
+        build_index(images, None, tmp_path / "db2", model_name="ViT-B-32", progress=False)
+
+
+@pytest.mark.images
+def test_random_weights_only_on_request_and_recorded(tmp_path: Path) -> None:
+    """A bare name registered with open_clip (a tiny config): random weights need the flag,
+    and the database says it was built with them."""
+    import open_clip
+
+    from mcu_sim.testing.tiny_clip import TINY_CLIP_CONFIG
+    from mcu_sim.tools.index_build import check_clip_weights
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "TinyTestCLIP.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(tmp_path / "configs")
+    images = _pics(tmp_path / "pics")
+    with pytest.raises(ValueError, match="'TinyTestCLIP' needs weights"):
+        build_index(images, None, tmp_path / "db", model_name="TinyTestCLIP", progress=False)
+    info = build_index(
+        images, None, tmp_path / "db", model_name="TinyTestCLIP", random_weights=True,
+        minilm=False, progress=False,
+    )  # fmt: skip
+    entry = read_manifest(tmp_path / "db")["embeddings"]["clip:TinyTestCLIP"]
+    assert info.dim == TINY_CLIP_CONFIG["embed_dim"] and entry["random_weights"] is True
+    check_clip_weights("TinyTestCLIP", "weights.safetensors", random_weights=False)  # fine
+    check_clip_weights("local-dir:/models/clip", None, random_weights=False)  # carries its own
 
 
 @pytest.mark.images

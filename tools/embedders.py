@@ -13,7 +13,6 @@ torch, transformers and open_clip are imported inside ``load()`` only.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -199,32 +198,3 @@ class ClipEmbedder:
         with torch.inference_mode():
             feats = self._model.encode_image(batch.to(self._device()))
         return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
-
-
-TINY_CLIP_CONFIG: dict[str, Any] = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-
-
-def make_tiny_open_clip(out_dir: Path, *, seed: int = 0) -> str:
-    """Write a tiny random open_clip model as a ``local-dir:`` folder; return its model name.
-
-    For tests and dry runs: the folder has ``open_clip_config.json`` and
-    ``open_clip_model.safetensors``, and loads through open_clip's normal checkpoint path.
-    """
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": {}}
-    (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.CLIP(**TINY_CLIP_CONFIG)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / "open_clip_model.safetensors"))
-    return f"local-dir:{out_dir}"

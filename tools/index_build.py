@@ -196,6 +196,7 @@ def _embed_clip(
         "kind": embedder.kind,
         "model_name": model_name,
         "pretrained": pretrained,
+        "random_weights": pretrained is None and not carries_weights(model_name),
         "dim": dim,
         "images": img_path.name,
         "image_index": f"{slug}.images.faiss",
@@ -284,6 +285,30 @@ def _prepare_out(out: Path, items: list[DbItem], images_root: str) -> dict[str, 
     return manifest
 
 
+def carries_weights(model_name: str) -> bool:
+    """``local-dir:`` and ``hf-hub:`` models bring their own weights; a bare name does not."""
+    return model_name.startswith(("local-dir:", "hf-hub:"))
+
+
+def check_clip_weights(
+    model_name: str | None, pretrained: str | None, random_weights: bool
+) -> None:
+    """Refuse to embed with random weights by accident.
+
+    A bare open_clip name (``ViT-L-14-336``) without ``pretrained`` would build a randomly
+    initialised model, whose database looks fine but retrieves nonsense. That takes an
+    explicit ``random_weights=True`` (``--random-weights``), meant for tests.
+    """
+    if model_name is None or pretrained or random_weights or carries_weights(model_name):
+        return
+    raise ValueError(
+        f"open_clip {model_name!r} needs weights: pass --pretrained with a local weights "
+        "file (or an open_clip pretrained tag already in the Hub cache), use a local-dir: or "
+        "hf-hub: model, or --model none for a caption-only database. --random-weights builds "
+        "with random weights on purpose (tests only: its retrieval is meaningless)."
+    )
+
+
 def build_index(
     images_dir: Path | None,
     parquet: Path | None,
@@ -291,6 +316,7 @@ def build_index(
     *,
     model_name: str | None = "ViT-L-14-336",
     pretrained: str | None = None,
+    random_weights: bool = False,
     batch_size: int = 32,
     device: str = "cpu",
     progress: bool = True,
@@ -299,8 +325,10 @@ def build_index(
     """Build (or extend) the image database in ``out``.
 
     Exactly one of ``images_dir`` and ``parquet`` is given. With ``model_name`` the images
-    (and captions) are embedded with open_clip; with ``minilm`` the captions are also
-    embedded with all-MiniLM-L6-v2 (the fallback used when no CLIP weights are configured).
+    (and captions) are embedded with open_clip, whose weights come from ``pretrained`` or
+    from a ``local-dir:``/``hf-hub:`` model; random weights only with ``random_weights``
+    (see :func:`check_clip_weights`). With ``minilm`` the captions are also embedded with
+    all-MiniLM-L6-v2 (the fallback used when no CLIP weights are configured).
     ``model_name=None`` builds a caption-only database. Running it again on the same images
     with another model adds that model's embeddings to the database.
     """
@@ -309,6 +337,7 @@ def build_index(
         raise ValueError("give exactly one of --images DIR or --parquet FILE")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    check_clip_weights(model_name, pretrained, random_weights)
     out = Path(out)
     _check_out(out, images_dir)
     items, files, root = collect_items(images_dir, parquet, out)
