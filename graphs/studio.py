@@ -22,6 +22,8 @@ takes one branch's state (``request``, ``person``, ``episode_id``, ``seed``).
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,19 +54,44 @@ class StudioSettings(BaseModel):
     use_cache: bool = Field(True, description="Use the LLM response cache.")
 
 
-_shared: dict[str, tuple[Any, Any]] = {}
+class SharedDependencies:
+    """LLM clients and toolboxes kept between Studio runs: a small LRU keyed by config.
+
+    Why a module-level cache here, against the rule that nodes get their dependencies
+    injected: Studio sends only JSON, so every run would otherwise build its client and
+    toolbox from scratch, reloading the embedded GGUF model and any image models (seconds
+    to minutes) and losing the client's concurrency limits between runs. The nodes still
+    receive these objects through the runtime context; only this Studio entry point keeps
+    them. It holds at most ``maxsize`` configs (each may own a loaded model); the least
+    recently used one is dropped, and with it the last reference to its models.
+    """
+
+    def __init__(self, maxsize: int = 3) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, config: Any) -> tuple[Any, Any]:
+        """(LLM client, toolbox) for ``config``, built on first use."""
+        from mcu_sim.agents.llm import build_client
+        from mcu_sim.graphs.runner import build_toolbox
+
+        key = config.model_dump_json()
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            llm = build_client(config.llm, cache_path=config.llm.cache.path)
+            self._items[key] = (llm, build_toolbox(config))
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+            return self._items[key]
 
 
-def _client_and_tools(config: Any) -> tuple[Any, Any]:
-    """One LLM client and toolbox per distinct config, reused across Studio runs."""
-    from mcu_sim.agents.llm import build_client
-    from mcu_sim.graphs.runner import build_toolbox
-
-    key = config.model_dump_json()
-    if key not in _shared:
-        llm = build_client(config.llm, cache_path=config.llm.cache.path)
-        _shared[key] = (llm, build_toolbox(config))
-    return _shared[key]
+_shared = SharedDependencies()
 
 
 def _settings_from(context: Any, config: Mapping[str, Any] | None) -> StudioSettings:
@@ -90,7 +117,7 @@ def studio_context(context: Any, config: Mapping[str, Any] | None = None) -> Epi
     cfg = load_config(settings.config_file or os.environ.get(CONFIG_ENV), settings.overrides)
     run = RunDir(settings.run_dir)
     run.create()
-    llm, tools = _client_and_tools(cfg)
+    llm, tools = _shared.get(cfg)
     return EpisodeContext(
         config=cfg, llm=llm, run_dir=run.root, tools=tools, use_cache=settings.use_cache
     )

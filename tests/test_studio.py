@@ -127,3 +127,20 @@ def test_aligner_graph_takes_settings_from_the_assistant_config(
         graph.invoke(branch, context=42)
     with pytest.raises(ValueError, match="extra_forbidden"):
         graph.invoke(branch, context={"bogus": 1})
+
+
+def test_studio_reuses_clients_per_config_and_keeps_only_a_few(fake_openai, tmp_path: Path) -> None:
+    from mcu_sim.config import load_config
+    from mcu_sim.graphs.studio import SharedDependencies, studio_context
+
+    context = _context(fake_openai.url, tmp_path)
+    once, again = studio_context(context), studio_context(context)
+    assert again.llm is once.llm and again.tools is once.tools  # no rebuild per Studio run
+    shared = SharedDependencies(maxsize=2)
+    configs = [load_config(None, [*context["overrides"], f"run.seed={n}"]) for n in range(3)]
+    first, second = shared.get(configs[0]), shared.get(configs[1])
+    assert shared.get(configs[0]) is first  # now the most recently used
+    shared.get(configs[2])  # evicts configs[1], the least recently used
+    assert len(shared) == 2 and shared.get(configs[0]) is first
+    assert shared.get(configs[1])[0] is not second[0]  # dropped, so built again
+    assert len(shared) == 2
