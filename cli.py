@@ -145,6 +145,8 @@ def _print_report(report, run_dir: Path) -> None:
         f"{usage.calls} ({usage.cached_calls} cached), tokens "
         f"{usage.prompt_tokens}+{usage.completion_tokens}, cost ${usage.cost_usd:.4f}"
     )
+    for rule, count in report.run_removals.items():
+        console.print(f"run-level filter: {count} {rule} mark(s) (items kept, marked)")
     if report.stopped_for_budget:
         console.print(
             "[yellow]stopped at the --max-cost budget; everything so far is kept. Re-run the "
@@ -324,12 +326,23 @@ def filter_run_cmd(
         bool, typer.Option(help="Rewrite the episode files with the new marks.")
     ] = True,
 ) -> None:
-    """Recompute the filter marks of a finished run (no LLM call); e.g.
+    """Recompute the filter marks of a finished run (no LLM call), with the run's own
+    config.yaml unless --config is given; e.g.
     ``mcu filter runs/x --set filters.clip_threshold=0.15``."""
     from mcu_sim.graphs.filter_run import refilter
+    from mcu_sim.graphs.outputs import RunDir
+    from mcu_sim.graphs.run_manifest import RunLocked
 
-    cfg = _load(config, overrides)
-    report = refilter(run_dir, cfg, write=write)
+    run = RunDir(run_dir)
+    if not run.episodes.is_dir():
+        console.print(f"[red]{run_dir} has no episodes/ folder: not a run directory.[/red]")
+        raise typer.Exit(2)
+    cfg = _load(config or (run.config_file if run.config_file.is_file() else None), overrides)
+    try:
+        report = refilter(run_dir, cfg, write=write)
+    except RunLocked as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(4) from None
     typer.echo(json.dumps(report, indent=1, sort_keys=True))
 
 

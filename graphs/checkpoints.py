@@ -21,8 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from mcu_sim.config import Config, ConfigError
+from mcu_sim.graphs.scrub import Scrubber, mask_checkpoints
 
 BUSY_TIMEOUT_S = 30
+# Run on every connection: wait for another writer instead of failing; WAL so readers never
+# block the writer; NORMAL sync (see open_checkpointer).
+PRAGMAS = (
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+)
 
 
 class _Cursor:
@@ -95,9 +103,8 @@ class InlineSqliteConnection:
 
     def __init__(self, path: str | Path) -> None:
         self._conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        for pragma in PRAGMAS:
+            self._conn.execute(pragma)
         self._thread = threading.main_thread()  # what LangGraph checks to see it is open
 
     def is_alive(self) -> bool:
@@ -125,9 +132,12 @@ class InlineSqliteConnection:
         self._conn.close()
 
 
-async def open_checkpointer(path: Path, inline: bool = True) -> Any:
+async def open_checkpointer(
+    path: Path, inline: bool = True, scrubber: Scrubber | None = None
+) -> Any:
     """An ``AsyncSqliteSaver`` on ``path`` with WAL, a busy timeout and
     ``synchronous=NORMAL``; ``inline=False`` uses aiosqlite's worker thread instead.
+    ``scrubber``: secrets masked in every write (:func:`~mcu_sim.graphs.scrub.mask_checkpoints`).
 
     ``synchronous=NORMAL`` skips an fsync per checkpoint: a killed process loses nothing
     (the WAL is in the OS cache); a power cut may roll back the last few steps, which are
@@ -141,10 +151,9 @@ async def open_checkpointer(path: Path, inline: bool = True) -> Any:
         import aiosqlite
 
         conn = await aiosqlite.connect(str(path), timeout=BUSY_TIMEOUT_S)
-        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-    saver = AsyncSqliteSaver(conn)
+        for pragma in PRAGMAS:
+            await conn.execute(pragma)
+    saver = mask_checkpoints(AsyncSqliteSaver(conn), scrubber)
     await saver.setup()
     return saver
 
@@ -166,10 +175,12 @@ def postgres_dsn(config: Config, environ: dict[str, str] | None = None) -> str |
 
 @contextlib.asynccontextmanager
 async def checkpointer_for(config: Config, sqlite_path: Path) -> AsyncIterator[Any]:
-    """The configured checkpointer, closed on exit (SQLite by default, else Postgres)."""
+    """The configured checkpointer, closed on exit (SQLite by default, else Postgres); the
+    configured secrets never reach it (:mod:`mcu_sim.graphs.scrub`)."""
     dsn = postgres_dsn(config)
+    scrubber = Scrubber.for_config(config)
     if dsn is None:
-        saver = await open_checkpointer(sqlite_path)
+        saver = await open_checkpointer(sqlite_path, scrubber=scrubber)
         try:
             yield saver
         finally:
@@ -192,7 +203,7 @@ async def checkpointer_for(config: Config, sqlite_path: Path) -> AsyncIterator[A
             f"{type(exc).__name__}: {first}"
         ) from None
     try:
-        await saver.setup()
+        await mask_checkpoints(saver, scrubber).setup()
         yield saver
     finally:
         await manager.__aexit__(None, None, None)

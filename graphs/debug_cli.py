@@ -152,7 +152,8 @@ def fork(
     ] = None,
     new_id: Annotated[str | None, typer.Option("--as", help="Id of the new episode.")] = None,
 ) -> None:
-    """Copy the state at a checkpoint into a new episode, optionally changed (then: mcu replay)."""
+    """Copy the state at a checkpoint into a new episode, optionally changed (then: mcu replay,
+    or `mcu run --resume RUN_DIR`, which continues every unfinished fork)."""
     from mcu_sim.graphs.debug_state import StateEditError, parse_assignment
     from mcu_sim.graphs.timetravel import fork as fork_episode
 
@@ -163,7 +164,12 @@ def fork(
         changes = dict(parse_assignment(item) for item in sets or [])
     except StateEditError as exc:
         raise _fail(str(exc)) from None
-    result = _run(fork_episode(ref, at, changes, new_id))
+    from mcu_sim.graphs.run_manifest import RunLocked
+
+    try:
+        result = _run(fork_episode(ref, at, changes, new_id))
+    except RunLocked as exc:
+        raise _fail(str(exc), 3) from None
     typer.echo(
         json.dumps(
             {

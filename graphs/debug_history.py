@@ -58,16 +58,27 @@ def _parent_id(snapshot: Any) -> str | None:
     return parent["configurable"]["checkpoint_id"] if parent else None
 
 
-async def thread_ids(graph: Any, limit: int = 20) -> list[str]:
-    """Some episode ids that have checkpoints (for error messages)."""
+async def thread_ids(graph: Any, limit: int = 20, prefix: str = "") -> list[str]:
+    """Some episode ids that have checkpoints (for error messages): threads starting with
+    ``prefix`` (a run's ``<run id>/`` in a shared Postgres store), the prefix cut off."""
+    sql = "SELECT DISTINCT thread_id FROM checkpoints WHERE checkpoint_ns = '' AND thread_id LIKE "
+    pattern = prefix.replace("%", r"\%").replace("_", r"\_") + "%"
     try:
-        cursor = await graph.checkpointer.conn.execute(
-            "SELECT DISTINCT thread_id FROM checkpoints WHERE checkpoint_ns = '' LIMIT ?",
-            (limit,),
-        )
-        return sorted(row[0] for row in await cursor.fetchall())
+        conn = graph.checkpointer.conn
+        if hasattr(conn, "cursor") and type(conn).__module__.startswith("psycopg"):
+            async with conn.cursor() as cursor:
+                await cursor.execute(sql + "%s ESCAPE '\\' LIMIT %s", (pattern, limit))
+                rows = await cursor.fetchall()
+        else:
+            cursor = await conn.execute(sql + "? ESCAPE '\\' LIMIT ?", (pattern, limit))
+            rows = await cursor.fetchall()
     except Exception:  # the listing only decorates an error message
         return []
+    return sorted(_row_value(row)[len(prefix) :] for row in rows)
+
+
+def _row_value(row: Any) -> str:
+    return row["thread_id"] if isinstance(row, dict) else row[0]
 
 
 def _count_names(names: list[str]) -> str:
@@ -89,13 +100,15 @@ def _wrote(snapshot: Any, parent: Any) -> str:
     return _count_names(names) or "?"
 
 
-async def load_history(graph: Any, episode_id: str) -> History:
-    """All checkpoints of the episode's thread, oldest first (branches included)."""
-    config = {"configurable": {"thread_id": episode_id}}
+async def load_history(graph: Any, thread_id: str, prefix: str = "") -> History:
+    """All checkpoints of the episode's thread, oldest first (branches included).
+    ``prefix``: what the run puts before episode ids in thread ids (none with SQLite)."""
+    config = {"configurable": {"thread_id": thread_id}}
     snapshots = [s async for s in graph.aget_state_history(config)]
     if not snapshots:
-        known = await thread_ids(graph)
+        known = await thread_ids(graph, prefix=prefix)
         listing = ", ".join(known) if known else "none"
+        episode_id = thread_id.removeprefix(prefix)
         raise TimeTravelError(f"episode {episode_id} has no checkpoints here (episodes: {listing})")
     snapshots.reverse()
     by_id = {checkpoint_id_of(s): s for s in snapshots}

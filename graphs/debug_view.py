@@ -13,6 +13,7 @@ from mcu_sim.graphs.debug_history import CheckpointRow, format_time
 from mcu_sim.graphs.debug_state import Change
 
 MAX_VALUE_CHARS = 110
+MAX_READ_CHARS = 90  # a field's preview at a stop
 MAX_DIFF_LINES = 40
 
 
@@ -40,9 +41,14 @@ def render_diff(console: Console, changes: list[Change], limit: int = MAX_DIFF_L
 
 
 def render_stop(
-    console: Console, next_nodes: tuple[str, ...], reads: dict[str, tuple[str, ...]], where: str
+    console: Console,
+    next_nodes: tuple[str, ...],
+    reads: dict[str, tuple[str, ...]],
+    where: str,
+    values: dict[str, Any] | None = None,
 ) -> None:
-    """``stop before persona`` with the fields it will read."""
+    """``stop before persona`` with the fields it will read and (given ``values``, the
+    state) a short preview of each: ``seed = 7``, ``demographics = {"age": 34, …}``."""
     if not next_nodes:
         console.print(f"[bold]episode finished[/bold] at {where}")
         return
@@ -51,9 +57,18 @@ def render_stop(
         f"{n} ×{next_nodes.count(n)}" if next_nodes.count(n) > 1 else n for n in names
     )
     console.print(f"[bold cyan]stop before {escape(label)}[/bold cyan] at {where}")
+    shown: set[str] = set()
     for name in names:
-        fields = ", ".join(reads.get(name, ())) or "?"
-        console.print(f"  {escape(name)} reads: {escape(fields)}")
+        fields = reads.get(name, ())
+        console.print(f"  {escape(name)} reads: {escape(', '.join(fields) or '?')}")
+        if values is None or "*" in fields:
+            continue
+        for field in fields:
+            if field in shown:
+                continue
+            shown.add(field)
+            value = short(values[field], MAX_READ_CHARS) if field in values else "(not set yet)"
+            console.print(f"    [dim]{escape(field)} =[/dim] {escape(value)}")
 
 
 def history_table(rows: list[CheckpointRow], current: str | None = None) -> Table:

@@ -1,8 +1,9 @@
 """The interactive step debugger behind ``mcu debug``.
 
-It drives the episode graph on the run directory's durable SQLite checkpointer and stops
-before every node (or before the breakpoint nodes), using LangGraph's ``interrupt_before``
-at invocation time. Every command maps onto LangGraph's checkpoint API: stepping invokes
+It drives the episode graph on the run's durable checkpointer (SQLite in the run directory,
+or the configured Postgres, opened as the batch runner opens it) and stops before every
+node (or before the breakpoint nodes), using LangGraph's ``interrupt_before`` at
+invocation time. Every command maps onto LangGraph's checkpoint API: stepping invokes
 from the current checkpoint config, edits are ``aupdate_state(as_node=<writer>)``, re-runs
 and ``goto`` invoke from an earlier checkpoint (LangGraph branches the thread there), and
 ``fork`` copies a checkpoint into a new thread. Nothing is kept in memory that the
@@ -22,7 +23,6 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from mcu_sim.agents.llm import Usage
 from mcu_sim.config import Config
 from mcu_sim.graphs import debug_view as view
 from mcu_sim.graphs.context import EpisodeContext
@@ -40,13 +40,12 @@ from mcu_sim.graphs.debug_state import (
 from mcu_sim.graphs.outputs import RunDir
 from mcu_sim.graphs.timetravel import (
     History,
+    RunGraph,
     TimeTravelError,
     checkpoint_id_of,
     fork_snapshot,
-    load_history,
     make_context,
     open_graph,
-    require_sqlite,
     resolve,
     run_from,
     write_if_finished,
@@ -76,7 +75,7 @@ class Debugger:
 
     def __init__(
         self,
-        graph: Any,
+        opened: RunGraph,
         run: RunDir,
         config: Config,
         episode_id: str,
@@ -90,7 +89,8 @@ class Debugger:
         from mcu_sim.graphs.episode import build_episode_graph
 
         builder = build_episode_graph()
-        self.graph = graph
+        self.opened = opened
+        self.graph = opened.graph
         self.run = run
         self.config = config
         self.episode_id = episode_id
@@ -109,7 +109,7 @@ class Debugger:
 
     @property
     def thread(self) -> dict[str, Any]:
-        return {"configurable": {"thread_id": self.episode_id}}
+        return self.opened.thread(self.episode_id)
 
     def _check_nodes(self, names: list[str]) -> list[str]:
         unknown = [n for n in names if n not in self.nodes]
@@ -132,7 +132,7 @@ class Debugger:
         return await self.graph.aget_state(self.position or self.thread)
 
     async def history(self) -> History:
-        return await load_history(self.graph, self.episode_id)
+        return await self.opened.history(self.episode_id)
 
     def say(self, text: str) -> None:
         self.console.print(text)
@@ -142,7 +142,8 @@ class Debugger:
         history = await self.history()
         checkpoint = checkpoint_id_of(snapshot)
         index = next(r.index for r in history.rows if r.checkpoint_id == checkpoint)
-        view.render_stop(self.console, tuple(snapshot.next), self.reads, f"#{index} {checkpoint}")
+        where = f"#{index} {checkpoint}"
+        view.render_stop(self.console, tuple(snapshot.next), self.reads, where, snapshot.values)
         if not snapshot.next:
             path = write_if_finished(self.run, snapshot, self.config.run.shard_size)
             if path:
@@ -301,7 +302,7 @@ class Debugger:
         history = await self.history()
         snapshot = resolve(history, checkpoint_id_of(await self.current()))
         result = await fork_snapshot(
-            self.graph, history, snapshot, new_id or None, source_episode=self.episode_id
+            self.opened, history, snapshot, new_id or None, source_episode=self.episode_id
         )
         old = self.episode_id
         self.episode_id = result.episode_id
@@ -327,8 +328,9 @@ class Debugger:
         self.console.print(HELP, markup=False, highlight=False)
 
     async def cmd_quit(self, _: str) -> bool:
+        where = "the Postgres checkpoints" if self.opened.shared else self.run.checkpoints
         self.say(
-            f"left {self.episode_id}; its checkpoints are in {self.run.checkpoints}. Resume with "
+            f"left {self.episode_id}; its checkpoints are in {where}. Resume with "
             f"`mcu debug --episode {self.run.root / self.episode_id}`, "
             f"`mcu replay {self.run.root / self.episode_id}` or `mcu run --resume {self.run.root}`"
         )
@@ -351,16 +353,6 @@ for _names, _handler in (
 ):
     for _name in _names:
         COMMANDS[_name] = _handler
-
-
-def _usage_since(after: Usage, before: Usage) -> Usage:
-    return Usage(
-        after.calls - before.calls,
-        after.cached_calls - before.cached_calls,
-        after.prompt_tokens - before.prompt_tokens,
-        after.completion_tokens - before.completion_tokens,
-        after.cost_usd - before.cost_usd,
-    )
 
 
 async def debug_episode(
@@ -386,7 +378,6 @@ async def debug_episode(
     from mcu_sim.graphs.run_manifest import finish_manifest, run_lock, start_manifest
     from mcu_sim.graphs.runner import RunReport, build_toolbox
 
-    require_sqlite(config)
     own_llm = llm is None
     llm = llm if llm is not None else build_client(config.llm, cache_path=config.llm.cache.path)
     tools = tools if tools is not None else build_toolbox(config)
@@ -398,9 +389,9 @@ async def debug_episode(
             seeds = [seed] if seed is not None else []
             manifest = start_manifest(run, config, seeds, force_config, "debug")
             try:
-                async with open_graph(run) as graph:
+                async with open_graph(run, config) as opened:
                     debugger = Debugger(
-                        graph,
+                        opened,
                         run,
                         config,
                         episode_id,
@@ -415,7 +406,7 @@ async def debug_episode(
                     report.finished = sorted(debugger.written)
                     return debugger.episode_id
             finally:
-                report.usage = _usage_since(llm.usage, usage_before)
+                report.usage = llm.usage - usage_before
                 report.seconds = time.monotonic() - started
                 finish_manifest(run, manifest, report, int(manifest.get("shards") or 0))
     finally:

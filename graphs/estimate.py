@@ -179,6 +179,13 @@ def dry_run_tools(config: Config) -> Any:
     return DryRunToolbox(images_config(config), scorers={})
 
 
+def dry_run_config(config: Config) -> Config:
+    """``config`` for the dry run: checkpoints in the throwaway run directory's SQLite (never
+    the user's Postgres) and the local backend, whatever the run section says."""
+    run = config.run.model_copy(update={"postgres_dsn_env": None, "backend": "local"})
+    return config.model_copy(update={"run": run})
+
+
 def dry_run(config: Config, episodes: int = DRY_RUN_EPISODES) -> tuple[list[dict], list[int]]:
     """Run sample episodes against a fake endpoint; return (request bodies, sessions)."""
     from mcu_sim.agents.llm import build_client
@@ -197,7 +204,7 @@ def dry_run(config: Config, episodes: int = DRY_RUN_EPISODES) -> tuple[list[dict
             }
         )
         runner = EpisodeRunner(
-            config,
+            dry_run_config(config),
             Path(tmp) / "run",
             llm=build_client(llm_config, environ={}),
             tools=dry_run_tools(config) if images_on else None,

@@ -1,15 +1,20 @@
-"""``mcu filter``: recompute the filter marks of a finished run, without any LLM call."""
+"""``mcu filter``: recompute the filter marks of a finished run, without any LLM call; and
+the run-level rule that ``mcu run`` applies when it ends."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.graphs.filters import ImageSimilarity, filter_run
-from mcu_sim.graphs.outputs import RunDir, atomic_write_json
+from mcu_sim.graphs.filters import FilterSettings, ImageSimilarity, filter_run, over_matched
+from mcu_sim.graphs.outputs import RunDir, atomic_write_json, index_line
 from mcu_sim.graphs.quality import filter_settings
+from mcu_sim.graphs.run_manifest import run_lock
 from mcu_sim.personas.schema import Episode
+
+OVER_MATCHED = "over_matched_image"  # the rule name graphs.filters.over_matched writes
 
 
 def clip_similarity(config: Any, run_root: Path) -> ImageSimilarity | None:
@@ -40,22 +45,91 @@ def clip_similarity(config: Any, run_root: Path) -> ImageSimilarity | None:
 
 
 def refilter(run_dir: Path, config: Any, write: bool = True) -> dict[str, Any]:
+    """Recompute every episode's marks (episode and run-level rules) from the raw data.
+
+    With ``write`` the episode files, the index and the shards are rewritten (shards as a
+    whole new set, swapped in atomically); the run lock keeps ``mcu run`` out meanwhile.
+    """
     run = RunDir(run_dir)
-    episodes = [
-        Episode.model_validate(json.loads(run.episode_path(i).read_text()))
-        for i in run.finished_ids()
-    ]
-    settings = filter_settings(config)
-    filtered, counts = filter_run(episodes, settings, clip_similarity(config, run.root))
-    if write:
-        for episode in filtered:
-            atomic_write_json(run.episode_path(episode.episode_id), episode.model_dump(mode="json"))
-        run.rebuild_index()
-    report = {
-        "episodes": len(filtered),
-        "episodes_filtered": sum(e.status == "filtered" for e in filtered),
-        "removals_by_rule": counts,
-        "settings": settings.model_dump(mode="json"),
-    }
-    atomic_write_json(run.root / "filter_report.json", report)
+    with run_lock(run):
+        episodes = [Episode.model_validate(run.read_episode(i)) for i in run.finished_ids()]
+        settings = filter_settings(config)
+        filtered, counts = filter_run(episodes, settings, clip_similarity(config, run.root))
+        shards = 0
+        if write:
+            for episode in filtered:
+                atomic_write_json(
+                    run.episode_path(episode.episode_id), episode.model_dump(mode="json")
+                )
+            run.rebuild_index()
+            shards = run.rebuild_shards(shard_size(run, config))
+        report = {
+            "episodes": len(filtered),
+            "episodes_filtered": sum(e.status == "filtered" for e in filtered),
+            "removals_by_rule": counts,
+            "settings": settings.model_dump(mode="json"),
+            "written": write,
+            "shards": shards,
+        }
+        atomic_write_json(run.root / "filter_report.json", report)
     return report
+
+
+def shard_size(run: RunDir, config: Any) -> int:
+    """The run's own shard size (from its shard state), else the config's."""
+    return int(run.shard_state().get("shard_size") or config.run.shard_size)
+
+
+# ---------------------------------------------------------------- at the end of mcu run
+
+
+def _db_images(run: RunDir) -> list[tuple[str, list[str], bool]]:
+    """``(episode id, database image ids it uses, has over-matched marks)`` per finished
+    episode, from the index (an older index line without them: from the episode file)."""
+    lines: dict[str, dict[str, Any]] = {}
+    if run.index.is_file():
+        for raw in run.index.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            lines.setdefault(record.get("episode_id", ""), record)
+    out = []
+    for episode_id in run.finished_ids():
+        record = lines.get(episode_id)
+        if record is None or "db_images" not in record:
+            record = index_line(run.read_episode(episode_id))
+        marked = bool((record.get("removals") or {}).get(OVER_MATCHED))
+        out.append((episode_id, list(record["db_images"]), marked))
+    return out
+
+
+def apply_run_rules(run: RunDir, settings: FilterSettings, size: int) -> dict[str, int]:
+    """DialogCC's run-level rule (a database image matched more than K times keeps its first
+    K uses) over every finished episode, as ``mcu filter`` applies it.
+
+    Only episodes that use an over-matched image (or carried such marks) are read; those
+    whose marks changed are rewritten, with their index lines, and the shards are rebuilt
+    atomically. Returns the number of over-matched marks in the run now (``{}`` for none).
+    """
+    uses = _db_images(run)
+    counts = Counter(db_id for _, ids, _ in uses for db_id in ids)
+    over = {db_id for db_id, n in counts.items() if n > settings.max_matches_per_db_image}
+    affected = [i for i, ids, marked in uses if marked or over.intersection(ids)]
+    if not affected:
+        return {}
+    episodes = [Episode.model_validate(run.read_episode(i)) for i in affected]
+    marks = over_matched(episodes, settings)
+    changed = []
+    for episode in episodes:
+        kept = [r for r in episode.removals if r.rule != OVER_MATCHED]
+        removals = kept + marks.get(episode.episode_id, [])
+        if removals != episode.removals:
+            data = episode.model_copy(update={"removals": removals}).model_dump(mode="json")
+            atomic_write_json(run.episode_path(episode.episode_id), data)
+            changed.append(data)
+    if changed:
+        run.replace_index_lines(changed)
+        run.rebuild_shards(size)
+    total = sum(len(m) for m in marks.values())
+    return {OVER_MATCHED: total} if total else {}

@@ -7,7 +7,7 @@ Layout of a run directory::
     episodes/<id>.json         one finished episode per file: the durable unit
     index.jsonl                one line per finished episode (re-synced from episodes/ on start)
     shards/shard-00000.jsonl   finished episodes, N per file, one JSON object per line
-    shards/shards.json         which episode is in which shard (a cache of the shard files)
+    shards/shards.json         the current shard set: its files, in order, and their ids
     failures/<id>.json         reason, traceback and raw model text of a failed episode
     checkpoints.sqlite         LangGraph checkpoints, one thread per episode
     images/<id>/...            images of each episode
@@ -15,18 +15,24 @@ Layout of a run directory::
 Every file except ``index.jsonl`` is replaced atomically (temp file, fsync, rename). The
 index is appended one whole line per ``write`` call and rebuilt from ``episodes/`` when a
 crash may have cut it, so readers that need certainty should read ``episodes/`` or shards.
+Shard readers go through ``shards.json`` (:meth:`RunDir.shard_paths`): a rebuild writes a
+whole new generation of files beside the old one and then swaps ``shards.json``, so the
+set it lists is always complete, old or new.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 SHARD_STATE = "shards.json"
+_SHARD_NAME = re.compile(r"^shard-(?:g(\d+)-)?(\d+)\.jsonl$")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -104,7 +110,16 @@ class RunDir:
         return self.episode_path(episode_id).is_file()
 
     def finished_ids(self) -> list[str]:
-        return sorted(p.stem for p in self.episodes.glob("*.json"))
+        """Ids of the episode files (regular files only: a temp file or a stray folder is
+        not a finished episode)."""
+        if not self.episodes.is_dir():
+            return []
+        with os.scandir(self.episodes) as entries:
+            return sorted(
+                e.name.removesuffix(".json")
+                for e in entries
+                if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()
+            )
 
     def failed_ids(self) -> list[str]:
         return sorted(p.stem for p in self.failures.glob("*.json"))
@@ -138,6 +153,22 @@ class RunDir:
         ]
         atomic_write_text(self.index, "".join(line + "\n" for line in lines))
         return len(lines)
+
+    def replace_index_lines(self, episodes: list[dict[str, Any]]) -> None:
+        """Rewrite the index lines of ``episodes`` (their files were rewritten), leaving the
+        others as they are: no episode file is read."""
+        fresh = {e["episode_id"]: json.dumps(index_line(e), sort_keys=True) for e in episodes}
+        lines, seen = [], set()
+        text = self.index.read_text(encoding="utf-8") if self.index.is_file() else ""
+        for raw in text.splitlines():
+            try:
+                episode_id = json.loads(raw).get("episode_id")
+            except json.JSONDecodeError:
+                continue  # a cut line: sync_index rebuilds it from the episode
+            seen.add(episode_id)
+            lines.append(fresh.get(episode_id, raw))
+        lines += [line for episode_id, line in fresh.items() if episode_id not in seen]
+        atomic_write_text(self.index, "".join(line + "\n" for line in lines))
 
     def sync_index(self) -> int:
         """Make index.jsonl list exactly the episode files, reading only episodes it lacks.
@@ -175,21 +206,51 @@ class RunDir:
             return None
         return json.loads(self.manifest.read_text(encoding="utf-8"))
 
+    def shard_state(self) -> dict[str, Any]:
+        """``shards.json`` (empty when missing or unreadable)."""
+        path = self.shards / SHARD_STATE
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def shard_paths(self) -> list[Path]:
+        """The files of the current shard set, in order: what readers of shards should use.
+
+        A run directory without ``shards.json`` (an early layout) has the plain files.
+        """
+        state = self.shard_state()
+        if not state:
+            return sorted(p for p in self.shards.glob("shard-*.jsonl") if shard_key(p.name))
+        return [self.shards / item["file"] for item in state.get("shards", [])]
+
     def rebuild_shards(self, size: int) -> int:
-        """Rewrite every shard from the episode files (after ``mcu filter`` rewrote them)."""
-        for path in self.shards.glob("shard-*.jsonl"):
-            path.unlink()
-        (self.shards / SHARD_STATE).unlink(missing_ok=True)
-        writer = ShardWriter(self, size)
-        for episode_id in self.finished_ids():
-            writer.add(episode_id)
-        writer.flush()
+        """Rewrite every shard from the episode files (after episodes were rewritten).
+
+        Crash-safe at every point: the new set is written as a new generation of files
+        (``shard-g0001-00000.jsonl``, ...) beside the old one, then ``shards.json`` is
+        swapped to it atomically, then the old files are removed. Before the swap readers
+        see the whole old set, after it the whole new set; leftovers of an interrupted
+        rebuild are removed by the next :meth:`ShardWriter.load` or rebuild.
+        """
+        generation = int(self.shard_state().get("generation", 0)) + 1
+        writer = ShardWriter(self, size, generation=generation)
+        writer.remove_strays(generation)  # an earlier interrupted rebuild's files
+        ids = self.finished_ids()
+        for start in range(0, len(ids), size):
+            number = start // size
+            writer._write(shard_name(number, generation), ids[start : start + size], save=False)
+        writer._save_state()  # the swap
+        writer.remove_strays()
         return len(writer.shards)
 
 
 def index_line(episode: dict[str, Any]) -> dict[str, Any]:
     requests = episode.get("image_requests", [])
+    db_images = [(r.get("image") or {}).get("db_id") for r in requests]
     return {
+        "db_images": [db_id for db_id in db_images if db_id],  # for run-level filters
+        "removals": dict(Counter(r.get("rule", "") for r in episode.get("removals", []))),
         "episode_id": episode["episode_id"],
         "status": episode.get("status", "complete"),
         "sessions": len(episode.get("sessions", [])),
@@ -200,25 +261,39 @@ def index_line(episode: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def shard_name(number: int) -> str:
+def shard_name(number: int, generation: int = 0) -> str:
+    """``shard-00003.jsonl``; a rebuilt set (generation 1, 2, …): ``shard-g0001-00003.jsonl``."""
+    if generation:
+        return f"shard-g{generation:04d}-{number:05d}.jsonl"
     return f"shard-{number:05d}.jsonl"
+
+
+def shard_key(name: str) -> tuple[int, int] | None:
+    """``(generation, number)`` of a shard file name, None for any other name."""
+    match = _SHARD_NAME.match(name)
+    if match is None:
+        return None
+    return int(match.group(1) or 0), int(match.group(2))
 
 
 class ShardWriter:
     """Groups finished episodes into JSONL shards of ``size`` episodes.
 
-    Shard files are the truth: each is replaced atomically, so a reader sees a whole old
-    version or a whole new one, never a cut line. A full shard is never touched again; the
-    last, partial shard is rewritten (same name, more lines) when a run ends or resumes.
-    ``shards.json`` only caches which ids each file holds; a file it does not describe (a
-    crash between the two writes) is read back on :meth:`load`. Thread-safe.
+    Each shard file is replaced atomically, so a reader sees a whole old version or a whole
+    new one, never a cut line. A full shard is never touched again; the last, partial shard
+    is rewritten (same name, more lines) when a run ends or resumes. ``shards.json`` names
+    the current set (its generation, files and ids); a file of that generation it does not
+    describe yet (a crash between the two writes) is read back on :meth:`load`, and files of
+    any other generation (an interrupted rebuild) are removed. Thread-safe.
     """
 
-    def __init__(self, run: RunDir, size: int) -> None:
+    def __init__(self, run: RunDir, size: int, generation: int | None = None) -> None:
         if size < 1:
             raise ValueError(f"shard size must be at least 1 (got {size})")
         self.run = run
         self.size = size
+        self.generation = generation or 0
+        self._fixed_generation = generation is not None
         self.shards: dict[str, list[str]] = {}  # file name -> episode ids, in shard order
         self.pending: list[str] = []
         self._in_shards: set[str] = set()
@@ -229,9 +304,15 @@ class ShardWriter:
         """Read the shard state and queue every finished episode not yet in a shard."""
         with self._lock:
             self.run.shards.mkdir(parents=True, exist_ok=True)
-            cached = self._read_state()
+            state = self.run.shard_state()
+            if not self._fixed_generation:
+                self.generation = int(state.get("generation", 0))
+            cached = {item["file"]: item for item in state.get("shards", [])}
             self.shards = {}
-            for path in sorted(self.run.shards.glob("shard-*.jsonl")):
+            for path in sorted(self.run.shards.glob("shard-*.jsonl"), key=_shard_order):
+                key = shard_key(path.name)
+                if key is None or key[0] != self.generation:
+                    continue
                 entry = cached.get(path.name)
                 if entry and entry.get("bytes") == path.stat().st_size:
                     ids = list(entry["ids"])
@@ -242,16 +323,7 @@ class ShardWriter:
                 self.shards[path.name] = ids
             self.pending = [i for i in self.run.finished_ids() if i not in self._in_shards]
             self._save_state()
-
-    def _read_state(self) -> dict[str, dict[str, Any]]:
-        path = self.run.shards / SHARD_STATE
-        if not path.is_file():
-            return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return {}
-        return {item["file"]: item for item in data.get("shards", [])}
+            self.remove_strays()
 
     def _save_state(self) -> None:
         items = []
@@ -259,19 +331,30 @@ class ShardWriter:
             path = self.run.shards / name
             size = path.stat().st_size if path.is_file() else 0
             items.append({"file": name, "ids": ids, "bytes": size})
-        atomic_write_json(self.run.shards / SHARD_STATE, {"shard_size": self.size, "shards": items})
+        state = {"shard_size": self.size, "generation": self.generation, "shards": items}
+        atomic_write_json(self.run.shards / SHARD_STATE, state)
+
+    def remove_strays(self, generation: int | None = None) -> None:
+        """Delete shard files not in this set (of ``generation`` only, if given)."""
+        for path in self.run.shards.glob("shard-*.jsonl"):
+            key = shard_key(path.name)
+            if key is None or path.name in self.shards:
+                continue
+            if generation is None or key[0] == generation:
+                path.unlink(missing_ok=True)
 
     # -------------------------------------------------------------- writing
     def _open_shard(self) -> tuple[str, list[str]]:
         """The partial last shard (to extend), or a new empty one."""
         if not self.shards:
-            return shard_name(0), []
-        last = max(self.shards)
+            return shard_name(0, self.generation), []
+        last = max(self.shards, key=_shard_order)
         if len(self.shards[last]) < self.size:
             return last, self.shards[last]
-        return shard_name(int(last.removeprefix("shard-").removesuffix(".jsonl")) + 1), []
+        number = _shard_order(last)[1] + 1
+        return shard_name(number, self.generation), []
 
-    def _write(self, name: str, ids: list[str]) -> Path:
+    def _write(self, name: str, ids: list[str], save: bool = True) -> Path:
         lines = []
         for episode_id in ids:
             episode = self.run.read_episode(episode_id)
@@ -280,7 +363,8 @@ class ShardWriter:
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         self.shards[name] = list(ids)
         self._in_shards.update(ids)
-        self._save_state()
+        if save:
+            self._save_state()
         return path
 
     def add(self, episode_id: str) -> list[Path]:
@@ -307,6 +391,10 @@ class ShardWriter:
             name, ids = self._open_shard()
             take, self.pending = self.pending, []
             return self._write(name, ids + take)
+
+
+def _shard_order(name: str | Path) -> tuple[int, int]:
+    return shard_key(Path(name).name) or (-1, -1)
 
 
 def _ids_in_file(path: Path) -> list[str]:

@@ -67,6 +67,7 @@ async def _episode_in_worker(payload: dict[str, Any]) -> dict[str, Any]:
         failure_record,
         next_nodes,
     )
+    from mcu_sim.graphs.scrub import Scrubber
 
     config = Config.model_validate(payload["config"])
     run = RunDir(payload["run_root"])
@@ -85,7 +86,7 @@ async def _episode_in_worker(payload: dict[str, Any]) -> dict[str, Any]:
         nonlocal reported
         if monitor is None:
             return False
-        delta, reported = _minus(llm.usage, reported), llm.usage
+        delta, reported = llm.usage - reported, llm.usage
         return bool(await monitor.report.remote(delta.as_dict(), len(nodes)))
 
     result: dict[str, Any] = {}
@@ -113,7 +114,8 @@ async def _episode_in_worker(payload: dict[str, Any]) -> dict[str, Any]:
                 result = {"episode": episode} if episode is not None else {"stopped": True}
             except Exception as exc:
                 failed_at = await next_nodes(graph, payload["thread_id"])
-                result = {"failure": failure_record(job, exc, failed_at, None)}
+                scrubber = Scrubber.for_config(config)
+                result = {"failure": failure_record(job, exc, failed_at, scrubber)}
     finally:
         await llm.aclose()
     await after_step([])
@@ -125,16 +127,6 @@ def _drain(after_step: Any, pending: list[str]) -> Any:
     nodes = list(pending)
     pending.clear()
     return after_step(nodes)
-
-
-def _minus(after: Usage, before: Usage) -> Usage:
-    return Usage(
-        after.calls - before.calls,
-        after.cached_calls - before.cached_calls,
-        after.prompt_tokens - before.prompt_tokens,
-        after.completion_tokens - before.completion_tokens,
-        after.cost_usd - before.cost_usd,
-    )
 
 
 class RunMonitor:
@@ -357,6 +349,7 @@ class RayEpisodeRunner(EpisodeRunner):
         self.task_cpus = task_cpus
         self._usage = Usage()
         self.tool_actors: list[Any] = []
+        self.qa_batches: dict[str, list[int]] = {}  # scorer -> images per model call
 
     @property
     def usage(self) -> Usage:
@@ -377,11 +370,26 @@ class RayEpisodeRunner(EpisodeRunner):
         try:
             await self._execute_on_ray(jobs, report)
         finally:
+            self.qa_batches = self._collect_batch_sizes()
             for actor in self.tool_actors:
                 ray.kill(actor)
             self.tool_actors = []
             if started_ray:
                 ray.shutdown()
+
+    def _collect_batch_sizes(self) -> dict[str, list[int]]:
+        """Images per QA model call, per scorer, over every tool actor (for benchmarks)."""
+        import ray
+
+        sizes: dict[str, list[int]] = {}
+        for actor in self.tool_actors:
+            try:
+                served = ray.get(actor.batch_sizes.remote(), timeout=30)
+            except Exception:  # a dead actor: its figures are lost, the run is not
+                continue
+            for name, batches in served.items():
+                sizes.setdefault(name, []).extend(batches)
+        return sizes
 
     def _start_tool_actors(self) -> tuple[list[Any], dict[str, Any] | None]:
         import ray
@@ -461,17 +469,8 @@ class RayEpisodeRunner(EpisodeRunner):
             return
         self.executions.update(result.get("executions", {}))
         if "episode" in result:
-            await self.store_episode(result["episode"], report)
+            await self.store_episode(job, result["episode"], report)
         elif "failure" in result:
-            await self._store_failure_record(job, result["failure"], report)
+            await self.save_failure(job, result["failure"], report)
         else:
             self._emit("stopped", episode_id=job.episode_id)
-
-    async def _store_failure_record(
-        self, job: EpisodeJob, record: dict[str, Any], report: RunReport
-    ) -> None:
-        if self.run.failure_path(job.episode_id).is_file():
-            record["attempts"] = int(self.run.read_failure(job.episode_id).get("attempts", 0)) + 1
-        await asyncio.to_thread(self.run.write_failure, job.episode_id, record)
-        report.failed[job.episode_id] = f"{record['error_type']}: {record['reason']}"
-        self._emit("failed", episode_id=job.episode_id, error=report.failed[job.episode_id])

@@ -1,10 +1,17 @@
-"""The run manifest (config fingerprint, seeds, counts, versions, invocations) and the
-lock that keeps two runners out of one run directory."""
+"""The run manifest (config fingerprint, seeds, forks, counts, versions, invocations) and
+the lock that keeps two runners out of one run directory.
+
+Planned episodes are the seeds in ``seed_ranges`` (episode ``ep-<seed>``); forks made by
+time travel (``mcu fork``, the debugger's ``fork``) are listed apart in ``forks`` with the
+episode they came from, so ``mcu run --resume`` continues them too while the plan counts
+(``episodes_planned``, ``episodes_finished``) stay those of the plan.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +23,12 @@ from mcu_sim.graphs.outputs import (
     seed_ranges,
     seeds_of,
 )
+
+
+def episode_id_for(seed: int) -> str:
+    """The id of the planned episode of ``seed``."""
+    return f"ep-{seed:08d}"
+
 
 # ---------------------------------------------------------------- one runner per run dir
 
@@ -141,10 +154,24 @@ def start_manifest(
         "versions": _versions(),
     }
     manifest.pop("seeds", None)  # the first runner's layout: now ranges
+    if old and old != fingerprint:
+        keep_old_config(run, old)
     atomic_write_json(run.manifest, manifest)
     data = redacted(config.model_dump(mode="json"))
     atomic_write_text(run.config_file, yaml.safe_dump(data, sort_keys=False))
     return manifest
+
+
+def keep_old_config(run: RunDir, fingerprint: str) -> None:
+    """Before a forced config change overwrites ``config.yaml``, keep the old one as
+    ``config.<old fingerprint>.yaml`` (the episodes made with it still name it)."""
+    if not run.config_file.is_file():
+        return
+    target = run.root / f"config.{fingerprint}.yaml"
+    if not target.exists():
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(run.config_file, tmp)
+        os.replace(tmp, target)
 
 
 def finish_manifest(run: RunDir, manifest: dict[str, Any], report: Any, shards: int) -> None:
@@ -164,11 +191,18 @@ def finish_manifest(run: RunDir, manifest: dict[str, Any], report: Any, shards: 
         "seconds": round(report.seconds, 3),
         "usage": usage,
     }
+    if getattr(report, "run_removals", None):
+        entry["run_removals"] = dict(report.run_removals)
     totals = dict(manifest.get("usage_total") or {})
     for key, value in usage.items():
         totals[key] = round(totals.get(key, 0) + value, 8)
-    finished = len(run.finished_ids())
-    failed = len(run.failed_ids())
+    on_disk = run.read_manifest() or {}
+    forks = on_disk.get("forks", manifest.get("forks", []))  # forks are recorded on disk
+    planned = {episode_id_for(seed) for seed in seeds_of(manifest.get("seed_ranges", []))}
+    finished_ids = run.finished_ids()
+    finished = sum(1 for i in finished_ids if i in planned)
+    failed = sum(1 for i in run.failed_ids() if i in planned)
+    fork_ids = {f["episode_id"] for f in forks}
     if report.interrupted:
         state = "interrupted"
     elif report.stopped_for_budget:
@@ -180,11 +214,28 @@ def finish_manifest(run: RunDir, manifest: dict[str, Any], report: Any, shards: 
         state=state,
         episodes_finished=finished,
         episodes_failed=failed,
+        forks=forks,
+        forks_finished=sum(1 for i in finished_ids if i in fork_ids),
         shards=shards,
         usage_total=totals,
         invocations=[*manifest.get("invocations", []), entry][-MAX_INVOCATIONS:],
     )
     atomic_write_json(run.manifest, manifest)
+
+
+def record_fork(run: RunDir, episode_id: str, seed: int, origin: str) -> None:
+    """List a fork in the manifest so ``mcu run --resume`` continues it (call it while
+    holding :func:`run_lock`)."""
+    manifest = run.read_manifest() or {}
+    forks = [f for f in manifest.get("forks", []) if f.get("episode_id") != episode_id]
+    forks.append({"episode_id": episode_id, "seed": int(seed), "from": origin})
+    manifest["forks"] = forks
+    atomic_write_json(run.manifest, manifest)
+
+
+def forks_in_manifest(run: RunDir) -> list[dict[str, Any]]:
+    """The forks the manifest lists (``episode_id``, ``seed``, ``from``)."""
+    return list((run.read_manifest() or {}).get("forks", []))
 
 
 def jobs_in_manifest(run: RunDir) -> list[int]:

@@ -11,6 +11,7 @@ path for debugging; :mod:`mcu_sim.graphs.ray_backend` runs the same jobs on Ray.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 import traceback
@@ -33,13 +34,17 @@ from mcu_sim.graphs.outputs import RunDir, ShardWriter
 from mcu_sim.graphs.run_manifest import (  # noqa: F401 - re-exported
     FingerprintMismatch,
     RunLocked,
+    episode_id_for,
     finish_manifest,
+    forks_in_manifest,
     jobs_in_manifest,
     run_lock,
     start_manifest,
 )
+from mcu_sim.graphs.scrub import Scrubber
 
 EventHandler = Callable[[str, dict[str, Any]], None]
+STORE_STEP = "store_episode"  # ``failed_at`` of an episode whose file could not be written
 _NO_TOOLS = object()  # images disabled: distinct from "not built yet"
 
 
@@ -64,10 +69,7 @@ class RunReport:
     seconds: float = 0.0
     executions: Counter = field(default_factory=Counter)
     backend: str = "local"
-
-
-def episode_id_for(seed: int) -> str:
-    return f"ep-{seed:08d}"
+    run_removals: dict[str, int] = field(default_factory=dict)  # run-level filter marks
 
 
 def plan_jobs(episodes: int, base_seed: int) -> list[EpisodeJob]:
@@ -86,14 +88,21 @@ def unique_jobs(jobs: list[EpisodeJob]) -> list[EpisodeJob]:
     return unique
 
 
+def is_planned(job: EpisodeJob) -> bool:
+    """A job of the run's plan (its id derives from its seed); forks and other ids are not."""
+    return job.episode_id == episode_id_for(job.seed)
+
+
 def failed_jobs(run: RunDir) -> list[EpisodeJob]:
     """The jobs recorded in ``failures/`` (what ``mcu retry-failed`` re-runs)."""
     return [EpisodeJob(i, int(run.read_failure(i)["seed"])) for i in run.failed_ids()]
 
 
 def manifest_jobs(run: RunDir) -> list[EpisodeJob]:
-    """Every job the run directory's manifest has planned (what ``--resume`` continues)."""
-    return [EpisodeJob(episode_id_for(s), s) for s in jobs_in_manifest(run)]
+    """Every job the run directory's manifest has planned, then its forks (what
+    ``--resume`` continues)."""
+    planned = [EpisodeJob(episode_id_for(s), s) for s in jobs_in_manifest(run)]
+    return planned + [EpisodeJob(f["episode_id"], int(f["seed"])) for f in forks_in_manifest(run)]
 
 
 # ---------------------------------------------------------------- one episode
@@ -146,9 +155,11 @@ async def drive_episode(
 
 
 def failure_record(
-    job: EpisodeJob, exc: BaseException, failed_at: list[str], previous: dict[str, Any] | None
+    job: EpisodeJob, exc: BaseException, failed_at: list[str], scrubber: Scrubber | None = None
 ) -> dict[str, Any]:
-    """What ``failures/<id>.json`` holds: reason, traceback, the model's raw text if any."""
+    """What ``failures/<id>.json`` holds: reason, traceback, the model's raw text if any,
+    with the configured secrets masked (a server may echo a key into its error). The
+    ``attempts`` count is set when the record is stored (:meth:`EpisodeRunner.save_failure`)."""
     record: dict[str, Any] = {
         "episode_id": job.episode_id,
         "seed": job.seed,
@@ -157,11 +168,11 @@ def failure_record(
         "reason": str(exc),
         "traceback": traceback.format_exception(exc),
         "time": time.time(),
-        "attempts": int((previous or {}).get("attempts", 0)) + 1,
+        "attempts": 1,
     }
     if isinstance(exc, LLMOutputError):
         record["raw_text"] = exc.raw_text
-    return record
+    return scrubber.data(record) if scrubber else record
 
 
 async def next_nodes(graph: Any, thread_id: str) -> list[str]:
@@ -173,6 +184,7 @@ async def next_nodes(graph: Any, thread_id: str) -> list[str]:
 
 
 def compile_graph(checkpointer: Any, graph_factory: Callable[[], Any] | None = None) -> Any:
+    """The episode graph (or ``graph_factory()``'s) compiled on ``checkpointer``."""
     if graph_factory is not None:
         return graph_factory().compile(checkpointer=checkpointer)
     from mcu_sim.graphs.episode import build_episode_graph
@@ -218,6 +230,7 @@ class EpisodeRunner:
         self.shards: ShardWriter | None = None
         self._budget_hit = asyncio.Event()
         self._usage_start = Usage()
+        self.scrubber = Scrubber.for_config(config)
 
     # -------------------------------------------------------------- accounting
     @property
@@ -232,7 +245,7 @@ class EpisodeRunner:
         """LLM usage of this invocation so far (what the budget is checked against)."""
         if self.llm is None:
             return Usage()
-        return _minus(self.llm.usage, self._usage_start)
+        return self.llm.usage - self._usage_start
 
     def _emit(self, kind: str, **data: Any) -> None:
         self.on_event(kind, data)
@@ -262,7 +275,7 @@ class EpisodeRunner:
         start = time.monotonic()
         self._budget_hit.clear()
         jobs = unique_jobs(jobs)
-        seeds = [job.seed for job in jobs]
+        seeds = [job.seed for job in jobs if is_planned(job)]  # forks are listed apart
         manifest = start_manifest(self.run, self.config, seeds, force_config, self.backend)
         self.run_id = manifest["run_id"]
         self.shards = ShardWriter(self.run, self.shard_size)
@@ -298,7 +311,18 @@ class EpisodeRunner:
     def _close_files(self, manifest: dict[str, Any], report: RunReport) -> None:
         assert self.shards is not None
         self.shards.flush()
-        finish_manifest(self.run, manifest, report, len(self.shards.shards))
+        if not report.interrupted:  # an interrupted run gets them when it is resumed
+            report.run_removals = self._apply_run_rules()
+        shards = len(self.run.shard_state().get("shards", []))
+        finish_manifest(self.run, manifest, report, shards)
+
+    def _apply_run_rules(self) -> dict[str, int]:
+        """The run-level filter (DialogCC's over-matched database images) over every
+        finished episode; rewritten episodes reach the shards through an atomic rebuild."""
+        from mcu_sim.graphs.filter_run import apply_run_rules
+        from mcu_sim.graphs.quality import filter_settings
+
+        return apply_run_rules(self.run, filter_settings(self.config), self.shard_size)
 
     async def _execute(self, jobs: list[EpisodeJob], report: RunReport) -> None:
         """Local backend: one event loop, ``max_in_flight`` episodes at a time."""
@@ -344,30 +368,45 @@ class EpisodeRunner:
         if episode is None:
             self._emit("stopped", episode_id=job.episode_id)
             return
-        await self.store_episode(episode, report)
+        await self.store_episode(job, episode, report)
 
-    async def store_episode(self, episode: dict[str, Any], report: RunReport) -> None:
-        """Write the episode file, its index line and (when full) its shard."""
-        shards = await asyncio.to_thread(self._write_episode, episode)
+    async def store_episode(
+        self, job: EpisodeJob, episode: dict[str, Any], report: RunReport
+    ) -> None:
+        """Write the episode file, its index line and (when full) its shard. A write that
+        fails (disk full, a bad path) is that episode's failure, not the run's: the graph
+        is finished, so ``retry-failed`` only writes it again."""
+        try:
+            shards = await asyncio.to_thread(self._write_episode, episode)
+        except Exception as exc:
+            await self.store_failure(job, exc, [STORE_STEP], report)
+            return
         report.finished.append(episode["episode_id"])
         self._emit("done", episode_id=episode["episode_id"])
         for path in shards:
             self._emit("shard", path=str(path))
 
     def _write_episode(self, episode: dict[str, Any]) -> list[Path]:
-        self.run.write_episode(episode)
+        self.run.write_episode(self.scrubber.data(episode))
         assert self.shards is not None
         return self.shards.add(episode["episode_id"])
 
     async def store_failure(
         self, job: EpisodeJob, exc: BaseException, failed_at: list[str], report: RunReport
     ) -> None:
-        previous = None
-        if self.run.failure_path(job.episode_id).is_file():
-            previous = self.run.read_failure(job.episode_id)
-        record = failure_record(job, exc, failed_at, previous)
+        await self.save_failure(job, failure_record(job, exc, failed_at, self.scrubber), report)
+
+    async def save_failure(
+        self, job: EpisodeJob, record: dict[str, Any], report: RunReport
+    ) -> None:
+        """Store a failure record (masked, ``attempts`` counted on from an older record)."""
+        record = self.scrubber.data(record)
+        path = self.run.failure_path(job.episode_id)
+        if path.is_file():
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # an unreadable one
+                record["attempts"] = int(self.run.read_failure(job.episode_id)["attempts"]) + 1
         await asyncio.to_thread(self.run.write_failure, job.episode_id, record)
-        report.failed[job.episode_id] = f"{type(exc).__name__}: {exc}"
+        report.failed[job.episode_id] = f"{record['error_type']}: {record['reason']}"
         self._emit("failed", episode_id=job.episode_id, error=report.failed[job.episode_id])
 
 
@@ -392,16 +431,6 @@ async def run_bounded(
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-
-
-def _minus(after: Usage, before: Usage) -> Usage:
-    return Usage(
-        after.calls - before.calls,
-        after.cached_calls - before.cached_calls,
-        after.prompt_tokens - before.prompt_tokens,
-        after.completion_tokens - before.completion_tokens,
-        after.cost_usd - before.cost_usd,
-    )
 
 
 def build_toolbox(config: Config) -> Any:

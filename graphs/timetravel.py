@@ -1,7 +1,10 @@
 """Time travel over an episode's checkpoints, with LangGraph's own checkpoint API.
 
-An episode is a thread (``thread_id`` = episode id) in its run directory's
-``checkpoints.sqlite``. From Python::
+An episode is a thread on its run's checkpointer, opened exactly as the batch runner opens
+it (:func:`~mcu_sim.graphs.checkpoints.checkpointer_for` and
+:func:`~mcu_sim.graphs.checkpoints.thread_id_for`): ``<run>/checkpoints.sqlite`` with the
+episode id as thread id, or the Postgres database named by ``run.postgres_dsn_env`` with
+``<run id>/<episode id>``. From Python::
 
     ref = parse_episode_ref("runs/x/ep-00000011")
     rows = await history(ref)                          # oldest first
@@ -13,8 +16,8 @@ An episode is a thread (``thread_id`` = episode id) in its run directory's
 thread with ``aupdate_state(as_node=<the node that wrote it>)`` so the fork continues with the
 same next node; ``replay`` invokes the graph from a checkpoint config
 (``{"configurable": {"thread_id": ..., "checkpoint_id": ...}}``) and writes the finished
-episode with :meth:`RunDir.write_episode`. The ``mcu history|show|fork|replay`` commands call
-these functions.
+episode with :meth:`RunDir.write_episode`. A fork is listed in the run manifest, so ``mcu run
+--resume`` continues it. The ``mcu history|show|fork|replay`` commands call these functions.
 """
 
 from __future__ import annotations
@@ -55,10 +58,6 @@ class EpisodeRef:
     run: RunDir
     episode_id: str
 
-    @property
-    def thread(self) -> dict[str, Any]:
-        return {"configurable": {"thread_id": self.episode_id}}
-
     def __str__(self) -> str:
         return str(self.run.root / self.episode_id)
 
@@ -68,12 +67,14 @@ def parse_episode_ref(text: str | Path) -> EpisodeRef:
     path = Path(text)
     episode_id = path.name.removesuffix(".json")
     root = path.parent.parent if path.parent.name == "episodes" else path.parent
-    if not episode_id or not (root / "checkpoints.sqlite").is_file():
+    run = RunDir(root)
+    if not episode_id or not (run.checkpoints.is_file() or run.manifest.is_file()):
         raise TimeTravelError(
             f"'{text}' does not name an episode: expected RUN_DIR/EPISODE_ID where RUN_DIR "
-            "holds checkpoints.sqlite (e.g. runs/default/ep-00000011)"
+            "is a run directory (manifest.json, checkpoints.sqlite), e.g. "
+            "runs/default/ep-00000011"
         )
-    return EpisodeRef(RunDir(root), episode_id)
+    return EpisodeRef(run, episode_id)
 
 
 @dataclass
@@ -95,33 +96,47 @@ class ReplayResult:
 # ---------------------------------------------------------------- opening a run
 
 
-def build_graph(checkpointer: Any) -> Any:
-    from mcu_sim.graphs.episode import build_episode_graph
+@dataclass
+class RunGraph:
+    """The compiled episode graph on a run's checkpointer, and that run's thread ids."""
 
-    return build_episode_graph().compile(checkpointer=checkpointer)
+    graph: Any
+    run: RunDir
+    run_id: str
+    shared: bool  # a shared (Postgres) store: thread ids carry the run id
+
+    def thread_id(self, episode_id: str) -> str:
+        from mcu_sim.graphs.checkpoints import thread_id_for
+
+        return thread_id_for(self.run_id, episode_id, self.shared)
+
+    def thread(self, episode_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": self.thread_id(episode_id)}}
+
+    async def history(self, episode_id: str) -> History:
+        prefix = self.thread_id("")
+        return await load_history(self.graph, self.thread_id(episode_id), prefix)
 
 
 @asynccontextmanager
-async def open_graph(run: RunDir) -> AsyncIterator[Any]:
-    """The compiled episode graph on the run's SQLite checkpointer (closed on exit)."""
-    from mcu_sim.graphs.runner import open_checkpointer
+async def open_graph(run: RunDir, config: Config | None = None) -> AsyncIterator[RunGraph]:
+    """The compiled episode graph on the run's checkpointer (closed on exit), opened as the
+    batch runner opens it: SQLite in the run directory, or the configured Postgres.
+    ``config`` defaults to the run's own ``config.yaml``."""
+    from mcu_sim.graphs.checkpoints import checkpointer_for, postgres_dsn
+    from mcu_sim.graphs.runner import compile_graph
 
-    run.create()
-    saver = await open_checkpointer(run.checkpoints)
-    try:
-        yield build_graph(saver)
-    finally:
-        await saver.conn.close()
-
-
-def require_sqlite(config: Config) -> None:
-    """These tools read ``<run>/checkpoints.sqlite``; say so when the config uses Postgres."""
-    if getattr(config.run, "postgres_dsn_env", None):
+    config = config or load_run_config(run)
+    shared = postgres_dsn(config) is not None
+    run_id = str((run.read_manifest() or {}).get("run_id") or "")
+    if shared and not run_id:
         raise TimeTravelError(
-            "this config keeps checkpoints in Postgres (run.postgres_dsn_env), but the debugger "
-            "and the time-travel commands read <run>/checkpoints.sqlite only; use a config "
-            "without run.postgres_dsn_env"
+            f"{run.root} has no manifest.json with a run id: its episodes cannot be found in "
+            "the shared Postgres checkpoints (threads are named <run id>/<episode id>)"
         )
+    run.create()
+    async with checkpointer_for(config, run.checkpoints) as saver:
+        yield RunGraph(compile_graph(saver), run, run_id, shared)
 
 
 def load_run_config(run: RunDir, path: Path | None = None, overrides: list[str] = ()) -> Config:
@@ -159,19 +174,21 @@ def make_context(
 # ---------------------------------------------------------------- history
 
 
-async def history(ref: EpisodeRef) -> list[CheckpointRow]:
+async def history(ref: EpisodeRef, config: Config | None = None) -> list[CheckpointRow]:
     """The episode's checkpoints, oldest first, as ``mcu history`` lists them."""
-    async with open_graph(ref.run) as graph:
-        return (await load_history(graph, ref.episode_id)).rows
+    async with open_graph(ref.run, config) as opened:
+        return (await opened.history(ref.episode_id)).rows
 
 
 # ---------------------------------------------------------------- show, edit, fork
 
 
-async def show(ref: EpisodeRef, at: str | None = None, field: str | None = None) -> Any:
+async def show(
+    ref: EpisodeRef, at: str | None = None, field: str | None = None, config: Config | None = None
+) -> Any:
     """The state (or one field, dotted path) at a checkpoint (default: the latest)."""
-    async with open_graph(ref.run) as graph:
-        snapshot = resolve(await load_history(graph, ref.episode_id), at)
+    async with open_graph(ref.run, config) as opened:
+        snapshot = resolve(await opened.history(ref.episode_id), at)
     values = dict(snapshot.values)
     return get_path(values, field) if field else values
 
@@ -196,34 +213,48 @@ def _fork_values(snapshot: Any, new_id: str) -> dict[str, Any]:
     return values
 
 
-async def _fresh_id(graph: Any, base: str) -> str:
+async def _taken(opened: RunGraph, episode_id: str) -> bool:
+    """Whether ``episode_id`` already has checkpoints or an episode file in this run."""
+    if opened.run.is_finished(episode_id):
+        return True
+    return bool(await opened.graph.checkpointer.aget_tuple(opened.thread(episode_id)))
+
+
+async def _fresh_id(opened: RunGraph, base: str) -> str:
     for n in range(1, 10_000):
         candidate = f"{base}-fork{n}"
-        if not await graph.checkpointer.aget_tuple({"configurable": {"thread_id": candidate}}):
+        if not await _taken(opened, candidate):
             return candidate
     raise TimeTravelError(f"could not find a free fork id for {base}")
 
 
 async def fork_snapshot(
-    graph: Any,
+    opened: RunGraph,
     history: History,
     snapshot: Any,
     new_id: str | None = None,
     sets: Mapping[str, Any] | None = None,
     source_episode: str = "",
 ) -> ForkResult:
-    """Copy ``snapshot``'s state into a new thread (new episode id), with edits applied."""
-    new_id = new_id or await _fresh_id(graph, source_episode or snapshot.values["episode_id"])
-    config = {"configurable": {"thread_id": new_id}}
-    if await graph.checkpointer.aget_tuple(config):
+    """Copy ``snapshot``'s state into a new thread (new episode id), with edits applied, and
+    list the fork in the run manifest (so ``mcu run --resume`` continues it). The caller
+    holds the run lock."""
+    from mcu_sim.graphs.run_manifest import record_fork
+
+    graph = opened.graph
+    base = source_episode or snapshot.values["episode_id"]
+    new_id = new_id or await _fresh_id(opened, base)
+    if await _taken(opened, new_id):
         raise TimeTravelError(f"episode {new_id} already exists in this run; pick another id")
     as_node = writer_node(history, snapshot)
     values = apply_sets(_fork_values(snapshot, new_id), sets or {})
     origin = f"{source_episode or '?'}@{checkpoint_id_of(snapshot)}"
     note = f"fork of {origin}" + (f", set {', '.join(sets)}" if sets else "")
     metadata = {"mcu_note": note, "mcu_as_node": as_node, "mcu_forked_from": origin}
-    new_config = await graph.aupdate_state({**config, "metadata": metadata}, values, as_node)
+    config = {**opened.thread(new_id), "metadata": metadata}
+    new_config = await graph.aupdate_state(config, values, as_node)
     head = await graph.aget_state(new_config)
+    record_fork(opened.run, new_id, int(values.get("seed", 0)), origin)
     return ForkResult(new_id, checkpoint_id_of(head), tuple(head.next), new_config)
 
 
@@ -232,16 +263,21 @@ async def fork(
     at: str | None,
     sets: Mapping[str, Any] | None = None,
     new_id: str | None = None,
+    config: Config | None = None,
 ) -> ForkResult:
     """A new episode whose state is the one at checkpoint ``at``, with ``sets`` applied
-    (``{"persona.0.sentence": "..."}``); continue it with :func:`replay`."""
-    async with open_graph(ref.run) as graph:
-        history = await load_history(graph, ref.episode_id)
-        snapshot = resolve(history, at)
-        try:
-            return await fork_snapshot(graph, history, snapshot, new_id, sets, ref.episode_id)
-        except StateEditError as exc:
-            raise TimeTravelError(f"refused: {exc}") from None
+    (``{"persona.0.sentence": "..."}``); continue it with :func:`replay` or ``mcu run
+    --resume``. Holds the run lock, like :func:`replay` and the debugger."""
+    from mcu_sim.graphs.run_manifest import run_lock
+
+    with run_lock(ref.run):
+        async with open_graph(ref.run, config) as opened:
+            history = await opened.history(ref.episode_id)
+            snapshot = resolve(history, at)
+            try:
+                return await fork_snapshot(opened, history, snapshot, new_id, sets, ref.episode_id)
+            except StateEditError as exc:
+                raise TimeTravelError(f"refused: {exc}") from None
 
 
 # ---------------------------------------------------------------- replay
@@ -303,8 +339,8 @@ def write_if_finished(run: RunDir, snapshot: Any, shard_size: int = 1000) -> Pat
         return path
     atomic_write_json(path, episode)
     run.rebuild_index()
-    if any(run.shards.glob("shard-*.jsonl")):
-        run.rebuild_shards(shard_size)
+    if run.shard_paths():
+        run.rebuild_shards(int(run.shard_state().get("shard_size") or shard_size))
     return path
 
 
@@ -324,16 +360,16 @@ async def replay(
     from mcu_sim.graphs.run_manifest import run_lock
 
     config = config or load_run_config(ref.run)
-    require_sqlite(config)
     context = make_context(
         config, ref.run, llm=llm, tools=tools, use_cache=use_cache, executions=executions
     )
     try:
         with run_lock(ref.run):  # no batch run may write this directory meanwhile
-            async with open_graph(ref.run) as graph:
-                snapshot = resolve(await load_history(graph, ref.episode_id), from_checkpoint)
-                nodes = await run_from(graph, snapshot.config, context, on_node=on_node)
-                head = await graph.aget_state(ref.thread)
+            async with open_graph(ref.run, config) as opened:
+                history = await opened.history(ref.episode_id)
+                snapshot = resolve(history, from_checkpoint)
+                nodes = await run_from(opened.graph, snapshot.config, context, on_node=on_node)
+                head = await opened.graph.aget_state(opened.thread(ref.episode_id))
             path = write_if_finished(ref.run, head, config.run.shard_size)
     finally:
         if llm is None:

@@ -65,6 +65,10 @@ def _write_config(tmp_path: Path, url: str) -> Path:
     return path
 
 
+def _persona_requests(server: Any) -> list[dict[str, Any]]:
+    return [r.body for r in server.chat_requests if schema_name(r.body) == "PersonaOutput"]
+
+
 class Terminal:
     """`mcu debug` in a pseudo-terminal; ``run(line)`` returns the screen up to the prompt."""
 
@@ -106,6 +110,10 @@ def test_debug_session_in_a_terminal(fake_openai, tmp_path: Path) -> None:
         assert "ran demographics, face" in term.screen
         assert "stop before persona" in term.screen
         assert "persona reads: seed, demographics, persona_category" in term.screen
+        # with a short preview of each field it reads
+        assert "seed = 7" in term.screen
+        assert re.search(r'demographics = \{"age_group": "[^"]+", "age": \d+', term.screen)
+        assert re.search(r'persona_category = \{"category": "', term.screen)
 
         screen = term.run("s")
         assert "ran persona" in screen and "+ persona.0 = " in screen
@@ -130,6 +138,14 @@ def test_debug_session_in_a_terminal(fake_openai, tmp_path: Path) -> None:
         screen = term.run("rerun --set temperature=0.2")
         assert "re-running persona with temperature=0.2" in screen
         assert "ran persona" in screen and "stop before commonsense" in screen
+        # a plain rerun: same settings as the first persona call, whose answer is in the
+        # cache, yet the endpoint is asked again (the cache is bypassed)
+        asked = _persona_requests(fake_openai)
+        screen = term.run("rerun")
+        assert "re-running persona from #" in screen and "ran persona" in screen
+        assert len(_persona_requests(fake_openai)) == len(asked) + 1
+        assert "commonsense reads: seed, demographics, persona, persona_focus" in screen
+        assert "persona_focus = " in screen
 
         table = term.run("history")
         edited = next(line for line in table.splitlines() if "edit persona.1" in line)
@@ -150,11 +166,11 @@ def test_debug_session_in_a_terminal(fake_openai, tmp_path: Path) -> None:
         term.child.close(force=True)
     assert term.child.exitstatus == 0, "\n".join(term.transcript)
 
-    # the rerun asked the endpoint with the changed temperature
-    persona_calls = [
-        r.body for r in fake_openai.chat_requests if schema_name(r.body) == "PersonaOutput"
-    ]
-    assert [body["temperature"] for body in persona_calls][-1] == 0.2
+    # the first rerun asked the endpoint with the changed temperature, the plain one with
+    # the step's own (the same request as the first call: only a bypassed cache sends it)
+    temperatures = [body["temperature"] for body in _persona_requests(fake_openai)]
+    assert len(temperatures) == 3 and temperatures[1] == 0.2
+    assert temperatures[2] == temperatures[0] != 0.2
 
     # the fork is a new thread holding both edits, stopped before the session node
     fork_ref = parse_episode_ref(run_dir / "ep-tomato")

@@ -8,14 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +34,7 @@ from mcu_sim.graphs.runner import (
 from mcu_sim.personas.schema import Episode
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, Fault, schema_name
 from mcu_sim.testing.scripted import scripted_answer
+from tests.pg_fixture import postgres_dsn  # noqa: F401 - a fixture
 
 PRE_EVENTS = ("demographics", "face", "persona", "commonsense", "narrative")
 
@@ -125,36 +121,6 @@ def test_run_of_20_episodes_writes_episodes_shards_index_and_manifest(
 
 
 # ---------------------------------------------------------------- interruption and resume
-
-
-@pytest.fixture
-def postgres_dsn() -> Iterator[str]:
-    """A throwaway Postgres server (skipped where initdb/pg_ctl are not installed)."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed")
-    folder = Path(tempfile.mkdtemp(prefix="mcu-pg-"))  # outside pytest's root-only tmp
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser")
-        shutil.chown(folder, "postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    data = folder / "data"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "mcu"], check=True,
-                   **quiet)  # fmt: skip
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    start = [*prefix, pg_ctl, "-D", str(data), "-o", options, "-w", "start"]
-    subprocess.run(start, check=True, **quiet)
-    try:
-        yield f"postgresql://mcu@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], **quiet)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 class _HoldAtEvents:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from mcu_sim.cli import app
 from mcu_sim.config import load_config
 from mcu_sim.graphs.episode import NODE_ORDER
 from mcu_sim.graphs.outputs import RunDir
+from mcu_sim.graphs.run_manifest import RunLocked, run_lock
 from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 from mcu_sim.graphs.timetravel import (
     TimeTravelError,
@@ -31,7 +33,10 @@ from mcu_sim.graphs.timetravel import (
 )
 from mcu_sim.testing.fake_openai import client_for, schema_name
 from mcu_sim.testing.scripted import scripted_answer
+from tests import pg_fixture
 
+postgres_dsn = pg_fixture.postgres_dsn  # fixtures used here
+postgres_env = pg_fixture.postgres_env
 SEED = 11
 EPISODE = "ep-00000011"
 NEW_SENTENCE = "I brew green tea for my neighbours every Sunday."
@@ -65,8 +70,8 @@ def finished_run(fake_openai, tmp_path: Path) -> Path:
 
 def _history(ref) -> list:
     async def rows() -> list:
-        async with open_graph(ref.run) as graph:
-            return (await load_history(graph, ref.episode_id)).rows
+        async with open_graph(ref.run) as opened:
+            return (await load_history(opened.graph, opened.thread_id(ref.episode_id))).rows
 
     return asyncio.run(rows())
 
@@ -145,9 +150,10 @@ def test_fork_refuses_a_value_the_schema_rejects(finished_run: Path) -> None:
         _history(parse_episode_ref(finished_run / "ep-bad"))
     with pytest.raises(TimeTravelError, match="already exists"):
         asyncio.run(fork(ref, at.checkpoint_id, {}, EPISODE))
-    postgres = load_config(None, ["run.postgres_dsn_env=PG_DSN"])
-    with pytest.raises(TimeTravelError, match=r"checkpoints\.sqlite only"):
-        asyncio.run(replay(ref, config=postgres))
+    # like replay and the debugger, a fork waits for no batch run: it refuses to share
+    with run_lock(ref.run), pytest.raises(RunLocked, match="in use by"):
+        asyncio.run(fork(ref, at.checkpoint_id, {}, "ep-locked"))
+    assert not RunDir(finished_run).read_manifest().get("forks")
 
 
 def test_replay_from_an_earlier_checkpoint_branches_the_same_episode(
@@ -254,3 +260,86 @@ def test_finished_episode_file_is_written_once_and_rewritten_when_changed(
     assert len(run.index.read_text().splitlines()) == 1
     shard_text = "".join(p.read_text() for p in run.shards.glob("shard-*.jsonl"))
     assert shards_before and NEW_SENTENCE in shard_text  # the shard holds the new version
+
+
+def test_a_fork_is_in_the_manifest_and_run_resume_finishes_it(
+    fake_openai, finished_run: Path
+) -> None:
+    ref = parse_episode_ref(finished_run / EPISODE)
+    at = next(row for row in _history(ref) if row.wrote == "persona")
+    asyncio.run(fork(ref, at.checkpoint_id, {}, "ep-later"))
+    manifest = RunDir(finished_run).read_manifest()
+    assert manifest["forks"] == [
+        {"episode_id": "ep-later", "seed": SEED, "from": f"{EPISODE}@{at.checkpoint_id}"}
+    ]
+    # `mcu run --resume` (what the debugger's quit message recommends) continues the fork
+    fake_openai.reset()
+    fake_openai.handler = scripted_answer
+    old = manifest["config_fingerprint"]
+    old_config = (finished_run / "config.yaml").read_text()
+    sets = ["llm.provider.kind=openai_compatible", f"llm.provider.base_url={fake_openai.url}"]
+    result = CliRunner().invoke(
+        app,
+        ["run", "--resume", str(finished_run), "--no-progress", "--force-config"]
+        + [f"--set={item}" for item in sets],
+    )
+    assert result.exit_code == 0, result.output
+    assert "finished 1, skipped (already done) 1" in result.output
+    assert RunDir(finished_run).is_finished("ep-later")
+    assert not [r for r in fake_openai.chat_requests if schema_name(r.body) == "PersonaOutput"]
+    manifest = RunDir(finished_run).read_manifest()
+    # the plan counts only its own episodes; the fork is counted apart
+    assert manifest["episodes_planned"] == 1 and manifest["seed_ranges"] == [[SEED, SEED + 1]]
+    assert manifest["episodes_finished"] == 1 and manifest["forks_finished"] == 1
+    assert manifest["state"] == "complete"
+    # --force-config replaced config.yaml and kept the old one under its fingerprint
+    assert manifest["previous_fingerprints"] == [old]
+    assert (finished_run / f"config.{old}.yaml").read_text() == old_config
+    assert (finished_run / "config.yaml").read_text() != old_config
+
+
+def test_time_travel_on_postgres_checkpoints(
+    fake_openai, tmp_path: Path, postgres_env: str
+) -> None:
+    """history, show, fork and replay on a run whose checkpoints are in Postgres, where
+    thread ids are ``<run id>/<episode id>``."""
+    import psycopg
+
+    fake_openai.handler = scripted_answer
+    config = load_config(
+        None,
+        [
+            "episode.sessions_min=1",
+            "episode.sessions_max=1",
+            "images.enabled=false",
+            postgres_env,
+        ],
+    )
+    out = tmp_path / "pg-run"
+    client = client_for(fake_openai, tmp_path / "llm-cache.sqlite")
+    report = asyncio.run(EpisodeRunner(config, out, llm=client).run_jobs(plan_jobs(1, SEED)))
+    assert report.finished == [EPISODE] and not (out / "checkpoints.sqlite").exists()
+    ref = parse_episode_ref(out / EPISODE)  # the run's config.yaml names the Postgres
+    rows = asyncio.run(history(ref))
+    wrote = [row.wrote for row in rows]
+    assert "persona" in wrote and rows[-1].next == ()
+    at = rows[wrote.index("persona")]
+    state = asyncio.run(show(ref, at=at.checkpoint_id))
+    path = f"persona.{state['persona_focus']}.sentence"
+    assert asyncio.run(fork(ref, at.checkpoint_id, {path: NEW_SENTENCE}, "ep-pg")).next == (
+        "commonsense",
+    )
+    executions: Counter = Counter()
+    result = asyncio.run(
+        replay(parse_episode_ref(out / "ep-pg"), llm=client, executions=executions)
+    )
+    assert executions["persona"] == 0 and executions["commonsense"] == 1
+    assert json.loads(result.path.read_text())["persona"][state["persona_focus"]]["sentence"] == (
+        NEW_SENTENCE
+    )
+    with pytest.raises(TimeTravelError, match=r"ep-nope has no checkpoints.*ep-00000011"):
+        asyncio.run(history(parse_episode_ref(out / "ep-nope")))
+    run_id = RunDir(out).read_manifest()["run_id"]
+    with psycopg.connect(os.environ["MCU_TEST_PG_DSN"]) as conn:
+        threads = {row[0] for row in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+    assert threads == {f"{run_id}/{EPISODE}", f"{run_id}/ep-pg"}
