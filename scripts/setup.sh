@@ -12,11 +12,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi
+# The stamp holds the pyproject hash and the extras installed with it. "all" covers the
+# "images" and "scale" extras, so alternating demo.sh and test.sh does not reinstall.
 STAMP="$VENV/.mcu-installed"
-WANT="$(cat pyproject.toml | sha256sum | cut -c1-16)-$EXTRAS"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
-  echo "[setup] $VENV is up to date ($EXTRAS)"
-  exit 0
+HASH="$(sha256sum pyproject.toml | cut -c1-16)"
+expand_extras() { tr ',' '\n' <<<"$1" | sed 's/^all$/images\nscale/' | sed '/^$/d' | sort -u; }
+if [ -f "$STAMP" ] && [ "$(head -1 "$STAMP")" = "$HASH" ]; then
+  HAVE="$(tail -n +2 "$STAMP")"
+  MISSING="$(comm -23 <(expand_extras "$EXTRAS") <(sort -u <<<"$HAVE"))"
+  if [ -z "$MISSING" ]; then
+    echo "[setup] $VENV is up to date ($EXTRAS)"
+    exit 0
+  fi
+  EXTRAS="$EXTRAS,$(paste -sd, <<<"$HAVE")"  # keep what is there, add what is missing
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip wheel setuptools
 
@@ -34,5 +42,5 @@ if ! ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; t
 fi
 echo "[setup] installing mcu-sim[$EXTRAS] (first time: several minutes)"
 "$VENV/bin/python" -m pip install --quiet --find-links "$WHEELHOUSE" -e ".[$EXTRAS]"
-echo "$WANT" > "$STAMP"
+{ echo "$HASH"; expand_extras "$EXTRAS"; } > "$STAMP"
 echo "[setup] done"
