@@ -1,18 +1,22 @@
 """Planner role (STARK §3.8, Fig. 2): pick the module that will produce an image.
 
 For personalised generation the description must name the person as ``<class word> img``
-(PhotoMaker's trigger). The check is a validator, so a missing trigger is fed back to the
-model; after the repair budget the aligner defaults and records why.
+(PhotoMaker's trigger), checked by the very rule PhotoMaker applies (exactly one ``img``
+word, right after the person's class word), so a prompt PhotoMaker would refuse ("woman
+imgs", two triggers) is fed back to the model at plan time; after the repair budget the
+aligner repairs it in code (:func:`insert_trigger`) and records why.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, Field, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
+from mcu_sim.tools.photomaker import check_trigger_prompt
 
 PROMPT = "planner"
 TRIGGER = "img"
@@ -43,25 +47,42 @@ def trigger_phrase(class_word: str) -> str:
     return f"{class_word} {TRIGGER}"
 
 
+def trigger_problem(description: str, class_word: str) -> str | None:
+    """Why ``description`` is not a valid PhotoMaker prompt for this person, or None."""
+    try:
+        check_trigger_prompt(description, TRIGGER)
+    except ValueError as exc:
+        return str(exc)
+    if not re.search(rf"(?i)\b{re.escape(class_word)}\s+{TRIGGER}\b", description):
+        phrase = trigger_phrase(class_word)
+        return f"the trigger must follow the person's class word ('{phrase}') in {description!r}"
+    return None
+
+
 def check_trigger(class_word: str):
     phrase = trigger_phrase(class_word)
 
     def validate(plan: PlanOutput) -> None:
-        if plan.module == "personalized_t2i" and phrase not in plan.description:
+        if plan.module != "personalized_t2i":
+            return
+        problem = trigger_problem(plan.description, class_word)
+        if problem:
             raise ValueError(
                 f"for personalized_t2i the description must contain '{phrase}' exactly "
-                f"(got {plan.description!r})"
+                f"once: {problem}"
             )
 
     return validate
 
 
 def insert_trigger(description: str, class_word: str) -> str:
-    """Code's fallback when the model never wrote the trigger: prefix the subject."""
-    phrase = trigger_phrase(class_word)
-    if phrase in description:
+    """Code's repair when the model never wrote a valid trigger: drop stray ``img`` words
+    and prefix the subject, so the result always passes PhotoMaker's check."""
+    if trigger_problem(description, class_word) is None:
         return description
-    return f"a photo of {phrase}: {description}"
+    cleaned = re.sub(rf"(?i)\b{TRIGGER}s?\b", " ", description)
+    cleaned = re.sub(r"\s+", " ", cleaned).strip(" :,")
+    return f"a photo of {trigger_phrase(class_word)}: {cleaned}"
 
 
 async def plan_request(

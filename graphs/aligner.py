@@ -2,12 +2,17 @@
 
 One branch per image request, fanned out with ``Send``::
 
-    plan → execute → qa ─┬─ aligned ───────────────────────────→ END
-                         ├─ retry (new seed, generators only) → execute
-                         ├─ rewrite (LLM) ────────────────────→ plan
-                         └─ budget spent: unaligned, reasons kept → END
+    plan → execute ─┬─ module unavailable: re-route (no rewrite spent) ─→ plan
+                    └─ qa ─┬─ aligned ──────────────────────────────────→ END
+                           ├─ retry (new seed, generators only) ─────────→ execute
+                           ├─ rewrite (LLM) ─────────────────────────────→ plan
+                           └─ budget spent: unaligned, every reason kept → END
 
-Every request ends ``aligned`` or ``unaligned`` with a reason; none disappears.
+A generated image may fail ``images.qa.failures_before_rewrite`` times (MAGID: two) before
+the description is rewritten; retrieval and web search get one try per description;
+``images.qa.max_attempts`` caps the tries of one request. Every try's QA record (scores,
+scorer versions, thresholds, reasons) lands in the request's ``attempts`` in order. Every
+request ends ``aligned`` or ``unaligned`` with a reason; none disappears or stays pending.
 """
 
 from __future__ import annotations
@@ -22,8 +27,12 @@ from mcu_sim.agents import planner, rewriter
 from mcu_sim.agents.llm import LLMError
 from mcu_sim.graphs.context import EpisodeContext, derive_seed
 from mcu_sim.graphs.state import EpisodeState, append, merge_dict, merge_usage, node_reads
+from mcu_sim.tools.base import ToolUnavailable
+from mcu_sim.tools.toolbox import ToolDisabled
 
 GENERATIVE = {"personalized_t2i"}
+NEEDS_FACE = {"personalized_t2i"}
+REASON_MAX = 2000
 
 
 class AlignState(TypedDict, total=False):
@@ -34,8 +43,12 @@ class AlignState(TypedDict, total=False):
     seed: int
     plan: dict[str, Any]
     candidates: list[dict[str, Any]]
-    tries: int
+    error: str | None  # the current try's execution error, if it raised
+    tries: int  # tries of the current plan (description and module)
+    total_tries: int  # tries of this request, all plans together
     rewrites: int
+    excluded: dict[str, str]  # module -> why this request cannot use it
+    reroute: str | None  # why the planned module just became unusable
     failures: Annotated[list[str], append]
     image_requests: list[dict[str, Any]]
     usage: Annotated[dict[str, dict[str, float]], merge_usage]
@@ -53,35 +66,26 @@ def _ctx(runtime: Any, node: str) -> EpisodeContext:
     return runtime.context
 
 
-def _finish(state: AlignState, status: str, reason: str | None, **fields: Any) -> dict:
-    request = dict(state["request"])
-    request.update(status=status, reason=reason, **fields)
-    request["attempts"] = [*request.get("attempts", []), *_pending_attempts(state)]
-    return {"image_requests": [request]}
+def _logged(request: dict[str, Any], *entries: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``request`` with ``entries`` appended to its attempts (in order)."""
+    return {**request, "attempts": [*request.get("attempts", []), *entries]}
 
 
-def _pending_attempts(state: AlignState) -> list[dict[str, Any]]:
-    return [{"event": "failure", "detail": f} for f in state.get("failures", [])]
+def _finish(request: dict[str, Any], status: str, reason: str | None, **fields: Any) -> dict:
+    return {"image_requests": [{**request, "status": status, "reason": reason, **fields}]}
 
 
-def _fallback(ctx: EpisodeContext, wanted: str) -> tuple[str | None, list[str]]:
-    """The wanted module if available, else the next available one in router order."""
-    tools = ctx.tools
-    order = [wanted] + [m for m in tools.router_order if m != wanted]
-    notes = []
-    for module in order:
-        ok, why = tools.availability(module)
-        if ok:
-            return module, notes
-        notes.append(f"{module} unavailable: {why}")
-    return None, notes
-
-
-def _available(ctx: EpisodeContext) -> tuple[list[str], list[str]]:
-    """Modules that can run here, in router order, and why the others cannot."""
+def _usable(ctx: EpisodeContext, state: AlignState) -> tuple[list[str], list[str]]:
+    """Modules this request can use, in router order, and why each other one cannot: off
+    in this process, no face image for personalised generation, or failed for it."""
+    excluded = state.get("excluded") or {}
     usable, notes = [], []
     for module in ctx.tools.router_order:
         ok, why = ctx.tools.availability(module)
+        if ok and module in excluded:
+            ok, why = False, excluded[module]
+        if ok and module in NEEDS_FACE and not state.get("face_image"):
+            ok, why = False, "the episode has no face image"
         if ok:
             usable.append(module)
         else:
@@ -89,11 +93,16 @@ def _available(ctx: EpisodeContext) -> tuple[list[str], list[str]]:
     return usable, notes
 
 
+def _description(state: AlignState) -> str:
+    request = state["request"]
+    return request.get("planned_description") or request["description"]
+
+
 async def _llm_plan(state: AlignState, ctx: EpisodeContext, modules: list[str]) -> tuple:
     """Ask the planner to choose among ``modules`` (an enum in its schema)."""
     person = state["person"]
     request = state["request"]
-    description = request.get("planned_description") or request["description"]
+    description = _description(state)
     if len(modules) == 1:  # nothing to choose: no call
         note = f"only {modules[0]} is available; planner not asked"
         return {"module": modules[0], "description": description, "note": note}, {}
@@ -122,41 +131,50 @@ async def _llm_plan(state: AlignState, ctx: EpisodeContext, modules: list[str]) 
     return {"module": plan.module, "description": plan.description}, accounting
 
 
-@node_reads("request", "person")
-async def plan_node(state: AlignState, runtime: Any) -> dict[str, Any]:
-    """reads: request, person / writes: plan (module, description, availability notes).
+def _reroute_plan(state: AlignState, modules: list[str]) -> dict[str, Any]:
+    """The planned module became unusable at run time: the first usable one in router
+    order takes over, without asking the planner again and without spending a rewrite."""
+    gone = state["plan"]["module"]
+    note = f"{gone} failed at run time ({state['reroute']}); fell back to {modules[0]}"
+    return {"module": modules[0], "description": _description(state), "note": note[:400]}
 
-    Only modules that can run here are offered to the planner, as an enum; when just one
-    can, code decides without a call.
+
+@node_reads("request", "person", "face_image", "excluded", "reroute")
+async def plan_node(state: AlignState, runtime: Any) -> dict[str, Any]:
+    """reads: request, person, face_image, excluded, reroute / writes: plan (module,
+    description, availability notes), a reset try count.
+
+    Only modules that can run for this request are offered to the planner, as an enum; when
+    just one can, or when re-routing after a run-time failure, code decides without a call.
     """
     ctx = _ctx(runtime, "align.plan")
+    request = state["request"]
     if ctx.tools is None:
-        return _finish(state, "unaligned", "image tools disabled (images.enabled is false)")
-    modules, notes = _available(ctx)
+        return _finish(request, "unaligned", "image tools disabled (images.enabled is false)")
+    modules, notes = _usable(ctx, state)
     if not modules:
-        return _finish(state, "unaligned", "no image module available: " + "; ".join(notes))
-    plan, accounting = await _llm_plan(state, ctx, modules)
-    module, more = _fallback(ctx, plan["module"])
-    notes += more
+        return _finish(request, "unaligned", "no image module available: " + "; ".join(notes))
+    if state.get("reroute"):
+        plan, accounting = _reroute_plan(state, modules), {}
+    else:
+        plan, accounting = await _llm_plan(state, ctx, modules)
+    module = plan["module"] if plan["module"] in modules else modules[0]
     if plan.get("note"):
         notes.insert(0, plan["note"])
-    if module is None:
-        update = _finish(state, "unaligned", "no image module available: " + "; ".join(notes))
-        return {**update, **accounting}
     description = plan["description"]
     if module == "personalized_t2i":
         description = planner.insert_trigger(description, state["person"]["class_word"])
     elif plan["module"] == "personalized_t2i":
-        description = state["request"]["description"]  # drop the trigger for other modules
-    chosen = {
-        "module": module,
-        "description": description,
-        "notes": notes,
-        "planned": plan["module"],
+        description = _description(state)  # no trigger word for the other modules
+    chosen = {"module": module, "description": description, "notes": notes}
+    chosen["planned"] = plan["module"]
+    return {
+        "plan": chosen,
+        "request": _logged(request, {"event": "plan", **chosen}),
+        "tries": 0,
+        "reroute": None,
+        **accounting,
     }
-    request = dict(state["request"])
-    request["attempts"] = [*request.get("attempts", []), {"event": "plan", **chosen}]
-    return {"plan": chosen, "request": request, "tries": 0, **accounting}
 
 
 def _resolve(ctx: EpisodeContext, path: str | None) -> str | None:
@@ -166,68 +184,113 @@ def _resolve(ctx: EpisodeContext, path: str | None) -> str | None:
     return str(path) if Path(path).is_absolute() else str(ctx.run_dir / path)
 
 
-@node_reads("plan", "request", "face_image", "tries")
+def _unavailable(state: AlignState, ctx: EpisodeContext, exc: ToolUnavailable) -> dict:
+    """Exclude the module for this request (for every episode when it cannot load)."""
+    module = state["plan"]["module"]
+    scope = "process" if isinstance(exc, ToolDisabled) else "request"
+    if scope == "process":
+        ctx.tools.disable(module, exc.reason)  # a remote toolbox keeps its own copy
+    entry = {"event": "unavailable", "module": module, "reason": exc.reason, "scope": scope}
+    return {
+        "candidates": [],
+        "error": None,
+        "reroute": exc.reason,
+        "excluded": {**(state.get("excluded") or {}), module: exc.reason},
+        "request": _logged(state["request"], entry),
+    }
+
+
+@node_reads("plan", "request", "face_image", "tries", "total_tries", "rewrites")
 async def execute_node(state: AlignState, runtime: Any) -> dict[str, Any]:
-    """reads: plan, request, face_image, tries / writes: candidates (images on disk)."""
+    """reads: plan, request, face_image, tries / writes: candidates (images on disk), or
+    error, or a re-route when the module cannot run."""
     ctx = _ctx(runtime, "align.execute")
     plan = state["plan"]
     request = state["request"]
-    seed = derive_seed(
-        state["seed"], request["id"], state.get("rewrites", 0), state.get("tries", 0)
-    )
-    out_dir = ctx.run_dir / "images" / state["episode_id"]
+    rewrites = state.get("rewrites", 0)
+    seed = derive_seed(state["seed"], request["id"], rewrites, state.get("tries", 0))
     try:
         candidates = await ctx.tools.execute(
             plan["module"],
             plan["description"],
-            keywords=request.get("keywords", []),
+            # the keywords describe the original moment; after a rewrite, search for the
+            # rewritten description, or a re-plan would fetch the very same images
+            keywords=request.get("keywords", []) if rewrites == 0 else [],
             seed=seed,
-            out_dir=out_dir,
-            stem=f"{request['id']}-r{state.get('rewrites', 0)}-t{state.get('tries', 0)}",
+            out_dir=ctx.run_dir / "images" / state["episode_id"],
+            stem=f"{request['id']}-r{rewrites}-t{state.get('total_tries', 0)}",
             face_image=_resolve(ctx, state.get("face_image")),
         )
+    except ToolUnavailable as exc:
+        return _unavailable(state, ctx, exc)
     except Exception as exc:  # a tool error is a failed try, recorded, never a crash
-        return {"candidates": [], "failures": [f"{plan['module']} error: {exc}"[:300]]}
-    return {"candidates": [c for c in candidates]}
+        return {"candidates": [], "error": f"{plan['module']} error: {exc}"[:300]}
+    return {"candidates": list(candidates), "error": None}
 
 
-@node_reads("candidates", "plan")
+def after_execute(state: AlignState) -> str:
+    return "plan" if state.get("reroute") else "qa"
+
+
+def _try_fields(state: AlignState) -> dict[str, Any]:
+    plan = state["plan"]
+    return {
+        "module": plan["module"],
+        "description": plan["description"],
+        "rewrite": state.get("rewrites", 0),
+        "try": state.get("total_tries", 0) + 1,
+    }
+
+
+@node_reads("candidates", "error", "plan", "request", "tries", "total_tries")
 async def qa_node(state: AlignState, runtime: Any) -> dict[str, Any]:
-    """reads: candidates, plan / writes: the aligned request, or a failure and a try count."""
+    """reads: candidates, error, plan, request / writes: the aligned request, or this try's
+    QA record, its failure reason and the try counts."""
     ctx = _ctx(runtime, "align.qa")
     plan = state["plan"]
+    request = state["request"]
+    fields = _try_fields(state)
     candidates = state.get("candidates", [])
-    tries = state.get("tries", 0) + 1
-    if not candidates:
-        failures = state.get("failures", [])
-        already = bool(failures) and failures[-1].startswith(f"{plan['module']} error")
-        return {"tries": tries, "failures": [] if already else [f"{plan['module']}: no image"]}
-    verdict = await ctx.tools.judge_candidates(candidates, plan["description"], ctx.run_dir)
-    if verdict.best is not None:
-        return _finish(
-            state,
-            "aligned",
-            None,
-            module=plan["module"],
-            planned_description=plan["description"],
-            image=verdict.best,
-            alternatives=verdict.alternatives,
-            attempts=[*state["request"].get("attempts", []), *verdict.log],
-        )
-    return {"tries": tries, "failures": verdict.reasons}
+    if state.get("error") or not candidates:
+        reason = state.get("error") or f"{plan['module']}: no image"
+        entry = {"event": "failure", **fields, "detail": reason}
+        reasons = [reason]
+    else:
+        verdict = await ctx.tools.judge_candidates(candidates, plan["description"], ctx.run_dir)
+        entry = {**verdict.record, **fields}
+        if verdict.best is not None:
+            return _finish(
+                _logged(request, entry),
+                "aligned",
+                None,
+                module=plan["module"],
+                planned_description=plan["description"],
+                image=verdict.best,
+                alternatives=verdict.alternatives,
+            )
+        reasons = verdict.reasons
+    failure = f"try {fields['try']} ({plan['module']}): " + "; ".join(reasons)
+    return {
+        "request": _logged(request, entry),
+        "tries": state.get("tries", 0) + 1,
+        "total_tries": fields["try"],
+        "failures": [failure[:400]],
+        "candidates": [],
+        "error": None,
+    }
 
 
 def after_qa(state: AlignState, runtime: Any) -> str:
     """Route after QA: done, another try, a rewrite, or give up."""
     if state.get("image_requests"):
         return "done"
-    qa = runtime.context.tools.qa_settings if runtime.context.tools else None
-    retries = qa.retries_per_description if qa else 0
-    rewrites = qa.max_rewrites if qa else 0
+    qa = runtime.context.tools.qa_settings
+    if state.get("total_tries", 0) >= qa.max_attempts:
+        return "give_up"
     generative = state["plan"]["module"] in GENERATIVE
-    if generative and state.get("tries", 0) <= retries:
+    if generative and state.get("tries", 0) < qa.failures_before_rewrite:
         return "execute"
-    if state.get("rewrites", 0) < rewrites:
+    if state.get("rewrites", 0) < qa.max_rewrites:
         return "rewrite"
     return "give_up"
 
@@ -236,27 +299,26 @@ def after_qa(state: AlignState, runtime: Any) -> str:
 async def rewrite_node(state: AlignState, runtime: Any) -> dict[str, Any]:
     """reads: request, failures / writes: request.planned_description, rewrites."""
     ctx = _ctx(runtime, "align.rewrite")
-    request = dict(state["request"])
-    base = request.get("planned_description") or request["description"]
+    request = state["request"]
+    base = _description(state)
+    rewrites = state.get("rewrites", 0) + 1
     try:
         text, completion, version = await rewriter.rewrite_description(
-            ctx.role("rewriter", state["seed"], request["id"], state.get("rewrites", 0)),
+            ctx.role("rewriter", state["seed"], request["id"], rewrites - 1),
             base,
             state.get("failures", [])[-4:],
         )
     except LLMError as exc:
+        reason = f"rewriter failed: {exc}"[:300]
         return {
-            "rewrites": state.get("rewrites", 0) + 1,
-            "failures": [f"rewriter failed: {exc}"[:300]],
+            "rewrites": rewrites,
+            "failures": [reason],
+            "request": _logged(request, {"event": "rewrite_failed", "detail": reason}),
         }
-    request["planned_description"] = text
-    request["attempts"] = [
-        *request.get("attempts", []),
-        {"event": "rewrite", "from": base, "to": text},
-    ]
+    request = _logged(request, {"event": "rewrite", "from": base, "to": text})
     return {
-        "request": request,
-        "rewrites": state.get("rewrites", 0) + 1,
+        "request": {**request, "planned_description": text},
+        "rewrites": rewrites,
         "usage": {"rewriter": completion.usage.as_dict()},
         "prompt_versions": {rewriter.PROMPT: version},
     }
@@ -264,9 +326,13 @@ async def rewrite_node(state: AlignState, runtime: Any) -> dict[str, Any]:
 
 def give_up_node(state: AlignState, runtime: Any) -> dict[str, Any]:
     """reads: failures / writes: the request as unaligned, with every reason kept."""
-    _ctx(runtime, "align.give_up")
+    ctx = _ctx(runtime, "align.give_up")
+    qa = ctx.tools.qa_settings
+    tries, rewrites = state.get("total_tries", 0), state.get("rewrites", 0)
+    budget = " (images.qa.max_attempts reached)" if tries >= qa.max_attempts else ""
+    head = f"no image passed QA in {tries} tries and {rewrites} rewrites{budget}: "
     reasons = state.get("failures", []) or ["quality budget spent"]
-    return _finish(state, "unaligned", "; ".join(reasons[-3:])[:600])
+    return _finish(state["request"], "unaligned", (head + "; ".join(reasons))[:REASON_MAX])
 
 
 def after_plan(state: AlignState) -> str:
@@ -282,7 +348,7 @@ def build_aligner_graph() -> StateGraph:
     graph.add_node("give_up", give_up_node)
     graph.add_edge(START, "plan")
     graph.add_conditional_edges("plan", after_plan, {"execute": "execute", "done": END})
-    graph.add_edge("execute", "qa")
+    graph.add_conditional_edges("execute", after_execute, {"plan": "plan", "qa": "qa"})
     graph.add_conditional_edges(
         "qa",
         after_qa,
@@ -348,14 +414,23 @@ def fan_out_sharing(state: EpisodeState) -> list[Send] | str:
 @node_reads("image_requests", "device_images")
 def link_album_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
     """reads: image_requests, device_images / writes: sharing requests that reuse an album
-    photo (they show the very image aligned for that photo)."""
+    photo (they show the very image aligned for that photo), and any request still pending
+    marked unaligned, so none leaves the image stage pending.
+
+    The linked request carries a copy of the album request's image record (the viewer shows
+    it in the chat) and names its source in ``attempts``; the filters count such an image
+    once, under the album request."""
     runtime.context.executions["link_album"] += 1
     by_id = {r["id"]: r for r in state.get("image_requests", [])}
     album = {d["id"]: d for d in state.get("device_images", [])}
     updates = []
     for request in by_id.values():
+        if request["status"] != "pending":
+            continue
         ref = request.get("device_image_id")
-        if request["origin"] != "sharing" or ref is None or request["status"] != "pending":
+        if request["origin"] != "sharing" or ref is None:
+            why = "no aligner branch ran for this request"
+            updates.append({**request, "status": "unaligned", "reason": why})
             continue
         photo = album.get(ref, {})
         source = by_id.get(photo.get("request_id") or "")
@@ -364,6 +439,7 @@ def link_album_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
             linked.update(
                 status="aligned", image=source["image"], module=source.get("module"), reason=None
             )
+            linked = _logged(linked, {"event": "album_photo", "request": source["id"]})
         else:
             why = source.get("reason") if source else "the photo has no image request"
             linked.update(status="unaligned", reason=f"album photo {ref} not aligned: {why}")

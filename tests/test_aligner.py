@@ -1,155 +1,60 @@
-"""The Plan-and-Execute aligner end to end: the real subgraph, the planner over real HTTP
-(fake endpoint), real tools (tiny PhotoMaker, the shipped image database, web search against
-a page served on 127.0.0.1) and MAGID's quality loop."""
+"""The Plan-and-Execute aligner's routing end to end: the real subgraph, the planner over
+real HTTP (fake endpoint), real tools (tiny PhotoMaker, the shipped image database, web
+search against a page served on 127.0.0.1). MAGID's quality loop: test_aligner_loop.py."""
 
 from __future__ import annotations
 
 import asyncio
-import html
-import io
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mcu_sim.config import load_config
-from mcu_sim.graphs.aligner import compile_aligner_graph
-from mcu_sim.graphs.context import EpisodeContext
-from mcu_sim.testing.fake_openai import client_for, schema_name
+from mcu_sim.config import ConfigError, load_config
+from mcu_sim.testing.aligner_run import (
+    align_requests,
+    episode_files,
+    images_settings,
+    referenced_files,
+    sharing_request,
+    tiny_photomaker_assets,
+)
+from mcu_sim.testing.fake_openai import schema_name
+from mcu_sim.testing.image_site import ImageSite, serve_image_site
 from mcu_sim.testing.scripted import scripted_answer
-from mcu_sim.tools.scorers import Score
-from mcu_sim.tools.settings import ImagesConfig
-from mcu_sim.tools.toolbox import ImageToolbox
+from mcu_sim.tools.toolbox import ImageToolbox, ToolDisabled
 
 pytestmark = pytest.mark.images
-PERSON = {"name": "Mina", "age": 34, "gender": "female", "class_word": "woman"}
 
-
-def _jpeg(color: tuple[int, int, int]) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), color).save(buffer, "JPEG")
-    return buffer.getvalue()
+_align = align_requests
+_request = sharing_request
 
 
 @pytest.fixture(scope="module")
-def image_site() -> Iterator[str]:
+def image_site() -> Iterator[ImageSite]:
     """A Bing-format result page and two images, on 127.0.0.1."""
-    images = {"/a.jpg": _jpeg((200, 20, 20)), "/b.jpg": _jpeg((20, 200, 20))}
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            base = f"http://127.0.0.1:{self.server.server_address[1]}"
-            if path == "/search":
-                links = "".join(
-                    '<div class="imgpt"><a class="iusc" m="'
-                    + html.escape(
-                        json.dumps({"murl": base + p, "turl": base + p}, separators=(",", ":"))
-                    )
-                    + '" href="#">x</a></div>'
-                    for p in images
-                )
-                body, kind = f"<html><body>{links}</body></html>".encode(), "text/html"
-            elif path in images:
-                body, kind = images[path], "image/jpeg"
-            else:
-                self.send_response(404)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/search?q={{query}}&first={{offset}}"
-    server.shutdown()
-    server.server_close()
+    with serve_image_site() as site:
+        yield site
 
 
 @pytest.fixture(scope="module")
 def tiny_photomaker(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from PIL import Image
-
-    from mcu_sim.testing.tiny_sdxl import save_tiny_photomaker, save_tiny_sdxl
-
-    root = tmp_path_factory.mktemp("pm")
-    base = save_tiny_sdxl(root / "base")
-    face = root / "face.png"
-    Image.new("RGB", (40, 40), (180, 140, 120)).save(face)
-    return {"base": base, "ckpt": save_tiny_photomaker(base, root / "pm.bin"), "face": face}
+    return tiny_photomaker_assets(tmp_path_factory.mktemp("pm"))
 
 
-def _settings(tiny: dict[str, Path], search_url: str, **changes: Any) -> ImagesConfig:
-    data: dict[str, Any] = {
-        "photomaker": {
-            "base_model": str(tiny["base"]),
-            "checkpoint": str(tiny["ckpt"]),
-            "steps": 2,
-            "height": 32,
-            "width": 32,
-        },
-        "web_search": {
-            "enabled": True,
-            "allow_loopback": True,
-            "search_url": search_url,
-            "top_k": 2,
-            "timeout_s": 5,
-        },
-        "retrieval": {"top_k": 2},
-    }
-    for section, values in changes.items():
-        data.setdefault(section, {}).update(values)
-    return ImagesConfig.model_validate(data)
+def _settings(tiny: dict[str, Path], site: ImageSite, **changes: Any) -> Any:
+    return images_settings(tiny, site.search_url, **changes)
 
 
-def _align(
-    server, tmp_path: Path, toolbox: ImageToolbox, requests: list[dict], face: Path | None
-) -> list[dict]:
-    config = load_config(None, ["images.enabled=false"])
-    client = client_for(server, tmp_path / "cache.sqlite")
-    context = EpisodeContext(config=config, llm=client, run_dir=tmp_path, tools=toolbox)
-    graph = compile_aligner_graph()
-
-    async def one(request: dict) -> dict:
-        state = {
-            "request": request,
-            "person": PERSON,
-            "face_image": str(face) if face else None,
-            "episode_id": "ep-1",
-            "seed": 3,
-        }
-        out = await graph.ainvoke(state, context=context)
-        (result,) = out["image_requests"]
-        return result
-
-    async def all_of() -> list[dict]:
-        return [await one(r) for r in requests]
-
-    return asyncio.run(all_of())
-
-
-def _request(rid: str, description: str) -> dict:
-    return {
-        "id": rid,
-        "origin": "sharing",
-        "description": description,
-        "keywords": ["x"],
-        "status": "pending",
-        "image_source": "internet",
-    }
+def _planner_enums(server: Any) -> list[list[str]]:
+    bodies = [r.body for r in server.chat_requests if schema_name(r.body) == "PlanOutput"]
+    schema = [b["response_format"]["json_schema"]["schema"] for b in bodies]
+    return [
+        s["properties"]["module"].get("enum") or [s["properties"]["module"]["const"]]
+        for s in schema
+    ]
 
 
 def test_each_module_is_chosen_and_executed(fake_openai, tmp_path, tiny_photomaker, image_site):
@@ -175,6 +80,12 @@ def test_each_module_is_chosen_and_executed(fake_openai, tmp_path, tiny_photomak
     for result in results:
         path = tmp_path / result["image"]["path"]
         assert path.is_file() and result["image"]["width"] > 0
+    # top-2 retrieval and web search: the other passing candidate is an alternative
+    assert len(results[2]["alternatives"]) == 1 and len(results[1]["alternatives"]) == 1
+    assert results[2]["alternatives"][0]["db_id"] != "coffee"
+    # every file in the episode folder is referenced; no staging folder is left behind
+    assert episode_files(tmp_path) == referenced_files(results)
+    assert all(Path(p).name.startswith(r["id"]) for r in results for p in referenced_files([r]))
 
 
 def test_disabled_module_falls_back_along_router_order(
@@ -200,27 +111,80 @@ def test_disabled_module_falls_back_along_router_order(
     assert "personalized_t2i" not in body["messages"][0]["content"]
 
 
-def test_a_tool_failing_at_run_time_is_disabled_and_the_router_falls_back(
+def test_a_tool_failing_to_load_is_rerouted_at_once_without_a_rewrite(
     fake_openai, tmp_path, tiny_photomaker, image_site
 ):
     fake_openai.handler = scripted_answer
     broken = dict(tiny_photomaker, ckpt=tiny_photomaker["base"] / "model_index.json")
-    settings = _settings(broken, image_site, qa={"max_rewrites": 1})
+    settings = _settings(broken, image_site, qa={"max_rewrites": 0})
     toolbox = ImageToolbox(settings, scorers={})
-    (result,) = _align(
+    loads: list[str] = []
+    photomaker = toolbox.tool("personalized_t2i")
+    real_load = photomaker.load
+    photomaker.load = lambda: (loads.append("load"), real_load())  # count, then really load
+    first, second = _align(
         fake_openai,
         tmp_path,
         toolbox,
-        [_request("s1-t1", "a selfie of me with a cat")],
+        [
+            _request("s1-t1", "a selfie of me with a cat"),
+            _request("s1-t2", "a selfie of me at the market"),
+        ],
         tiny_photomaker["face"],
     )
-    plans = [a for a in result["attempts"] if a.get("event") == "plan"]
-    assert plans[0]["module"] == "personalized_t2i"
-    assert result["status"] == "aligned" and result["module"] != "personalized_t2i"
-    assert any("personalized_t2i unavailable" in n for n in plans[-1]["notes"])
-    failures = [a["detail"] for a in result["attempts"] if a.get("event") == "failure"]
-    assert any(f.startswith("personalized_t2i error") for f in failures)
-    assert "img" not in result["planned_description"]
+    events = [a["event"] for a in first["attempts"]]
+    assert events == ["plan", "unavailable", "plan", "qa"]  # no rewrite was spent
+    plans = [a for a in first["attempts"] if a["event"] == "plan"]
+    assert plans[0]["module"] == "personalized_t2i" and plans[1]["module"] == "retrieval"
+    assert "personalized_t2i failed at run time" in plans[1]["notes"][0]
+    unavailable = first["attempts"][1]
+    assert unavailable["scope"] == "process" and unavailable["module"] == "personalized_t2i"
+    assert first["status"] == "aligned" and first["module"] == "retrieval"
+    assert "img" not in first["planned_description"].split()
+    # a load failure turns the tool off for the process: never offered or loaded again
+    assert toolbox.availability("personalized_t2i")[0] is False
+    assert second["status"] == "aligned" and second["module"] == "retrieval"
+    enums = _planner_enums(fake_openai)
+    assert "personalized_t2i" in enums[0] and all("personalized_t2i" not in e for e in enums[1:])
+    assert loads == ["load"]
+    with pytest.raises(ToolDisabled):
+        asyncio.run(
+            toolbox.execute(
+                "personalized_t2i",
+                "a photo of woman img",
+                keywords=[],
+                seed=1,
+                out_dir=tmp_path / "x",
+                stem="x",
+                face_image=str(tiny_photomaker["face"]),
+            )
+        )
+    assert loads == ["load"]
+    assert not any(schema_name(r.body) == "RewriteOutput" for r in fake_openai.chat_requests)
+
+
+def test_no_face_image_drops_personalised_generation_for_that_episode_only(
+    fake_openai, tmp_path, tiny_photomaker, image_site
+):
+    fake_openai.handler = scripted_answer
+    toolbox = ImageToolbox(_settings(tiny_photomaker, image_site), scorers={})
+    (no_face,) = _align(
+        fake_openai, tmp_path, toolbox, [_request("s1-t1", "a selfie of me in the park")], None
+    )
+    assert no_face["status"] == "aligned" and no_face["module"] == "retrieval"
+    plan = no_face["attempts"][0]
+    assert "personalized_t2i unavailable: the episode has no face image" in plan["notes"]
+    assert _planner_enums(fake_openai) == [["retrieval", "web_search"]]
+    # nothing was disabled: an episode with a face still gets PhotoMaker
+    assert toolbox.availability("personalized_t2i")[0] is True
+    (with_face,) = _align(
+        fake_openai,
+        tmp_path,
+        toolbox,
+        [_request("s1-t2", "a selfie of me in the park")],
+        tiny_photomaker["face"],
+    )
+    assert with_face["status"] == "aligned" and with_face["module"] == "personalized_t2i"
 
 
 def test_missing_face_or_no_module_ends_unaligned_with_reason(
@@ -239,11 +203,9 @@ def test_missing_face_or_no_module_ends_unaligned_with_reason(
         fake_openai, tmp_path, toolbox, [_request("s1-t1", "a selfie of me in the park")], face=None
     )
     assert no_face["status"] == "unaligned"
-    assert "no face image" in no_face["reason"]
-    (none_left,) = _align(
-        fake_openai, tmp_path, toolbox, [_request("s1-t2", "a bowl of soup")], face=None
-    )
-    assert none_left["status"] == "unaligned" and "no image module available" in none_left["reason"]
+    assert "no image module available" in no_face["reason"]
+    assert "personalized_t2i unavailable: the episode has no face image" in no_face["reason"]
+    assert not fake_openai.chat_requests  # nothing to plan, nothing asked
 
 
 def test_unparseable_planner_output_is_repaired_or_defaulted(
@@ -275,64 +237,88 @@ def test_unparseable_planner_output_is_repaired_or_defaulted(
     assert defaulted["status"] == "aligned"
 
 
-class FailingScorer:
-    """Fails the first ``failures`` images it sees, then passes: drives the MAGID loop."""
-
-    name = "clip"
-    needs_texts = True
-    higher_is_better = True
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.seen: list[tuple[str, str]] = []
-
-    async def score(self, paths: list[Path], texts: list[str] | None) -> list[Score]:
-        out = []
-        for path, text in zip(paths, texts or [""] * len(paths), strict=True):
-            self.seen.append((Path(path).name, text))
-            value = 0.05 if len(self.seen) <= self.failures else 0.9
-            out.append(Score("clip", value, "stub-1"))
-        return out
-
-
-def _rewrite_as_selfie(body: dict) -> Any:
-    if schema_name(body) == "RewriteOutput":
-        return json.dumps({"description": "a selfie of me lifting a shiny golden trophy"})
-    return scripted_answer(body)
-
-
-def _magid_run(server, tmp_path, tiny, site, failures: int) -> tuple[dict, FailingScorer]:
-    """One selfie request through the real loop, with a scorer failing ``failures`` times."""
-    server.handler = _rewrite_as_selfie
-    scorer = FailingScorer(failures=failures)
-    settings = _settings(tiny, site, qa={"retries_per_description": 2, "max_rewrites": 1})
-    toolbox = ImageToolbox(settings, scorers={"clip": scorer})
-    request = _request("s1-t1", "a selfie of me holding a trophy")
-    (result,) = _align(server, tmp_path, toolbox, [request], tiny["face"])
-    return result, scorer
-
-
-def test_magid_loop_two_failures_then_rewrite_then_success(
-    fake_openai, tmp_path, tiny_photomaker, image_site
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "a photo of woman imgs on the beach",  # not the trigger word
+        "woman img and woman img on the beach",  # two triggers
+        "a photo of img on the beach",  # no class word
+        "a photo of man img on the beach",  # someone else's class word
+    ],
+)
+def test_planner_trigger_is_checked_as_photomaker_checks_it(
+    fake_openai, tmp_path, tiny_photomaker, image_site, answer
 ):
-    result, scorer = _magid_run(fake_openai, tmp_path, tiny_photomaker, image_site, failures=3)
-    assert result["status"] == "aligned"
-    # three generations of the first description failed (the first try and two retries with
-    # new seeds), then the description was rewritten, re-planned and the fourth image passed
-    assert len(scorer.seen) == 4
-    assert len({name for name, _ in scorer.seen}) == 4  # every try is a new image
-    first_texts = {text for _, text in scorer.seen[:3]}
-    assert len(first_texts) == 1 and scorer.seen[3][1] not in first_texts
-    rewrites = [a for a in result["attempts"] if a.get("event") == "rewrite"]
-    assert len(rewrites) == 1
-    assert result["image"]["scores"]["clip"] == pytest.approx(0.9)
+    from mcu_sim.tools.photomaker import check_trigger_prompt
+
+    sent: list[dict] = []
+
+    def bad_then_good(body: dict) -> Any:
+        if schema_name(body) == "PlanOutput":
+            sent.append(body)
+            good = "a photo of woman img on the beach"
+            text = answer if len(sent) == 1 else good
+            return json.dumps({"module": "personalized_t2i", "description": text})
+        return scripted_answer(body)
+
+    fake_openai.handler = bad_then_good
+    toolbox = ImageToolbox(_settings(tiny_photomaker, image_site), scorers={})
+    (result,) = _align(
+        fake_openai,
+        tmp_path,
+        toolbox,
+        [_request("s1-t1", "a selfie of me on the beach")],
+        tiny_photomaker["face"],
+    )
+    assert len(sent) == 2  # the bad trigger was fed back at plan time
+    assert "exactly once" in sent[1]["messages"][-1]["content"]
+    assert result["status"] == "aligned" and result["module"] == "personalized_t2i"
+    assert result["planned_description"] == "a photo of woman img on the beach"
+    check_trigger_prompt(result["planned_description"])  # what PhotoMaker accepts
 
 
-def test_magid_loop_exhausted_ends_unaligned_with_reasons(
-    fake_openai, tmp_path, tiny_photomaker, image_site
-):
-    result, scorer = _magid_run(fake_openai, tmp_path, tiny_photomaker, image_site, failures=100)
-    assert result["status"] == "unaligned"
-    assert "clip 0.050 not >= 0.21" in result["reason"]
-    assert len(scorer.seen) == 6  # (1 try + 2 retries) x (original + 1 rewrite)
-    assert any(a.get("event") == "rewrite" for a in result["attempts"])
+def test_planner_trigger_repaired_by_code_after_the_repair_budget() -> None:
+    from mcu_sim.agents.planner import insert_trigger, trigger_problem
+    from mcu_sim.tools.photomaker import check_trigger_prompt
+
+    for text in ("woman imgs at sea", "woman img and woman img", "img at sea", "man img"):
+        assert trigger_problem(text, "woman")
+        fixed = insert_trigger(text, "woman")
+        assert trigger_problem(fixed, "woman") is None
+        check_trigger_prompt(fixed)
+    assert insert_trigger("a photo of woman img at sea", "woman") == "a photo of woman img at sea"
+
+
+def test_rule_planner_option_is_gone() -> None:
+    with pytest.raises(ConfigError, match=r"Unknown key 'images.planner'"):
+        load_config(None, ["images.planner=rule"])
+
+
+def test_link_album_leaves_no_request_pending() -> None:
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from mcu_sim.graphs.aligner import link_album_node
+
+    image = {"path": "images/ep/a.jpg", "sha256": "0" * 64, "width": 4, "height": 4}
+    state = {
+        "device_images": [{"id": 1, "request_id": "album-1"}, {"id": 2, "request_id": "album-2"}],
+        "image_requests": [
+            {"id": "album-1", "origin": "album", "status": "aligned", "image": image},
+            {"id": "album-2", "origin": "album", "status": "pending"},  # never aligned
+            {"id": "s1-t2", "origin": "sharing", "status": "pending", "device_image_id": 1},
+            {"id": "s1-t4", "origin": "sharing", "status": "pending", "device_image_id": 2},
+            {"id": "s1-t6", "origin": "sharing", "status": "pending"},
+        ],
+    }
+    runtime = SimpleNamespace(context=SimpleNamespace(executions=Counter()))
+    updates = {r["id"]: r for r in link_album_node(state, runtime)["image_requests"]}
+    assert set(updates) == {"album-2", "s1-t2", "s1-t4", "s1-t6"}
+    assert all(
+        r["status"] != "pending" and (r["status"] == "aligned" or r["reason"])
+        for r in updates.values()
+    )
+    assert updates["s1-t2"]["image"] == image
+    assert updates["s1-t2"]["attempts"] == [{"event": "album_photo", "request": "album-1"}]
+    assert updates["s1-t4"]["reason"].startswith("album photo 2 not aligned")
+    assert updates["album-2"]["reason"] == "no aligner branch ran for this request"

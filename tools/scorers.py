@@ -91,6 +91,11 @@ def not_scored(name: str, version: str, why: str) -> Score:
     return Score(name=name, value=None, version=version, note=f"not scored: {why}")
 
 
+def scoring_failed(exc: BaseException) -> str:
+    """The ``not scored`` reason for a scorer that raised while scoring (not loading)."""
+    return f"scoring failed: {type(exc).__name__}: {exc}"[:300]
+
+
 def missing_package(module: str, pip_name: str) -> str | None:
     """A reason string when ``module`` cannot be imported, without importing it."""
     if importlib.util.find_spec(module) is None:
@@ -231,8 +236,14 @@ class ImageScorer(ABC):
             if not opened:
                 continue
             batch_texts = [text_list[i] for i, _ in opened] if text_list is not None else None
-            with self._run_lock:
-                values = self._score_batch([img for _, img in opened], batch_texts)
+            try:
+                with self._run_lock:
+                    values = self._score_batch([img for _, img in opened], batch_texts)
+            except Exception as exc:  # a model failing at run time: this batch is unscored
+                why = scoring_failed(exc)
+                for i, _ in opened:
+                    results[i] = not_scored(self.name, self.version, why)
+                continue
             for (i, _), (value, raw, note) in zip(opened, values, strict=True):
                 results[i] = Score(self.name, float(value), self.version, note, raw)
         return [r for r in results if r is not None]

@@ -54,7 +54,14 @@ class WebSearchSettings(Strict):
 
 
 class QASettings(Strict):
-    """MAGID's quality loop (App. I) and which scorers run."""
+    """MAGID's quality loop (App. I) and which scorers run.
+
+    A generated image of one description may fail ``failures_before_rewrite`` times (MAGID:
+    two), then the rewriter writes a new description, up to ``max_rewrites`` times. Retrieval
+    and web search return the same images for the same description, so they get one try per
+    description. ``max_attempts`` caps the tries (executions that produced or failed to produce
+    an image) of one request over all descriptions and modules.
+    """
 
     enabled: bool = True
     clip_threshold: float = 0.21
@@ -66,8 +73,13 @@ class QASettings(Strict):
     accept_unscored: bool = Field(
         True, description="Accept an image a scorer could not score (recorded as such)."
     )
-    retries_per_description: int = Field(2, ge=0, le=10)
+    failures_before_rewrite: int = Field(
+        2, ge=1, le=10, description="Failed generations of one description before a rewrite."
+    )
     max_rewrites: int = Field(1, ge=0, le=5)
+    max_attempts: int = Field(
+        6, ge=1, le=50, description="Total tries per request, over all rewrites and modules."
+    )
 
 
 class ImagesConfig(Strict):
@@ -75,9 +87,6 @@ class ImagesConfig(Strict):
     device: Literal["cpu", "cuda", "mps"] = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     router_order: list[Module] = Field(default_factory=lambda: list(MODULES))
-    planner: Literal["llm", "rule"] = Field(
-        "llm", description="llm: the planner role picks; rule: keyword heuristics."
-    )
     face: FaceSettings = Field(default_factory=FaceSettings)
     photomaker: PhotoMakerSettings = Field(default_factory=PhotoMakerSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)

@@ -2,12 +2,22 @@
 
 Tools are constructed cheaply from :class:`~mcu_sim.tools.settings.ImagesConfig` and load
 their weights on first use. Availability is probed once and cached with its reason, so the
-router can fall back without retrying a tool that cannot run here.
+router can fall back without retrying a tool that cannot run here. Only a tool that cannot
+load (or is disabled) is off for the whole process (:class:`ToolDisabled`); a tool that
+cannot serve one request (no face image, search page unreachable) raises plain
+:class:`~mcu_sim.tools.base.ToolUnavailable` and the aligner re-routes that request alone.
+
+Every execution writes its candidates as ``<stem>-<name>`` beside the episode, so the files
+of one try never collide with another request's; QA deletes the ones it does not keep.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,15 +25,23 @@ from typing import Any
 from mcu_sim.tools.base import Candidate, ToolUnavailable, image_record
 from mcu_sim.tools.settings import ImagesConfig
 
+GENERATORS = {"personalized_t2i"}
+
+
+class ToolDisabled(ToolUnavailable):
+    """The tool cannot run in this process at all (failed to load, or disabled): the router
+    stops offering it to every episode, not just the current request."""
+
 
 @dataclass
 class Verdict:
-    """QA outcome over all candidates of one try."""
+    """QA outcome over all candidates of one try; ``record`` is the try's QA record
+    (per-candidate scores with scorer versions, thresholds, reasons, what was kept)."""
 
     best: dict[str, Any] | None
     alternatives: list[dict[str, Any]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
-    log: list[dict[str, Any]] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 def candidate_dict(candidate: Candidate) -> dict[str, Any]:
@@ -158,35 +176,55 @@ class ImageToolbox:
         stem: str,
         face_image: str | None = None,
     ) -> list[dict[str, Any]]:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        """Candidates of one try, written to ``out_dir`` as ``<stem>…``.
+
+        Raises :class:`ToolDisabled` when the tool is off for the process (it is never
+        re-loaded after a failed load), plain ``ToolUnavailable`` when only this request
+        cannot use it."""
+        ok, why = self.availability(module)
+        if not ok:
+            raise ToolDisabled(module, why)
         tool = self.tool(module)
         try:
             await asyncio.to_thread(tool.load)  # weights load once; a failure disables it
         except Exception as exc:
             reason = exc.reason if isinstance(exc, ToolUnavailable) else f"load failed: {exc}"
             self.disable(module, reason[:300])
-            raise ToolUnavailable(module, reason[:300]) from exc
+            raise ToolDisabled(module, reason[:300]) from exc
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if module in GENERATORS:
+            if not face_image:
+                raise ToolUnavailable(module, "the episode has no face image to condition on")
+            found = [
+                await tool.generate(description, [Path(face_image)], seed, out_dir / f"{stem}.png")
+            ]
+        else:
+            found = await self._search(module, tool, description, keywords, out_dir, stem)
+        return [candidate_dict(c) for c in found]
+
+    async def _search(
+        self,
+        module: str,
+        tool: Any,
+        description: str,
+        keywords: list[str],
+        out_dir: Path,
+        stem: str,
+    ) -> list[Candidate]:
+        """Search into a private folder, then move the results to ``<stem>-<name>``."""
+        stage = out_dir / f".{stem}.stage"
         try:
             if module == "retrieval":
                 found = await tool.search(
-                    description, k=self.settings.retrieval.top_k, out_dir=out_dir
-                )
-            elif module == "web_search":
-                found = await tool.search(
-                    description, keywords, self.settings.web_search.top_k, out_dir
+                    description, k=self.settings.retrieval.top_k, out_dir=stage
                 )
             else:
-                if not face_image:
-                    raise ToolUnavailable(module, "the episode has no face image to condition on")
-                found = [
-                    await tool.generate(
-                        description, [Path(face_image)], seed, out_dir / f"{stem}.png"
-                    )
-                ]
-        except ToolUnavailable as exc:
-            self.disable(module, exc.reason)
-            raise
-        return [candidate_dict(c) for c in found]
+                found = await tool.search(
+                    description, keywords, self.settings.web_search.top_k, stage
+                )
+            return [_settle(c, out_dir / f"{stem}-{c.path.name}", stage) for c in found]
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
     async def generate_face(self, face: dict[str, Any], episode_id: str, run_dir: Path) -> dict:
         """The episode's face, or the face marked unavailable with the reason."""
@@ -225,6 +263,28 @@ class ImageToolbox:
         from mcu_sim.tools.qa import judge
 
         return await judge(self, candidates, description, run_dir)
+
+    def image_similarity(self) -> tuple[Callable[[list[str]], Any] | None, str]:
+        """Pairwise CLIP image similarity with the QA's CLIP scorer (DialogCC's
+        inconsistent-images rule), or ``(None, why)`` when there is none."""
+        scorer = self.scorers().get("clip")
+        similarity = getattr(scorer, "image_similarity_sync", None)
+        if scorer is None or similarity is None:
+            return None, "no CLIP scorer among images.qa.scorers"
+        ok, why = scorer.available()
+        if not ok:
+            return None, f"CLIP scorer unavailable: {why}"
+        return similarity, ""
+
+
+def _settle(candidate: Candidate, target: Path, stage: Path) -> Candidate:
+    """Move (or copy, for a file outside the staging folder) a candidate to ``target``."""
+    source = Path(candidate.path)
+    if source.parent == stage:
+        os.replace(source, target)
+    else:
+        shutil.copyfile(source, target)
+    return dataclasses.replace(candidate, path=target)
 
 
 def _section(module: str) -> str:
