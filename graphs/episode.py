@@ -74,7 +74,8 @@ def finalize_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
         image_requests=sorted(state.get("image_requests", []), key=lambda r: r["id"]),
         removals=state.get("removals", []),
     )
-    episode = filter_episode(episode, quality.filter_settings(ctx.config))
+    similarity, missing = quality.image_similarity(ctx)
+    episode = filter_episode(episode, quality.filter_settings(ctx.config), similarity, missing)
     return {"episode": episode.model_dump(mode="json")}
 
 

@@ -1,9 +1,17 @@
 """Post-processing filters (STARK §3.9, DialogCC §3.3). Non-destructive by design.
 
 Filters never delete data: they compute a list of :class:`Removal` marks from the raw
-episode (rule, target, reason, scores, threshold). Exports leave marked items out; ``mcu
-filter`` recomputes the marks from the raw data with other thresholds and no LLM call, so a
-looser setting removes less and nothing is ever lost.
+episode (rule, target, reason, scores, threshold). A mark on the episode itself sets its
+``status`` to ``filtered`` (exports leave such episodes out unless asked to include them);
+marks on items (a persona attribute, a session, an image) only flag them: the items stay in
+the episode and in every export, with their marks in ``removals`` for the user to apply.
+``mcu filter`` recomputes the marks from the raw data with other thresholds and no LLM call,
+so a looser setting removes less and nothing is ever lost.
+
+A sharing turn that shows an album photo carries a copy of the album request's image; image
+rules judge (and count) that image once, under the album request, and name the turns that
+show it. When DialogCC's inconsistent-images rule cannot run (no image similarity), the
+requests it would have judged say so in their ``attempts``.
 """
 
 from __future__ import annotations
@@ -12,11 +20,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mcu_sim.personas.schema import Episode, ImageRequest, Removal
 
 EPISODE = "episode"
+NOT_APPLIED = "filter_not_applied"
+NO_SIMILARITY = "no CLIP image similarity available (configure images.scorers.clip weights)"
 
 
 class FilterSettings(BaseModel):
@@ -39,6 +49,16 @@ class FilterSettings(BaseModel):
     max_matches_per_db_image: int = Field(100, ge=1, description="DialogCC over-matching K")
     inconsistent_similarity: float = Field(0.8, description="DialogCC tau")
     inconsistent_drop_fraction: float = Field(0.2, ge=0, le=1, description="Top-K% dropped")
+
+    @model_validator(mode="after")
+    def _classifier_needs_a_model(self) -> FilterSettings:
+        if self.text_safety == "classifier" and not self.safety_classifier:
+            raise ValueError(
+                "filters.text_safety is 'classifier' but 'filters.safety_classifier' is not "
+                "set: give the folder of a local text-classification model, or use "
+                "text_safety: llm (the LLM judge) or off"
+            )
+        return self
 
 
 ImageSimilarity = Callable[[Sequence[str]], Any]  # paths -> (n, n) cosine matrix
@@ -100,21 +120,50 @@ def unsafe_dialogue(episode: Episode, s: FilterSettings) -> list[Removal]:
     return removals
 
 
+def shown_album_photo(episode: Episode) -> dict[str, str]:
+    """Sharing request id -> album request id, for sharing turns that show an album photo's
+    own image (``link_album`` copies the record; the same file and hash)."""
+    by_id = {r.id: r for r in episode.image_requests}
+    album = {d.id: d.request_id for d in episode.device_images}
+    links = {}
+    for request in episode.image_requests:
+        if request.origin != "sharing" or request.device_image_id is None or not request.image:
+            continue
+        source = by_id.get(album.get(request.device_image_id) or "")
+        image = source.image if source else None
+        if image and (image.path, image.sha256) == (request.image.path, request.image.sha256):
+            links[request.id] = source.id  # type: ignore[union-attr]
+    return links
+
+
+def distinct_images(episode: Episode) -> list[tuple[ImageRequest, list[str]]]:
+    """Each request whose image is its own, with the sharing requests that show it too."""
+    links = shown_album_photo(episode)
+    shown_in: dict[str, list[str]] = {}
+    for sharing, source in links.items():
+        shown_in.setdefault(source, []).append(sharing)
+    return [(r, shown_in.get(r.id, [])) for r in episode.image_requests if r.id not in links]
+
+
 def _score(request: ImageRequest, name: str) -> float | None:
     value = request.image.scores.get(name) if request.image else None
     return float(value) if isinstance(value, int | float) else None
 
 
+def _also(shown_in: list[str]) -> str:
+    return f" (also shown in {', '.join(shown_in)})" if shown_in else ""
+
+
 def unsafe_images(episode: Episode, s: FilterSettings) -> list[Removal]:
     removals = []
-    for request in episode.image_requests:
+    for request, shown_in in distinct_images(episode):
         value = _score(request, "nsfw")
         if value is not None and value >= s.nsfw_threshold:
             removals.append(
                 Removal(
                     rule="nsfw_image",
                     target=f"image:{request.id}",
-                    reason="NSFW score at or above the threshold",
+                    reason="NSFW score at or above the threshold" + _also(shown_in),
                     scores={"nsfw": value},
                     threshold=s.nsfw_threshold,
                 )
@@ -124,14 +173,14 @@ def unsafe_images(episode: Episode, s: FilterSettings) -> list[Removal]:
 
 def misaligned_images(episode: Episode, s: FilterSettings) -> list[Removal]:
     removals = []
-    for request in episode.image_requests:
+    for request, shown_in in distinct_images(episode):
         value = _score(request, "clip")
         if value is not None and value < s.clip_threshold:
             removals.append(
                 Removal(
                     rule="misaligned_image",
                     target=f"image:{request.id}",
-                    reason="CLIP score below the alignment threshold",
+                    reason="CLIP score below the alignment threshold" + _also(shown_in),
                     scores={"clip": value},
                     threshold=s.clip_threshold,
                 )
@@ -139,26 +188,44 @@ def misaligned_images(episode: Episode, s: FilterSettings) -> list[Removal]:
     return removals
 
 
+def _offences(matrix: Any, n: int, tau: float) -> Counter[int]:
+    offences: Counter[int] = Counter()
+    for i in range(n):
+        for j in range(i + 1, n):
+            if float(matrix[i][j]) < tau:
+                offences[i] += 1
+                offences[j] += 1
+    return offences
+
+
 def inconsistent_images(
-    episode: Episode, s: FilterSettings, similarity: ImageSimilarity | None
-) -> list[Removal]:
+    episode: Episode,
+    s: FilterSettings,
+    similarity: ImageSimilarity | None,
+    missing: str = NO_SIMILARITY,
+) -> tuple[list[Removal], dict[str, str]]:
     """DialogCC: among several images aligned to one turn, drop the most frequent offenders
-    of pairwise similarity below tau (the top fraction by offence count)."""
-    removals = []
-    for request in episode.image_requests:
+    of pairwise similarity below tau (the top fraction by offence count).
+
+    Returns the marks and, per request the rule could not judge, why (no similarity, or it
+    failed on these images)."""
+    removals: list[Removal] = []
+    skipped: dict[str, str] = {}
+    for request, _ in distinct_images(episode):
         images = ([request.image] if request.image else []) + list(request.alternatives)
-        if len(images) < 2 or similarity is None:
+        if len(images) < 2:
             continue
-        matrix = similarity([img.path for img in images])
-        offences: Counter[int] = Counter()
-        for i in range(len(images)):
-            for j in range(i + 1, len(images)):
-                if float(matrix[i][j]) < s.inconsistent_similarity:
-                    offences[i] += 1
-                    offences[j] += 1
+        if similarity is None:
+            skipped[request.id] = missing
+            continue
+        try:
+            matrix = similarity([img.path for img in images])
+        except Exception as exc:  # an unreadable image: say so, do not guess
+            skipped[request.id] = f"similarity failed: {type(exc).__name__}: {exc}"[:300]
+            continue
+        offences = _offences(matrix, len(images), s.inconsistent_similarity)
         ranked = [i for i, count in offences.most_common() if count > 0]
-        drop = ranked[: round(len(images) * s.inconsistent_drop_fraction)]
-        for i in drop:
+        for i in ranked[: round(len(images) * s.inconsistent_drop_fraction)]:
             removals.append(
                 Removal(
                     rule="inconsistent_image",
@@ -168,7 +235,7 @@ def inconsistent_images(
                     threshold=s.inconsistent_similarity,
                 )
             )
-    return removals
+    return removals, skipped
 
 
 EPISODE_RULES = (
@@ -180,24 +247,47 @@ EPISODE_RULES = (
 )
 
 
+def _note_skipped(requests: list[ImageRequest], skipped: dict[str, str]) -> list[ImageRequest]:
+    """Replace each request's earlier not-applied notes with the current ones."""
+    out = []
+    for request in requests:
+        attempts = [a for a in request.attempts if a.get("event") != NOT_APPLIED]
+        if request.id in skipped:
+            why = skipped[request.id]
+            attempts.append({"event": NOT_APPLIED, "rule": "inconsistent_image", "reason": why})
+        if attempts != request.attempts:
+            request = request.model_copy(update={"attempts": attempts})
+        out.append(request)
+    return out
+
+
 def filter_episode(
-    episode: Episode, settings: FilterSettings, similarity: ImageSimilarity | None = None
+    episode: Episode,
+    settings: FilterSettings,
+    similarity: ImageSimilarity | None = None,
+    missing: str = NO_SIMILARITY,
 ) -> Episode:
-    """The episode with its removal marks recomputed from the raw data."""
+    """The episode with its removal marks recomputed from the raw data. ``missing`` says
+    why there is no ``similarity``; it is recorded on each request the rule skipped."""
     removals: list[Removal] = []
     for rule in EPISODE_RULES:
         removals += rule(episode, settings)
-    removals += inconsistent_images(episode, settings, similarity)
+    marks, skipped = inconsistent_images(episode, settings, similarity, missing)
+    removals += marks
     status = "filtered" if any(r.target == EPISODE for r in removals) else "complete"
-    return episode.model_copy(update={"removals": removals, "status": status})
+    requests = _note_skipped(episode.image_requests, skipped)
+    return episode.model_copy(
+        update={"removals": removals, "status": status, "image_requests": requests}
+    )
 
 
 def over_matched(episodes: list[Episode], settings: FilterSettings) -> dict[str, list[Removal]]:
-    """Run-level rule: a database image matched more than K times keeps its first K uses."""
+    """Run-level rule: a database image matched more than K times keeps its first K uses
+    (an album photo shown again in a sharing turn is one use)."""
     uses: Counter[str] = Counter()
     marks: dict[str, list[Removal]] = {}
     for episode in episodes:
-        for request in episode.image_requests:
+        for request, shown_in in distinct_images(episode):
             db_id = request.image.db_id if request.image else None
             if not db_id:
                 continue
@@ -208,7 +298,7 @@ def over_matched(episodes: list[Episode], settings: FilterSettings) -> dict[str,
                         rule="over_matched_image",
                         target=f"image:{request.id}",
                         reason=f"database image {db_id} matched more than "
-                        f"{settings.max_matches_per_db_image} times in this run",
+                        f"{settings.max_matches_per_db_image} times in this run" + _also(shown_in),
                         scores={"matches": uses[db_id]},
                         threshold=settings.max_matches_per_db_image,
                     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from mcu_sim.graphs.filters import FilterSettings
+from mcu_sim.graphs.filters import FilterSettings, ImageSimilarity
 from mcu_sim.graphs.state import EpisodeState, merge_usage, node_reads
 
 
@@ -17,6 +18,27 @@ def filter_settings(config: Any) -> FilterSettings:
             "max_sessions": settings.max_sessions or config.episode.sessions_max,
         }
     )
+
+
+def image_similarity(ctx: Any) -> tuple[ImageSimilarity | None, str]:
+    """CLIP image-image similarity for DialogCC's inconsistent-images rule, from the
+    toolbox's QA CLIP scorer (episode image paths are relative to the run directory), or
+    ``(None, why)``."""
+    tools = ctx.tools
+    if tools is None:
+        return None, "image tools disabled (images.enabled is false)"
+    offered = getattr(tools, "image_similarity", None)
+    if offered is None:
+        return None, f"{type(tools).__name__} offers no image similarity"
+    pairwise, why = offered()
+    if pairwise is None:
+        return None, why
+    run_dir = Path(ctx.run_dir)
+
+    def similarity(paths: list[str]) -> Any:
+        return pairwise([run_dir / p for p in paths])
+
+    return similarity, ""
 
 
 def make_checker(ctx: Any, settings: FilterSettings) -> Any:

@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mcu_sim.cli import app
-from mcu_sim.config import load_config
+from mcu_sim.config import ConfigError, load_config
 from mcu_sim.graphs.filters import FilterSettings, filter_run
 from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import Episode
-from mcu_sim.testing.fake_openai import client_for
+from mcu_sim.testing.fake_openai import client_for, schema_name
 from mcu_sim.testing.scripted import scripted_answer
 
 
@@ -155,3 +155,96 @@ def test_mcu_filter_with_looser_thresholds_removes_less(violating_run: Path) -> 
     # the episode files carry the latest marks, and are still valid episodes
     marks = {r.rule for e in _load(violating_run) for r in e.removals}
     assert "over_matched_image" not in marks and "duplicate_persona" in marks
+
+
+# ----------------------------------------------------------------- in-graph safety node
+
+
+def _one_episode(fake_openai, tmp_path: Path, handler: Any, seed: int = 40) -> Episode:
+    fake_openai.handler = handler
+    config = load_config(
+        None, ["images.enabled=false", "episode.sessions_min=2", "episode.sessions_max=2"]
+    )
+    out = tmp_path / f"run-{seed}"
+    runner = EpisodeRunner(config, out, llm=client_for(fake_openai, None))
+    report = asyncio.run(runner.run_jobs(plan_jobs(1, seed)))
+    assert report.failed == {}
+    (path,) = (out / "episodes").glob("*.json")
+    return Episode.model_validate(json.loads(path.read_text()))
+
+
+def _judge_unsafe(sessions: set[int]) -> Any:
+    """The LLM judge (over HTTP) calls the n-th judged session unsafe when n is listed."""
+    judged: list[int] = []
+
+    def handler(body: dict) -> Any:
+        if schema_name(body) == "JudgeVerdict":
+            judged.append(len(judged) + 1)
+            if judged[-1] in sessions:
+                return json.dumps({"label": "unsafe", "reason": "the assistant encourages harm"})
+        return scripted_answer(body)
+
+    return handler
+
+
+def test_safety_node_with_the_llm_judge_marks_unsafe_dialogue(fake_openai, tmp_path) -> None:
+    episode = _one_episode(fake_openai, tmp_path, _judge_unsafe({1}))
+    first, second = episode.sessions
+    assert first.safety["label"] == "unsafe" and second.safety["label"] == "safe"
+    assert first.safety["checker"].startswith("text-safety/")
+    (mark,) = [r for r in episode.removals if r.rule == "unsafe_dialogue"]
+    assert mark.target == "session[1]" and mark.reason == "the assistant encourages harm"
+    assert mark.scores == {"label": "unsafe"} and episode.status == "complete"
+    assert "judge" in episode.usage
+    every = _one_episode(fake_openai, tmp_path, _judge_unsafe({1, 2}), seed=41)
+    assert every.status == "filtered"
+    assert {r.target for r in every.removals if r.rule == "unsafe_dialogue"} == {
+        "session[1]",
+        "session[2]",
+        "episode",
+    }
+
+
+def test_classifier_text_safety_without_a_model_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"filters.safety_classifier' is not set"):
+        load_config(None, ["filters.text_safety=classifier"])
+    config = load_config(
+        None, ["filters.text_safety=classifier", "filters.safety_classifier=/models/x"]
+    )
+    assert config.filters.safety_classifier == "/models/x"
+
+
+# ----------------------------------------------------------------- album photos shown again
+
+
+def test_an_album_photo_shown_in_a_turn_is_judged_and_counted_once(
+    fake_openai, tmp_path: Path
+) -> None:
+    episodes = []
+    for seed in (50, 51):
+        data = _one_episode(fake_openai, tmp_path, scripted_answer, seed).model_dump(mode="json")
+        album = next(r for r in data["image_requests"] if r["origin"] == "album")
+        album.update(status="aligned", image=_image("popular", clip=0.1, nsfw=0.9))
+        sharing = next(r for r in data["image_requests"] if r["origin"] == "sharing")
+        turn = next(
+            t for s in data["sessions"] for t in s["turns"] if t["request_id"] == sharing["id"]
+        )
+        turn["sharing"].update(image_source="mobile", image_id_from_mobile=album["device_image_id"])
+        # as link_album does: the turn shows the album request's very image record
+        sharing.update(
+            status="aligned", device_image_id=album["device_image_id"], image=album["image"]
+        )
+        episodes.append(Episode.model_validate(data))
+    settings = FilterSettings(min_sessions=2, max_sessions=2, max_matches_per_db_image=1)
+    (first, second), counts = filter_run(episodes, settings)
+    for episode in (first, second):
+        album_id = next(r.id for r in episode.image_requests if r.origin == "album")
+        sharing_id = next(r.id for r in episode.image_requests if r.origin == "sharing" and r.image)
+        for rule in ("nsfw_image", "misaligned_image"):
+            (mark,) = [r for r in episode.removals if r.rule == rule]
+            assert mark.target == f"image:{album_id}"  # once, under the album request
+            assert f"also shown in {sharing_id}" in mark.reason
+    assert not [r for r in first.removals if r.rule == "over_matched_image"]  # one use, not two
+    (over,) = [r for r in second.removals if r.rule == "over_matched_image"]
+    assert over.scores == {"matches": 2}
+    assert counts["nsfw_image"] == 2 and counts["over_matched_image"] == 1
