@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from mcu_sim.graphs.filters import shown_album_photo
 from mcu_sim.personas.schema import (
     ASSISTANT,
     DeviceImage,
@@ -219,6 +220,9 @@ def build_sessions(
 ) -> list[SessionView]:
     views: list[SessionView] = []
     previous: Session | None = None
+    # A turn showing an album photo carries a copy of its record; the filter marks sit on the
+    # album request, so they are looked up there too.
+    album_sources = shown_album_photo(episode)
     for session in episode.sessions:
         bubbles = []
         for turn in session.turns:
@@ -228,6 +232,8 @@ def build_sessions(
             if request is not None:
                 rationale = turn.sharing.rationale if turn.sharing else None
                 shown = picture(request, resolve, marks, rationale)
+                if request.id in album_sources:
+                    shown.marks = [*shown.marks, *marks.for_image(album_sources[request.id])]
             bubbles.append(Bubble(turn, side, shown))
         gap = describe_gap(previous.date, session.date) if previous else None
         views.append(
