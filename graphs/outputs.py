@@ -384,13 +384,16 @@ class ShardWriter:
         return written
 
     def flush(self) -> Path | None:
-        """Write what is pending into the partial last shard (at the end of a run)."""
+        """Write what is pending (at the end of a run): into the partial last shard, then
+        into new ones of ``size`` each. Returns the last file written."""
         with self._lock:
-            if not self.pending:
-                return None
-            name, ids = self._open_shard()
-            take, self.pending = self.pending, []
-            return self._write(name, ids + take)
+            written = None
+            while self.pending:
+                name, ids = self._open_shard()
+                room = self.size - len(ids)
+                take, self.pending = self.pending[:room], self.pending[room:]
+                written = self._write(name, ids + take)
+            return written
 
 
 def _shard_order(name: str | Path) -> tuple[int, int]:

@@ -1,18 +1,26 @@
-"""Live progress of a run: episodes done/failed/in flight, LLM calls/s, tokens, cost, ETA.
+"""Live progress of a run: episodes done/failed/in flight, LLM calls/s, tokens, cost, ETA,
+and a bar per node of the graph.
 
 :class:`RunProgress` consumes the runner's events (``plan``, ``start``, ``node``, ``done``,
-``failed``, ``stopped``, ``budget``, ``shard``). On a terminal it draws a rich live bar; in
-a log file (no terminal) it prints one plain line every ``log_every`` seconds instead.
+``failed``, ``stopped``, ``budget``, ``shard``) and is refreshed on a timer between them. On
+a terminal it draws rich live bars; in a log file (no terminal) it prints plain lines every
+``log_every`` seconds instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+REFRESH_S = 0.5  # figures are recomputed this often, events or not
 
 
 @dataclass
@@ -50,8 +58,25 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+@functools.cache
+def _graph_order() -> dict[str, int]:
+    """Node -> position in the episode graph (imported on first use: the graph is heavy)."""
+    from mcu_sim.graphs.episode import NODE_ORDER
+
+    return {name: i for i, name in enumerate(NODE_ORDER)}
+
+
 class RunProgress:
-    """Consumes runner events; shows rich bars on a terminal, log lines otherwise."""
+    """Consumes runner events; shows rich bars on a terminal, log lines otherwise.
+
+    On a terminal: one bar for the episodes (done/total, failed, in flight, calls/s,
+    tokens, cost, ETA), then one bar per node of the graph, added as each node first runs:
+    the episodes of this invocation that have passed it, how many times it ran, and how
+    many in-flight episodes have it as their last finished step (they are running the step
+    after it). :meth:`tick` (called
+    on a timer by :func:`run_with_progress`) refreshes the figures between events, so
+    calls/s and the ETA keep moving during a long LLM call.
+    """
 
     def __init__(self, console: Console, enabled: bool = True, log_every: float = 30.0) -> None:
         self.console = console
@@ -63,6 +88,7 @@ class RunProgress:
         self._last_log = self.started
         self.budget_note = ""
         self.progress = Progress(
+            TextColumn("{task.description:>13}"),
             BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
@@ -71,6 +97,12 @@ class RunProgress:
             refresh_per_second=4,
         )
         self.task = self.progress.add_task("episodes", total=None, stats="")
+        self.node_runs: Counter[str] = Counter()  # node -> times it finished
+        self.node_episodes: Counter[str] = Counter()  # node -> episodes past it
+        self._node_tasks: dict[str, Any] = {}
+        self._seen: dict[str, set[str]] = {}  # in-flight episode -> nodes it ran
+        self._last_node: dict[str, str] = {}  # in-flight episode -> its last finished node
+        self._started_episodes = 0
 
     def bind(self, runner: Any) -> None:
         """The runner whose ``usage`` (calls, tokens, cost of this invocation) is shown."""
@@ -81,6 +113,7 @@ class RunProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.tick()
         self.progress.__exit__(*exc)
 
     def stats(self) -> str:
@@ -100,6 +133,19 @@ class RunProgress:
         )
         return text + (f" | {self.budget_note}" if self.budget_note else "")
 
+    def node_line(self) -> str:
+        """Node runs and where the in-flight episodes are, in graph order (log form)."""
+        at = Counter(self._last_node.values())
+        parts = [
+            f"{node} {self.node_runs[node]}" + (f" ({at[node]} now)" if at[node] else "")
+            for node in self._node_order()
+        ]
+        return "nodes: " + (" · ".join(parts) if parts else "none yet")
+
+    def _node_order(self) -> list[str]:
+        order = _graph_order()
+        return sorted(self.node_runs, key=lambda n: (order.get(n, len(order)), n))
+
     def handle(self, kind: str, data: dict[str, Any]) -> None:
         c = self.counts
         if kind == "plan":
@@ -107,12 +153,17 @@ class RunProgress:
             self.progress.update(self.task, total=c.total, completed=c.skipped)
         elif kind == "start":
             c.in_flight += 1
+            self._started_episodes += 1
+            self._seen[data["episode_id"]] = set()
         elif kind == "node":
             c.steps += 1
+            self._node_done(data["episode_id"], data["node"])
         elif kind in {"done", "failed", "stopped"}:
             c.in_flight = max(c.in_flight - 1, 0)
             c.done += kind == "done"
             c.failed += kind == "failed"
+            self._seen.pop(data.get("episode_id", ""), None)
+            self._last_node.pop(data.get("episode_id", ""), None)
             if kind != "stopped":
                 self.progress.update(self.task, advance=1)
         elif kind == "budget":
@@ -121,26 +172,69 @@ class RunProgress:
             c.shards += 1
         self._refresh()
 
-    def _refresh(self) -> None:
+    def _node_done(self, episode_id: str, node: str) -> None:
+        self.node_runs[node] += 1
+        seen = self._seen.setdefault(episode_id, set())
+        if node not in seen:
+            seen.add(node)
+            self.node_episodes[node] += 1
+        self._last_node[episode_id] = node
+        if self.live and node not in self._node_tasks:
+            self._add_node_tasks(node)
+
+    def _add_node_tasks(self, node: str) -> None:
+        """A bar for ``node``; rich draws bars in the order they were added, so the rows
+        after it (in graph order) are re-added below it."""
+        later = [n for n in self._node_order() if n in self._node_tasks and n != node]
+        order = self._node_order()
+        moved = [n for n in later if order.index(n) > order.index(node)]
+        for name in moved:
+            self.progress.remove_task(self._node_tasks.pop(name))
+        for name in [node, *moved]:
+            self._node_tasks[name] = self.progress.add_task(name, total=None, stats="")
+
+    def tick(self) -> None:
+        """Recompute every figure now (between events too)."""
+        self._refresh(force=True)
+
+    def _refresh(self, force: bool = False) -> None:
         if self.live:
             self.progress.update(self.task, stats=self.stats())
+            at = Counter(self._last_node.values())
+            total = max(self._started_episodes, 1)
+            for node, task in self._node_tasks.items():
+                now = f", {at[node]} in flight after it" if at[node] else ""
+                self.progress.update(
+                    task,
+                    total=total,
+                    completed=self.node_episodes[node],
+                    stats=f"{self.node_runs[node]} runs{now}",
+                )
             return
         now = time.monotonic()
         if now - self._last_log >= self.log_every:
             self._last_log = now
             c = self.counts
             self.console.print(f"[{c.skipped + c.done + c.failed}/{c.total}] {self.stats()}")
+            if self.node_runs:
+                self.console.print(f"  {self.node_line()}")
 
 
 async def run_with_progress(
-    runner: Any, jobs: list[Any], console: Console, live: bool, force_config: bool = False
+    runner: Any,
+    jobs: list[Any],
+    console: Console,
+    live: bool,
+    force_config: bool = False,
+    refresh_s: float = REFRESH_S,
+    log_every: float = 30.0,
 ) -> Any:
-    """``runner.run_jobs(jobs)`` with the display attached; SIGTERM stops it like Ctrl-C
-    (finished steps are kept, the manifest records the interruption)."""
-    import asyncio
+    """``runner.run_jobs(jobs)`` with the display attached and refreshed every
+    ``refresh_s``; SIGTERM stops it like Ctrl-C (finished steps are kept, the manifest
+    records the interruption)."""
     import signal
 
-    display = RunProgress(console, enabled=live)
+    display = RunProgress(console, enabled=live, log_every=log_every)
     previous = runner.on_event
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
@@ -153,10 +247,20 @@ async def run_with_progress(
     task = asyncio.current_task()
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    ticker = asyncio.create_task(_tick(display, refresh_s))
     try:
         with display:
             return await runner.run_jobs(jobs, force_config=force_config)
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _tick(display: RunProgress, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        display.tick()

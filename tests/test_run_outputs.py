@@ -1,0 +1,252 @@
+"""Run-directory outputs after the fact: the atomic shard rebuild (a crash injected at every
+file operation), ``mcu filter`` (run lock, shards, the run's own config) and the run-level
+over-matched filter that ``mcu run`` applies when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from mcu_sim.cli import app
+from mcu_sim.config import load_config
+from mcu_sim.graphs.outputs import RunDir, ShardWriter, atomic_write_json
+from mcu_sim.graphs.run_manifest import run_lock
+from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+from mcu_sim.personas.schema import Episode
+from mcu_sim.testing.fake_openai import FakeOpenAIServer, client_for
+from mcu_sim.testing.scripted import scripted_answer
+
+
+def _shard_ids(run: RunDir) -> list[str]:
+    """What a reader sees: the shard set ``shards.json`` names, line by line."""
+    return [
+        json.loads(line)["episode_id"]
+        for path in run.shard_paths()
+        for line in path.read_text().splitlines()
+    ]
+
+
+def _shard_texts(run: RunDir) -> list[str]:
+    return [line for path in run.shard_paths() for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- atomic shard rebuild
+
+
+class _Crash(BaseException):
+    """The process dying (not an exception any code may catch and go on after)."""
+
+
+class _CrashAt:
+    """Counts file renames and deletions in the shards folder; the ``at``-th one (0-based)
+    does not happen: the process "dies" just before it."""
+
+    def __init__(self, shards: Path, at: int | None) -> None:
+        self.shards, self.at, self.count, self.fired = shards, at, 0, False
+        self.replace, self.unlink = os.replace, os.unlink
+
+    def _step(self, path: Any) -> None:
+        if self.fired or Path(path).parent != self.shards:
+            return
+        if self.count == self.at:
+            self.fired = True
+            raise _Crash
+        self.count += 1
+
+    def fake_replace(self, src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        self._step(dst)
+        self.replace(src, dst, *args, **kwargs)
+
+    def fake_unlink(self, path: Any, *args: Any, **kwargs: Any) -> None:
+        if not str(Path(path).name).startswith("."):  # temp files are not steps
+            self._step(path)
+        self.unlink(path, *args, **kwargs)
+
+
+def _episode_run(root: Path, n: int) -> RunDir:
+    run = RunDir(root)
+    run.create()
+    for i in range(n):
+        atomic_write_json(run.episode_path(f"e{i}"), {"episode_id": f"e{i}", "v": "old"})
+    writer = ShardWriter(run, 2)
+    writer.load()
+    writer.flush()
+    return run
+
+
+def _rewrite_all(run: RunDir) -> None:
+    for episode_id in run.finished_ids():
+        atomic_write_json(run.episode_path(episode_id), {"episode_id": episode_id, "v": "new"})
+
+
+def test_rebuilding_shards_survives_a_crash_at_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [f"e{i}" for i in range(5)]
+    # how many renames and deletions a whole rebuild makes
+    probe = _episode_run(tmp_path / "probe", 5)
+    _rewrite_all(probe)
+    counter = _CrashAt(probe.shards, None)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", counter.fake_replace)
+        patch.setattr(os, "unlink", counter.fake_unlink)
+        assert probe.rebuild_shards(3) == 2
+    steps = counter.count
+    assert steps >= 2 + 1 + 3  # two new files, the swap, three old files removed
+    assert [p.name for p in probe.shard_paths()] == [
+        "shard-g0001-00000.jsonl",
+        "shard-g0001-00001.jsonl",
+    ]
+
+    for at in range(steps):
+        run = _episode_run(tmp_path / f"run{at}", 5)
+        old = _shard_texts(run)
+        _rewrite_all(run)
+        crash = _CrashAt(run.shards, at)
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "replace", crash.fake_replace)
+            patch.setattr(os, "unlink", crash.fake_unlink)
+            with pytest.raises(_Crash):
+                run.rebuild_shards(3)
+        seen = _shard_texts(run)
+        assert seen == old or all('"v":"new"' in line for line in seen), at
+        assert sorted(_shard_ids(run)) == ids, at  # a complete set, old or new
+        # the next run (or rebuild) starts from a consistent set and clears the leftovers
+        writer = ShardWriter(run, 3)
+        writer.load()
+        assert writer.pending == [] and sorted(_shard_ids(run)) == ids, at
+        listed = {p.name for p in run.shard_paths()}
+        assert {p.name for p in run.shards.glob("shard-*.jsonl")} == listed, at
+        run.rebuild_shards(3)
+        assert all('"v":"new"' in line for line in _shard_texts(run)), at
+        assert sorted(_shard_ids(run)) == ids and len(run.shard_paths()) == 2, at
+
+
+def test_shard_writer_extends_a_rebuilt_set(tmp_path: Path) -> None:
+    run = _episode_run(tmp_path / "run", 3)
+    run.rebuild_shards(2)
+    atomic_write_json(run.episode_path("e3"), {"episode_id": "e3"})
+    atomic_write_json(run.episode_path("e4"), {"episode_id": "e4"})
+    writer = ShardWriter(run, 2)
+    writer.load()
+    assert writer.pending == ["e3", "e4"]
+    writer.add("e3")  # fills the partial shard of generation 1
+    writer.flush()
+    names = [p.name for p in run.shard_paths()]
+    assert names == [
+        "shard-g0001-00000.jsonl",
+        "shard-g0001-00001.jsonl",
+        "shard-g0001-00002.jsonl",
+    ]
+    assert _shard_ids(run) == ["e0", "e1", "e2", "e3", "e4"]
+
+
+# ---------------------------------------------------------------- mcu filter
+
+
+def _overrides(server: FakeOpenAIServer, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "llm.provider.kind=openai_compatible",
+        f"llm.provider.base_url={server.url}",
+        "llm.provider.model=fake-model",
+        f"llm.cache.path={tmp_path / 'llm-cache.sqlite'}",
+        *extra,
+    ]
+
+
+def test_mcu_filter_uses_the_run_config_rebuilds_shards_and_takes_the_lock(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    out = tmp_path / "run"
+    # a two-session run: with the default config (3-5 sessions) every episode would be
+    # marked for its session count
+    sets = _overrides(fake_openai, tmp_path, "images.enabled=false", "run.shard_size=2")
+    sets += ["episode.sessions_min=2", "episode.sessions_max=2"]
+    cli = CliRunner()
+    run_cmd = ["run", "-n", "3", "--seed", "20", "-o", str(out), "--no-progress"]
+    result = cli.invoke(app, [*run_cmd, *[f"--set={s}" for s in sets]])
+    assert result.exit_code == 0, result.output
+    run = RunDir(out)
+    before = _shard_texts(run)
+
+    with run_lock(run):
+        locked = cli.invoke(app, ["filter", str(out)])
+    assert locked.exit_code == 4 and "in use by" in locked.output
+
+    result = cli.invoke(app, ["filter", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert "session_count" not in report["removals_by_rule"]
+    assert report["episodes_filtered"] == 0 and report["shards"] == 2
+
+    # a stricter threshold marks every episode; the shards carry the new marks
+    result = cli.invoke(app, ["filter", str(out), "--set", "filters.min_sessions=3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["episodes_filtered"] == 3
+    shards = [json.loads(line) for line in _shard_texts(run)]
+    assert len(shards) == 3 and all(e["status"] == "filtered" for e in shards)
+    assert _shard_texts(run) != before
+    assert {e["episode_id"]: e for e in shards} == {
+        i: run.read_episode(i) for i in run.finished_ids()
+    }
+    index = [json.loads(line) for line in run.index.read_text().splitlines()]
+    assert {r["status"] for r in index} == {"filtered"}
+    assert cli.invoke(app, ["filter", str(tmp_path / "nothing")]).exit_code == 2
+
+
+# ---------------------------------------------------------------- run-level filter in mcu run
+
+
+def test_mcu_run_applies_the_over_matched_rule_across_the_run(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Album photos retrieved from the small shipped database repeat across episodes; with
+    K=2 the later uses are marked once the run ends, and the shards hold the marks."""
+    fake_openai.handler = scripted_answer
+    images = [
+        "images.face.enabled=false",
+        "images.photomaker.enabled=false",
+        "images.web_search.enabled=false",
+        "images.qa.enabled=false",
+        "filters.max_matches_per_db_image=2",
+        "episode.sessions_min=1",
+        "episode.sessions_max=1",
+        "run.shard_size=2",
+    ]
+    config = load_config(None, _overrides(fake_openai, tmp_path, *images))
+    out = tmp_path / "run"
+    client = client_for(fake_openai, tmp_path / "llm-cache.sqlite")
+    runner = EpisodeRunner(config, out, llm=client)
+    report = asyncio.run(runner.run_jobs(plan_jobs(2, 30)))
+    assert report.failed == {} and len(report.finished) == 2
+    run = RunDir(out)
+    episodes = [Episode.model_validate(run.read_episode(i)) for i in run.finished_ids()]
+    uses: dict[str, int] = {}
+    for episode in episodes:
+        for request in episode.image_requests:
+            if request.image and request.image.db_id:
+                uses[request.image.db_id] = uses.get(request.image.db_id, 0) + 1
+    assert max(uses.values()) > 2, uses  # the test needs a repeated image
+    marks = [r for e in episodes for r in e.removals if r.rule == "over_matched_image"]
+    assert marks and report.run_removals == {"over_matched_image": len(marks)}
+    assert all("matched more than 2 times" in r.reason for r in marks)
+    # the shards, the index and the manifest agree with the episode files
+    assert {e["episode_id"]: e for e in map(json.loads, _shard_texts(run))} == {
+        e.episode_id: run.read_episode(e.episode_id) for e in episodes
+    }
+    index = {r["episode_id"]: r for r in map(json.loads, run.index.read_text().splitlines())}
+    assert sum(r["removals"].get("over_matched_image", 0) for r in index.values()) == len(marks)
+    invocation = run.read_manifest()["invocations"][-1]
+    assert invocation["run_removals"] == {"over_matched_image": len(marks)}
+    # `mcu filter` computes the same marks (it applies the same rule to the same data)
+    refiltered = CliRunner().invoke(app, ["filter", str(out)])
+    assert refiltered.exit_code == 0, refiltered.output
+    counts = json.loads(refiltered.output)["removals_by_rule"]
+    assert counts["over_matched_image"] == len(marks)
