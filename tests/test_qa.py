@@ -129,3 +129,20 @@ def test_a_real_scorer_failing_at_run_time_records_not_scored(
     assert [s.value is None for s in scores] == [True, True, False, False]
     assert scores[0].note == "not scored: scoring failed: RuntimeError: CUDA out of memory"
     assert scores[0].version == scorer.version
+
+
+def test_max_alternatives_bounds_the_passing_candidates_kept_on_disk(
+    clip_model: dict[str, Any], tmp_path: Path
+) -> None:
+    candidates = _candidates(tmp_path, clip_model["photos"])
+    toolbox = _toolbox(clip_model["clip"], clip_threshold=-1.0, max_alternatives=1)
+    verdict = _judge(toolbox, candidates, tmp_path)
+
+    assert all(row["passed"] for row in verdict.record["candidates"])  # all four pass
+    assert len(verdict.alternatives) == 1  # but only the best and one more are kept
+    kept = {Path(r["path"]).name for r in [verdict.best, *verdict.alternatives]}
+    on_disk = {p.name for p in (tmp_path / "images" / "ep-1").iterdir()}
+    assert on_disk == kept
+    assert sorted(verdict.record["deleted"]) == sorted(
+        Path(c["path"]).name for c in candidates if Path(c["path"]).name not in kept
+    )

@@ -144,6 +144,7 @@ async def judge(
         else:
             passing.append((_rank(candidate, its_scores), position, record))
     ranked = sorted(passing, key=lambda item: (-item[0], item[1]))  # best first, stable
+    ranked = ranked[: 1 + settings.qa.max_alternatives]
     kept = [_record(candidates[pos], record, run_dir) for _, pos, record in ranked]
     keep = {pos for _, pos, _ in ranked}
     deleted = discard([p for i, p in enumerate(paths) if i not in keep], run_dir)

@@ -80,6 +80,13 @@ class QASettings(Strict):
     max_attempts: int = Field(
         6, ge=1, le=50, description="Total tries per request, over all rewrites and modules."
     )
+    max_alternatives: int = Field(
+        2,
+        ge=0,
+        le=20,
+        description="Other passing candidates kept beside the chosen one (DialogCC's "
+        "inconsistent-images rule compares them); the rest are deleted.",
+    )
 
 
 class ImagesConfig(Strict):
