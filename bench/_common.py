@@ -109,7 +109,7 @@ def scan_run(run_dir: Path) -> dict[str, Any]:
         except Exception as exc:  # a half-written or invalid episode file
             corrupt.append(f"{episode_id}: {type(exc).__name__}")
     shard_ids: list[str] = []
-    for path in sorted(run.shards.glob("shard-*.jsonl")):
+    for path in run.shard_paths():  # the set shards.json names, as readers see it
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 shard_ids.append(json.loads(line)["episode_id"])

@@ -3,8 +3,10 @@
     python bench/resume.py                  # 40 episodes, 6 kills
     python bench/resume.py --smoke          # CI: 4 episodes, 2 kills
 
-Each round starts the real CLI (``mcu run``, same command every time) in a subprocess and
-SIGKILLs it after a random delay; after the last kill the command runs to the end. Then it
+Each round starts the real CLI (``mcu run``, same command every time) in a subprocess, waits
+until it is doing work (new checkpoints appear), and SIGKILLs it after a further random
+delay; after the last kill the command runs to the end. Each round records whether the
+kill landed mid-run (the round wrote checkpoints and episodes were still missing). Then it
 prints episodes expected / found / duplicated / corrupt (episode files that do not
 validate, cut shard or index lines, a damaged checkpoint database) and the work redone:
 LLM requests the endpoint served minus the calls recorded in the finished episodes (the
@@ -43,6 +45,50 @@ def cli_command(run_dir: Path, episodes: int, overrides: list[str]) -> list[str]
     ]
 
 
+def checkpoint_count(path: Path) -> int:
+    """Checkpoints written so far (0 before the database or its table exists)."""
+    if not path.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0])
+    except sqlite3.Error:  # no table yet, or busy
+        return 0
+
+
+def wait_for_work(process: subprocess.Popen, path: Path, before: int, limit: float) -> bool:
+    """Wait until the run writes a new checkpoint; False if it ended or ``limit`` passed."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint_count(path) > before:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def kill_round(command: list[str], run_dir: Path, delay: float, episodes: int) -> dict[str, Any]:
+    """One round: start the run, wait until it works, let it run ``delay`` s, SIGKILL it."""
+    database = run_dir / "checkpoints.sqlite"
+    before = checkpoint_count(database)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    working = wait_for_work(process, database, before, limit=120)
+    time.sleep(delay)
+    finished_early = process.poll() is not None
+    process.kill()
+    process.wait()
+    done = len(list((run_dir / "episodes").glob("*.json")))
+    after = checkpoint_count(database)
+    item: dict[str, Any] = {
+        "killed_after_work_s": round(delay, 2),
+        "episodes_done": done,
+        "checkpoints_written": after - before,
+        "landed_mid_run": working and not finished_early and after > before and done < episodes,
+    }
+    if finished_early:
+        item["note"] = "the run had already finished"
+    return item
+
+
 def checkpoint_health(path: Path) -> str:
     if not path.is_file():
         return "missing"
@@ -72,17 +118,7 @@ def run(
         try:
             for _ in range(kills):
                 delay = min_delay + rng.uniform(0, span)
-                process = subprocess.Popen(
-                    command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-                time.sleep(delay)
-                finished_early = process.poll() is not None
-                process.kill()
-                process.wait()
-                done = len(list((run_dir / "episodes").glob("*.json")))
-                rounds.append({"killed_after_s": round(delay, 2), "episodes_done": done})
-                if finished_early:
-                    rounds[-1]["note"] = "the run had already finished"
+                rounds.append(kill_round(command, run_dir, delay, episodes))
             final = subprocess.run(command, capture_output=True, text=True, timeout=900)
         finally:
             served = endpoint.stop()
@@ -100,6 +136,7 @@ def run(
             "corrupt_detail": scan["corrupt"],
             "shards_hold_every_episode": sorted(scan["shard_ids"]) == sorted(scan["found"]),
             "kills": len(rounds),
+            "kills_mid_run": sum(r["landed_mid_run"] for r in rounds),
             "rounds": rounds,
             "final_exit_code": final.returncode,
             "endpoint_requests": served.get("requests", 0),
@@ -113,22 +150,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--kills", type=int, default=6)
-    parser.add_argument("--min-delay", type=float, default=2.5, help="s; imports take ~2 s")
-    parser.add_argument("--span", type=float, default=4.0, help="random extra delay, s")
+    parser.add_argument(
+        "--min-delay", type=float, default=0.2, help="s after the run starts working"
+    )
+    parser.add_argument("--span", type=float, default=2.5, help="random extra delay, s")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.3, help="endpoint s per call")
     parser.add_argument("--smoke", action="store_true", help="CI size: 4 episodes, 2 kills")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.episodes, args.kills, args.span = 4, 2, 1.5
+        args.episodes, args.kills, args.span = 4, 2, 0.6
     result = run(args.episodes, args.kills, args.min_delay, args.span, args.seed, args.latency)
     if args.json:
         print(json.dumps(result))
         return
     for n, item in enumerate(result["rounds"], 1):
         extra = f" ({item['note']})" if "note" in item else ""
-        print(f"kill {n}: SIGKILL after {item['killed_after_s']} s, {item['episodes_done']} "
+        where = "mid-run" if item["landed_mid_run"] else "not mid-run"
+        print(f"kill {n}: SIGKILL {item['killed_after_work_s']} s into the work ({where}), "
+              f"{item['checkpoints_written']} checkpoints written, {item['episodes_done']} "
               f"episodes on disk{extra}")  # fmt: skip
     print(
         f"episodes expected {result['episodes_expected']}, found {result['episodes_found']}, "

@@ -43,14 +43,22 @@ def test_throughput_smoke() -> None:
     result = _json("throughput.py")
     assert result["episodes"] == 6 and result["failed"] == 0
     assert result["llm_calls"] > 6 * 5
-    for key in ("calls_per_s", "ratio", "cpu_ms_per_call", "peak_rss_mb", "rss_per_in_flight_mb"):
-        assert result[key] >= 0
+    assert result["calls_per_s"] > 0 and result["peak_rss_mb"] > 0
+    assert 0 < result["ratio"] <= 1.1  # the endpoint's capacity C/L bounds it
+    assert result["steady_ratio"] > 0
+    assert result["cpu_ms_per_call"] > 0 and result["rss_per_in_flight_mb"] >= 0
+    assert result["calls_per_s"] == pytest.approx(result["llm_calls"] / result["seconds"], 0.05)
     assert "calls/s" in _bench("throughput.py")  # the human-readable form too
 
 
 def test_resume_smoke() -> None:
     result = _json("resume.py")
     assert result["kills"] == 2 and result["final_exit_code"] == 0
+    # at least one kill hit a run at work with episodes still missing (not before it
+    # started or after it ended), and still nothing was lost, duplicated or corrupt
+    assert result["kills_mid_run"] >= 1
+    mid_run = [r for r in result["rounds"] if r["landed_mid_run"]]
+    assert any(r["episodes_done"] < 4 and r["checkpoints_written"] > 0 for r in mid_run)
     assert result["episodes_found"] == result["episodes_expected"] == 4
     assert result["lost"] == result["duplicated"] == result["corrupt"] == 0
     assert result["shards_hold_every_episode"]
@@ -64,3 +72,22 @@ def test_faults_smoke() -> None:
     assert first["lost"] == 0 and first["corrupt"] == 0 and first["failed_without_reason"] == 0
     assert first["complete"] + first["failed_with_reason"] == 6
     assert result["after_retry_failed"]["lost"] == 0
+
+
+def test_qa_scorers_smoke(tmp_path: Path) -> None:
+    """Per-scorer, per-image QA times on the tiny models (and the bundled open_nsfw)."""
+    pytest.importorskip("torch")
+    rows_file = tmp_path / "rows.json"
+    out = _bench("qa_scorers.py", f"--json={rows_file}")
+    rows = {row["scorer"]: row for row in json.loads(rows_file.read_text())}
+    for name in ("clip", "aesthetic", "nsfw.open_nsfw", "nsfw.classifier"):
+        assert rows[name]["images"] == 4 and rows[name]["ms_per_image"] > 0, rows[name]
+        assert rows[name]["load_s"] >= 0 and rows[name]["version"]
+        line = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert float(line.split()[-1]) == rows[name]["ms_per_image"]  # printed per image
+    assert rows["text_safety.classifier"]["ms_per_dialogue"] > 0
+    total = rows["qa pass (clip+aesthetic+open_nsfw)"]["ms_per_image"]
+    assert total == pytest.approx(
+        sum(rows[n]["ms_per_image"] for n in ("clip", "aesthetic", "nsfw.open_nsfw"))
+    )
+    assert "ms/image" in out.splitlines()[0]
