@@ -1,6 +1,7 @@
 """The Ray backend on a local Ray instance with 2 CPUs: episodes as Ray tasks give the same
 episodes as the local backend for the same seeds (cache on), image tools served by a Ray
-actor (web search against a page on 127.0.0.1), and QA scoring batched across episodes."""
+actor (web search against a page on 127.0.0.1) with QA scoring (the bundled open_nsfw)
+batched across episodes, and the budget stop with a resume that redoes nothing."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from mcu_sim.config import Config, load_config
 from mcu_sim.graphs.outputs import RunDir
 from mcu_sim.graphs.ray_backend import BatchingScorer, RayEpisodeRunner
 from mcu_sim.graphs.runner import EpisodeRunner, make_runner, plan_jobs
-from mcu_sim.testing.fake_openai import FakeOpenAIServer
+from mcu_sim.testing.fake_openai import FakeOpenAIServer, schema_name
 from mcu_sim.testing.scripted import scripted_answer
 
 ray = pytest.importorskip("ray")
@@ -133,11 +134,12 @@ def test_image_tools_served_by_a_ray_actor(
         "images.web_search.allow_loopback=true",
         f"images.web_search.search_url={image_site}",
         "images.web_search.top_k=1",
-        "images.qa.enabled=false",
+        "images.qa.scorers=[nsfw]",  # the bundled open_nsfw: no weights to configure
     ]
     config = _config(fake_openai, tmp_path, *images)
     jobs = plan_jobs(2, 70)
-    report = asyncio.run(RayEpisodeRunner(config, tmp_path / "ray").run_jobs(jobs))
+    runner = RayEpisodeRunner(config, tmp_path / "ray")
+    report = asyncio.run(runner.run_jobs(jobs))
     assert report.failed == {} and len(report.finished) == 2
     episodes = _episodes(tmp_path / "ray")
     aligned = [
@@ -148,9 +150,71 @@ def test_image_tools_served_by_a_ray_actor(
         assert request["module"] == "web_search"
         assert request["image"]["source_url"].endswith("/a.jpg")
         assert (tmp_path / "ray" / request["image"]["path"]).is_file()
+        assert 0.0 <= float(request["image"]["scores"]["nsfw"]) <= 1.0  # QA ran
+    # the actor merged concurrent QA requests (several episodes' images) into model calls
+    batches = runner.qa_batches["nsfw"]
+    assert max(batches) > 1 and len(batches) < sum(batches), batches
     # the local backend with an in-process toolbox makes the same episodes
     local = asyncio.run(EpisodeRunner(config, tmp_path / "local").run_jobs(jobs))
-    assert local.failed == {} and _episodes(tmp_path / "local") == episodes
+    assert local.failed == {}
+    assert _without_scores(_episodes(tmp_path / "local")) == _without_scores(episodes)
+    local_scores = _nsfw_scores(_episodes(tmp_path / "local"))
+    assert local_scores.keys() == _nsfw_scores(episodes).keys()
+    for key, value in _nsfw_scores(episodes).items():  # batched or not, the same model
+        assert value == pytest.approx(local_scores[key], abs=1e-4)
+
+
+def _nsfw_scores(episodes: dict[str, dict[str, Any]]) -> dict[tuple[str, str], float]:
+    return {
+        (episode_id, r["id"]): float(r["image"]["scores"]["nsfw"])
+        for episode_id, e in episodes.items()
+        for r in e["image_requests"]
+        if r.get("image")
+    }
+
+
+def _without_scores(episodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    text = json.dumps(episodes, sort_keys=True)
+    data = json.loads(text)
+    for episode in data.values():
+        for request in episode["image_requests"]:
+            if request.get("image"):
+                request["image"]["scores"].pop("nsfw", None)
+    return data
+
+
+def test_ray_budget_stop_and_resume_redo_nothing(
+    local_ray: None, fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The monitor actor stops every task after the step that crossed --max-cost; the next
+    run continues the stopped episode from its checkpoint and starts the others."""
+    fake_openai.handler = scripted_answer
+    price = "llm.provider.prices={fake-model: {input: 200, output: 200}}"  # USD per M tokens
+    config = _config(
+        fake_openai, tmp_path, "images.enabled=false", "llm.cache.enabled=false", price
+    )
+    out = tmp_path / "ray"
+    jobs = plan_jobs(3, 90)
+    first = RayEpisodeRunner(config, out, max_in_flight=1, max_cost=1.0)
+    report = asyncio.run(first.run_jobs(jobs))
+    assert report.stopped_for_budget and len(report.finished) < 3 and report.failed == {}
+    assert report.usage.cost_usd >= 1.0
+    manifest = RunDir(out).read_manifest()
+    assert manifest["state"] == "stopped_for_budget" and manifest["backend"] == "ray"
+    assert manifest["usage_total"]["cost_usd"] == pytest.approx(report.usage.cost_usd)
+    started = first.executions["demographics"]
+    assert started > len(report.finished)  # one episode was stopped part-way
+
+    second = RayEpisodeRunner(config, out, max_in_flight=2)
+    again = asyncio.run(second.run_jobs(jobs))
+    assert not again.stopped_for_budget and again.failed == {}
+    assert len(report.finished) + len(again.finished) == 3
+    total = first.executions + second.executions
+    for node in ("demographics", "face", "persona", "commonsense", "narrative", "events"):
+        assert total[node] == 3, (node, first.executions, second.executions)
+    assert total["finalize"] == 3
+    asked = sum(1 for r in fake_openai.chat_requests if schema_name(r.body) == "PersonaOutput")
+    assert asked == 3  # nothing was asked twice (the cache is off)
 
 
 class _SizeScorer:
