@@ -88,11 +88,35 @@ def test_hf_folder_has_data_images_and_a_card(run_dir: Path, tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_hf_folder_loads_with_datasets(run_dir: Path, tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
-    folder = export_run(run_dir, "hf", tmp_path / "hf")
-    loaded = datasets.load_dataset(str(folder), split="train")
-    assert loaded["episode_id"] == ["ep-00000011"]
+def test_hf_folder_loads_with_datasets(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasets  # the dev extra has it: this test must run, not skip
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no cache outside the test
+    folder = export_run(run_dir, "hf", tmp_path / "hf", include_filtered=True)
+    loaded = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "c"))
+    assert loaded.num_rows == 2
+    rows = {row["episode_id"]: row for row in loaded}
+    assert sorted(rows) == ["ep-00000011", "ep-00000012"]
+    run = RunDir(run_dir)
+    for episode_id, row in rows.items():
+        episode = Episode.model_validate(run.read_episode(episode_id))
+        assert row["status"] == episode.status
+        assert row["name"] == episode.demographics.name and row["age"] == episode.demographics.age
+        assert row["persona_sentences"] == [a.sentence for a in episode.persona]
+        assert row["n_sessions"] == len(episode.sessions) == 2
+        assert json.loads(row["sessions"]) == episode.model_dump(mode="json")["sessions"]
+        assert row["image_paths"] == image_paths(episode)
+        for path in row["image_paths"]:
+            assert (folder / path).is_file()
+    assert rows["ep-00000012"]["status"] == "filtered"
+    assert rows["ep-00000011"]["image_paths"]  # the complete one has images
+    features = loaded.features
+    assert features["age"].dtype == "int32" and features["persona_sentences"].feature.dtype == (
+        "string"
+    )
 
 
 def test_stark_and_jsonl_exports(run_dir: Path) -> None:
