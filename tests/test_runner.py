@@ -257,6 +257,9 @@ def test_changed_config_is_refused_unless_forced(
     manifest = RunDir(out).read_manifest()
     assert manifest["previous_fingerprints"] == [before["config_fingerprint"]]
     assert manifest["config_fingerprint"] == changed.fingerprint()
+    kept = load_config(out / f"config.{before['config_fingerprint']}.yaml")  # the old config
+    assert kept.fingerprint() == before["config_fingerprint"]
+    assert load_config(out / "config.yaml").fingerprint() == changed.fingerprint()
 
 
 def test_second_runner_on_the_same_directory_is_refused(
