@@ -259,6 +259,15 @@ class ImageToolService:
         self._batched_scorers()
         return await self.toolbox.judge_candidates(candidates, description, run_dir)
 
+    def pairwise_similarity(self, paths: list[str]) -> Any:
+        """DialogCC's image-image CLIP similarity, with the actor's CLIP scorer."""
+        from mcu_sim.tools.base import ToolUnavailable
+
+        similarity, why = self.toolbox.image_similarity()
+        if similarity is None:
+            raise ToolUnavailable("clip", why)
+        return similarity([Path(p) for p in paths])
+
 
 class RemoteToolbox:
     """The toolbox interface of :class:`~mcu_sim.tools.toolbox.ImageToolbox`, served by
@@ -301,6 +310,18 @@ class RemoteToolbox:
 
     async def judge_candidates(self, candidates: list[dict], description: str, run_dir: Path):
         return await self._actor().judge_candidates.remote(candidates, description, run_dir)
+
+    def image_similarity(self) -> tuple[Any, str]:
+        """Pairwise image similarity served by an actor (the filters call it synchronously)."""
+        if "clip" not in self.settings.qa.scorers or not self.settings.qa.enabled:
+            return None, "no CLIP scorer among images.qa.scorers"
+
+        def similarity(paths: list[Any]) -> Any:
+            import ray
+
+            return ray.get(self._actor().pairwise_similarity.remote([str(p) for p in paths]))
+
+        return similarity, ""
 
 
 # ---------------------------------------------------------------- the driver
