@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+
+def connect_wal(path: str | Path, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """A connection in WAL mode that waits up to ``timeout_s`` for other writers.
+
+    Switching a new database to WAL needs an exclusive lock, and SQLite answers "database is
+    locked" at once (without its busy handler) when another connection is switching it at the
+    same moment, so that one step is retried until the deadline. A database already in WAL
+    mode is not switched again.
+    """
+    conn = sqlite3.connect(str(path), timeout=timeout_s, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return conn
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.02 + random.random() * 0.05)
 
 
 def cache_key(*parts: Any) -> str:
@@ -24,9 +48,7 @@ class ResponseCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn = connect_wal(self.path)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL,"
             " created REAL NOT NULL, usage TEXT)"

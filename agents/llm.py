@@ -444,7 +444,7 @@ class LLMClient:
                     f"{time.monotonic() - started:.1f}s (limits: llm.provider.max_attempts="
                     f"{self.provider.max_attempts}, max_retry_seconds="
                     f"{self.provider.max_retry_seconds:g}): {detail}"
-                ) from exc
+                ) from None  # the message has the redacted detail; the cause is not redacted
             if isinstance(exc, LLMError):
                 raise
             status = status_of(exc)
@@ -453,7 +453,7 @@ class LLMClient:
                     f"{self.adapter.name} refused the request (HTTP {status}); check "
                     f"llm.provider (model, base_url, api_key_env): {detail}",
                     status_code=status,
-                ) from exc
+                ) from None  # the message has the redacted detail; the cause is not redacted
             raise
         raise LLMTransportError("retry loop ended without a reply")  # pragma: no cover
 

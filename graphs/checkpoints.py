@@ -20,17 +20,15 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
+from mcu_sim.agents.cache import connect_wal
 from mcu_sim.config import Config, ConfigError
 from mcu_sim.graphs.scrub import Scrubber, mask_checkpoints
 
 BUSY_TIMEOUT_S = 30
-# Run on every connection: wait for another writer instead of failing; WAL so readers never
-# block the writer; NORMAL sync (see open_checkpointer).
-PRAGMAS = (
-    f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}",
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
-)
+# Every connection comes from connect_wal (WAL, so readers never block the writer, and a busy
+# timeout to wait for another writer instead of failing); then NORMAL sync (see
+# open_checkpointer).
+PRAGMAS = (f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}", "PRAGMA synchronous=NORMAL")
 
 
 class _Cursor:
@@ -102,7 +100,7 @@ class InlineSqliteConnection:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self._conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        self._conn = connect_wal(path, BUSY_TIMEOUT_S)
         for pragma in PRAGMAS:
             self._conn.execute(pragma)
         self._thread = threading.main_thread()  # what LangGraph checks to see it is open
@@ -150,6 +148,7 @@ async def open_checkpointer(
     else:
         import aiosqlite
 
+        connect_wal(path, BUSY_TIMEOUT_S).close()  # WAL mode is a property of the file
         conn = await aiosqlite.connect(str(path), timeout=BUSY_TIMEOUT_S)
         for pragma in PRAGMAS:
             await conn.execute(pragma)
