@@ -189,6 +189,7 @@ class OpenAICompatibleAdapter:
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
             model=response.model or kwargs["model"],
+            finish_reason=getattr(choices[0], "finish_reason", None),
         )
 
     async def aclose(self) -> None:
@@ -399,6 +400,7 @@ class LlamaCppAdapter:
             prompt_tokens=usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", 0),
             model=self.config.model,
+            finish_reason=result["choices"][0].get("finish_reason"),
         )
 
     async def send(self, request: Request) -> RawReply:

@@ -182,6 +182,7 @@ class RawReply:
     prompt_tokens: int
     completion_tokens: int
     model: str
+    finish_reason: str | None = None  # "length": cut off at max_tokens
 
 
 @dataclass
@@ -369,6 +370,12 @@ class LLMClient:
                 value = self._parse(text, schema, validate)
             except ValueError as exc:  # pydantic's ValidationError is a ValueError
                 last_error = describe_validation_error(exc)
+                if reply.finish_reason == "length":
+                    last_error = (
+                        f"the answer was cut off at max_tokens={request.settings.max_tokens} "
+                        f"before it was complete (write shorter values, or raise the step's "
+                        f"llm.steps.<step>.max_tokens); {last_error}"
+                    )
                 log.info("%s invalid (turn %d): %s", request.schema_name, attempt, last_error)
                 messages = [
                     *messages,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from mcu_sim.agents.cache import ResponseCache, cache_key
 from mcu_sim.agents.llm import LLMOutputError
-from mcu_sim.config import default_step_settings
+from mcu_sim.config import StepSettings, default_step_settings
 from mcu_sim.testing.fake_openai import Reply
 
 USER = [{"role": "user", "content": "Describe one person."}]
@@ -86,6 +86,23 @@ async def test_hopeless_answer_raises_output_error_with_raw_text(fake_openai, ma
     assert len(client.cache) == 0  # nothing invalid is cached
     # Each repair turn carries the whole conversation so far.
     assert len(fake_openai.chat_requests[2].body["messages"]) == len(USER) + 4
+
+
+async def test_an_answer_cut_off_at_max_tokens_is_named_as_such(fake_openai, make_llm_client):
+    client = make_llm_client(repair_turns=1)
+    cut = Reply('{"name": "Ada", "age": 3', 10, 64, finish_reason="length")
+    fake_openai.handler = lambda body: cut
+    with pytest.raises(LLMOutputError) as info:
+        await client.complete(USER, Person, settings=StepSettings(max_tokens=64))
+    assert "cut off at max_tokens=64" in str(info.value)
+    # the repair turn tells the model why, so it can answer shorter
+    repair = fake_openai.chat_requests[1].body["messages"][-1]["content"]
+    assert "cut off at max_tokens=64" in repair
+    # an answer that merely fails validation is not called cut off
+    fake_openai.handler = lambda body: Reply('{"name": "Ada"}', 10, 5)
+    with pytest.raises(LLMOutputError) as info:
+        await client.complete(USER, Person, use_cache=False)
+    assert "cut off" not in str(info.value)
 
 
 async def test_text_completion_without_schema(fake_openai, make_llm_client):
