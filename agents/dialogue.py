@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm import Completion
@@ -25,7 +25,10 @@ def dialogue_model(
     album_ids: list[int], min_sharing: int, max_turns: int, max_chars: int = 400
 ) -> type[BaseModel]:
     """Output model for one session; album ids are an enum so a dangling id cannot validate."""
-    utterance = Annotated[str, Field(min_length=2, max_length=max_chars)]
+    # Stripped before the length check, so a line of only whitespace is refused.
+    utterance = Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=2, max_length=max_chars)
+    ]
     choices: tuple[Any, ...] = (*album_ids, "new")
     moment = create_model(
         "SharingMoment",

@@ -29,13 +29,15 @@ def extract_json(text: str) -> Any:
             attempts.append(stripped[start : end + 1])
         if start >= 0:
             attempts.append(start)  # an int: raw-decode the first value starting there
-    decoder = json.JSONDecoder()
+    # strict=False: raw control characters (a newline inside a string) are accepted; small
+    # models emit them even under a grammar, and the schema still judges the content.
+    decoder = json.JSONDecoder(strict=False)
     last_error: json.JSONDecodeError | None = None
     for attempt in attempts:
         try:
             if isinstance(attempt, int):
                 return decoder.raw_decode(stripped, attempt)[0]
-            return json.loads(attempt)
+            return decoder.decode(attempt)
         except json.JSONDecodeError as exc:
             last_error = exc
     raise ValueError(f"no JSON object found ({last_error})")

@@ -262,3 +262,15 @@ def test_number_of_sessions_follows_config(fake_openai, tmp_path: Path, sessions
     config = _config(tmp_path, sessions_min=sessions, sessions_max=sessions)
     _run(config, tmp_path / "run", fake_openai, plan_jobs(1, 1))
     assert len(_episode(tmp_path / "run", "ep-00000001").sessions) == sessions
+
+
+def test_dialogue_lines_of_only_whitespace_are_refused() -> None:
+    from pydantic import ValidationError
+
+    from mcu_sim.agents.dialogue import dialogue_model
+
+    model = dialogue_model([1, 2], min_sharing=0, max_turns=6)
+    good = ["Hi there.", "Hello!", "How are you?", "Fine.", "Great.", "Bye."]
+    assert model.model_validate({"utterances": good, "sharing_moments": []})
+    with pytest.raises(ValidationError, match="at least 2 characters"):
+        model.model_validate({"utterances": [*good[:5], " \n  "], "sharing_moments": []})

@@ -297,6 +297,7 @@ def test_cache_is_shared_safely_between_writers(tmp_path):
         ('{"a": 1} Hope this helps! {"b"', {"a": 1}),  # whole object, then chatter
         ('Here: {"a": [1, 2]} and {"c": 2}', {"a": [1, 2]}),  # objects before arrays
         ('```json\n{"z": 3}\n```', {"z": 3}),
+        ('{"line": "two\nlines"}', {"line": "two\nlines"}),  # a raw newline in a string
     ],
 )
 def test_extract_json_takes_the_first_complete_object(reply: str, expected: dict) -> None:
