@@ -174,10 +174,17 @@ class OpenAICompatibleAdapter:
 
     async def send(self, request: Request) -> RawReply:
         import openai
+        from openai.types.chat import ChatCompletion
 
         kwargs = self.request_kwargs(request)
         try:
-            response = await self.client.chat.completions.create(**kwargs)
+            # The SDK's generic POST (its documented way to reach any endpoint) keeps its
+            # auth, timeouts and Azure routing but skips ``create``'s recursive re-typing of
+            # the body, which cost ~1.5 ms of CPU per call on a large JSON schema; the body
+            # is already plain JSON.
+            response = await self.client.post(
+                "/chat/completions", body=kwargs, cast_to=ChatCompletion
+            )
         except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
             raise EndpointFault(f"the endpoint sent a malformed body: {exc}") from exc
         choices = getattr(response, "choices", None)

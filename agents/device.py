@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from pydantic import BaseModel, Field, create_model
@@ -38,6 +39,7 @@ class DeviceItem(BaseModel):
     categories: list[Category] = Field(min_length=1, max_length=3)
 
 
+@functools.lru_cache(maxsize=64)
 def device_model(count: int) -> type[BaseModel]:
     return create_model(
         "DeviceOutput", images=(list[DeviceItem], Field(min_length=count, max_length=count))

@@ -7,6 +7,7 @@ that cannot be (the assistant has no phone) and grows the album with new phone p
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, create_model
@@ -25,6 +26,15 @@ def dialogue_model(
     album_ids: list[int], min_sharing: int, max_turns: int, max_chars: int = 400
 ) -> type[BaseModel]:
     """Output model for one session; album ids are an enum so a dangling id cannot validate."""
+    return _dialogue_model(tuple(album_ids), min_sharing, max_turns, max_chars)
+
+
+# Building a pydantic model (and its JSON schema) costs about a millisecond: one class per
+# distinct shape, reused by every episode whose album has the same ids.
+@functools.lru_cache(maxsize=256)
+def _dialogue_model(
+    album_ids: tuple[int, ...], min_sharing: int, max_turns: int, max_chars: int
+) -> type[BaseModel]:
     # Stripped before the length check, so a line of only whitespace is refused.
     utterance = Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=2, max_length=max_chars)

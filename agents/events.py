@@ -8,6 +8,7 @@ date, so dates cannot go backwards and every ``caused_by`` is checked to exist.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -30,6 +31,7 @@ class EventItem(BaseModel):
     experience: str = Field(min_length=5, max_length=200)
 
 
+@functools.lru_cache(maxsize=64)
 def events_model(count: int) -> type[BaseModel]:
     """An output model asking for at least ``count`` events (a few more are allowed)."""
     return create_model(

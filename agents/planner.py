@@ -9,6 +9,7 @@ aligner repairs it in code (:func:`insert_trigger`) and records why.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Literal
 
@@ -33,6 +34,11 @@ class PlanOutput(BaseModel):
 
 def plan_model(modules: list[str]) -> type[PlanOutput]:
     """``PlanOutput`` whose ``module`` enum holds only the modules that can run here."""
+    return _plan_model(tuple(modules))
+
+
+@functools.lru_cache(maxsize=64)  # one class per module set, not one per request
+def _plan_model(modules: tuple[str, ...]) -> type[PlanOutput]:
     unknown = set(modules) - set(MODULES)
     if unknown or not modules:
         raise ValueError(f"modules must be a non-empty subset of {MODULES}, got {modules}")

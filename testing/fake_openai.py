@@ -77,7 +77,7 @@ class RecordedRequest:
     arrived: float  # time.monotonic() when the request was read
     finished: float | None = None
     status: int | None = None
-    auth_sha256: str | None = None  # of the Authorization header: provable, not readable
+    auth_sha256: str | None = None  # of the Authorization (or api-key) header: not readable
 
 
 @dataclass
@@ -147,7 +147,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         headers = {k: v for k, v in headers.items() if k not in HIDDEN_HEADERS}
         record = RecordedRequest(self.command, self.path, headers, body, time.monotonic())
-        auth = self.headers.get("Authorization")
+        auth = self.headers.get("Authorization") or self.headers.get("api-key")  # Azure: api-key
         if auth:
             record.auth_sha256 = hashlib.sha256(auth.encode()).hexdigest()
         with state.lock:
@@ -165,7 +165,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     # -- routes
     def do_GET(self) -> None:
         record = self._record(None)
-        if self.path.rstrip("/").endswith("/models"):
+        if self.path.split("?")[0].rstrip("/").endswith("/models"):
             model = {"id": self.server.state.model, "object": "model", "owned_by": "fake"}
             self._send(200, json.dumps({"object": "list", "data": [model]}).encode())
             self._done(record, 200)
@@ -182,7 +182,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         record = self._record(body)
         status: int | None = None
         try:
-            if not self.path.rstrip("/").endswith("/chat/completions"):
+            if not self.path.split("?")[0].rstrip("/").endswith("/chat/completions"):
                 status = 404
                 self._error(404, f"no route POST {self.path}")
             elif not isinstance(body, dict):
@@ -342,7 +342,11 @@ class FakeOpenAIServer:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path.rstrip("/").endswith("/chat/completions")]
+        return [
+            r
+            for r in self.requests
+            if r.path.split("?")[0].rstrip("/").endswith("/chat/completions")
+        ]
 
     @property
     def max_in_flight(self) -> int:
