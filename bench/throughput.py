@@ -73,14 +73,23 @@ async def measured_run(config: Any, out: Path, episodes: int, in_flight: int) ->
     }
 
 
-def run(episodes: int, latency: float, capacity: int, in_flight: int, sessions: int) -> dict:
+def run(
+    episodes: int,
+    latency: float,
+    capacity: int,
+    in_flight: int,
+    sessions: int,
+    http_client: str = "aiohttp",
+) -> dict:
     from mcu_sim.config import load_config
 
     endpoint = start_endpoint(latency, capacity)
     try:
         # the client may send more than C at once, so a request is always queued at the
         # endpoint when a slot frees: the endpoint, not the client, is then the limit
-        config = load_config(None, bench_overrides(endpoint.url, sessions, in_flight))
+        config = load_config(
+            None, bench_overrides(endpoint.url, sessions, in_flight, http_client=http_client)
+        )
         with tempfile.TemporaryDirectory() as tmp:
             # warm-up: imports, the graph, the HTTP client and the SQLite files, off the clock
             asyncio.run(measured_run(config, Path(tmp) / "warmup", 2, 2))
@@ -109,6 +118,7 @@ def run(episodes: int, latency: float, capacity: int, in_flight: int, sessions: 
         "in_flight": in_flight,
         "latency_s": latency,
         "capacity": capacity,
+        "http_client": http_client,
     }
 
 
@@ -119,19 +129,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity", type=int, default=16, help="C, requests served at once")
     parser.add_argument("--in-flight", type=int, help="episodes at once (default 2C)")
     parser.add_argument("--sessions", type=int, default=2)
+    parser.add_argument(
+        "--http-client", choices=["httpx", "aiohttp"], default="aiohttp", help="SDK transport"
+    )
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.smoke:
         args.episodes, args.latency, args.capacity, args.sessions = 6, 0.02, 4, 1
     in_flight = args.in_flight or 2 * args.capacity
-    result = run(args.episodes, args.latency, args.capacity, in_flight, args.sessions)
+    result = run(
+        args.episodes, args.latency, args.capacity, in_flight, args.sessions, args.http_client
+    )
     if args.json:
         print(json.dumps(result))
         return
     print(
         f"{result['episodes']} episodes ({result['failed']} failed), {result['llm_calls']} LLM "
-        f"calls in {result['seconds']} s, {in_flight} episodes in flight\n"
+        f"calls in {result['seconds']} s, {in_flight} episodes in flight "
+        f"(llm.provider.http_client={result['http_client']})\n"
         f"achieved {result['calls_per_s']} calls/s; capacity C/L = "
         f"{result['capacity_calls_per_s']}/s; ratio {result['ratio']} overall, "
         f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "

@@ -25,7 +25,7 @@ from langgraph.types import Send
 
 from mcu_sim.agents import planner, rewriter
 from mcu_sim.agents.llm import LLMError
-from mcu_sim.graphs.context import EpisodeContext, derive_seed
+from mcu_sim.graphs.context import IMAGES_DISABLED, EpisodeContext, derive_seed
 from mcu_sim.graphs.state import EpisodeState, append, merge_dict, merge_usage, node_reads
 from mcu_sim.tools.base import ToolUnavailable
 from mcu_sim.tools.toolbox import ToolDisabled
@@ -150,7 +150,7 @@ async def plan_node(state: AlignState, runtime: Any) -> dict[str, Any]:
     ctx = _ctx(runtime, "align.plan")
     request = state["request"]
     if ctx.tools is None:
-        return _finish(request, "unaligned", "image tools disabled (images.enabled is false)")
+        return _finish(request, "unaligned", IMAGES_DISABLED)
     modules, notes = _usable(ctx, state)
     if not modules:
         return _finish(request, "unaligned", "no image module available: " + "; ".join(notes))

@@ -12,6 +12,8 @@ from mcu_sim.agents.base import RoleCall
 from mcu_sim.agents.llm import LLMClient
 from mcu_sim.config import Config
 
+IMAGES_DISABLED = "image tools disabled (images.enabled is false)"
+
 
 def derive_seed(seed: int, *labels: object) -> int:
     """A stable 31-bit sub-seed for one purpose, so adding a step never shifts the others."""

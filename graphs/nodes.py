@@ -14,7 +14,7 @@ from langgraph.runtime import Runtime
 
 from mcu_sim.agents import commonsense, device, dialogue, events, narrative, persona, summarizer
 from mcu_sim.agents.llm import Completion
-from mcu_sim.graphs.context import EpisodeContext, derive_seed
+from mcu_sim.graphs.context import IMAGES_DISABLED, EpisodeContext, derive_seed
 from mcu_sim.graphs.state import EpisodeState, node_reads
 from mcu_sim.personas import samplers
 from mcu_sim.personas.schema import (
@@ -188,6 +188,14 @@ def album_request(image: DeviceImage) -> dict[str, Any]:
 
 
 @node_reads("seed", "demographics", "narrative")
+def _unless_images_off(ctx: EpisodeContext, requests: list[dict[str, Any]]) -> list[dict]:
+    """With image tools off, requests are settled as unaligned at once (with the reason), so
+    no aligner branch (a subgraph run and its checkpoints) is started for each of them."""
+    if ctx.tools is not None:
+        return requests
+    return [{**r, "status": "unaligned", "reason": IMAGES_DISABLED} for r in requests]
+
+
 async def device_images_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     """reads: narrative / writes: device_images (the album), image_requests (one per photo)."""
     ctx = _count(runtime, "device_images")
@@ -202,7 +210,7 @@ async def device_images_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any
         albums.append(image.model_copy(update={"request_id": f"album-{image.id}"}))
     return {
         "device_images": [a.model_dump(mode="json") for a in albums],
-        "image_requests": [album_request(a) for a in albums],
+        "image_requests": _unless_images_off(ctx, [album_request(a) for a in albums]),
         **_accounting("device_images", completion, device.PROMPT, version),
     }
 
@@ -313,7 +321,7 @@ async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     update: dict[str, Any] = {
         "sessions": [session],
         "device_images": [d.model_dump(mode="json") for d in new_images],
-        "image_requests": requests,
+        "image_requests": _unless_images_off(ctx, requests),
         **_accounting("session", completion, dialogue.PROMPT, version),
     }
     if episode.summarize_sessions:

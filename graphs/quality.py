@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mcu_sim.graphs.context import IMAGES_DISABLED
 from mcu_sim.graphs.filters import FilterSettings, ImageSimilarity
 from mcu_sim.graphs.state import EpisodeState, merge_usage, node_reads
 
@@ -26,7 +27,7 @@ def image_similarity(ctx: Any) -> tuple[ImageSimilarity | None, str]:
     ``(None, why)``."""
     tools = ctx.tools
     if tools is None:
-        return None, "image tools disabled (images.enabled is false)"
+        return None, IMAGES_DISABLED
     offered = getattr(tools, "image_similarity", None)
     if offered is None:
         return None, f"{type(tools).__name__} offers no image similarity"

@@ -274,3 +274,27 @@ def test_dialogue_lines_of_only_whitespace_are_refused() -> None:
     assert model.model_validate({"utterances": good, "sharing_moments": []})
     with pytest.raises(ValidationError, match="at least 2 characters"):
         model.model_validate({"utterances": [*good[:5], " \n  "], "sharing_moments": []})
+
+
+def test_with_images_off_requests_are_settled_without_aligner_branches(
+    fake_openai, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from mcu_sim.graphs.context import IMAGES_DISABLED
+
+    fake_openai.handler = scripted_answer
+    out = tmp_path / "run"
+    config = _config(tmp_path, sessions_min=2, sessions_max=2)
+    report, _ = _run(config, out, fake_openai, plan_jobs(1, 5))
+    assert len(report.finished) == 1
+    episode = _episode(out, report.finished[0])
+    assert episode.image_requests  # every album photo and sharing moment still has a request
+    for request in episode.image_requests:
+        assert (request.status, request.reason) == ("unaligned", IMAGES_DISABLED)
+    with sqlite3.connect(out / "checkpoints.sqlite") as db:
+        namespaces = {
+            row[0] for row in db.execute("SELECT DISTINCT checkpoint_ns FROM checkpoints")
+        }
+    assert namespaces == {""}  # no aligner subgraph ran, so none checkpointed
+    assert report.executions["align.plan"] == 0 and report.executions["session"] == 2
