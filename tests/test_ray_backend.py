@@ -6,12 +6,8 @@ batched across episodes, and the budget stop with a resume that redoes nothing."
 from __future__ import annotations
 
 import asyncio
-import html
-import io
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +18,7 @@ from mcu_sim.graphs.outputs import RunDir
 from mcu_sim.graphs.ray_backend import BatchingScorer, RayEpisodeRunner
 from mcu_sim.graphs.runner import EpisodeRunner, make_runner, plan_jobs
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, schema_name
+from mcu_sim.testing.image_site import serve_image_site
 from mcu_sim.testing.scripted import scripted_answer
 
 ray = pytest.importorskip("ray")
@@ -39,40 +36,8 @@ def local_ray() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def image_site() -> Iterator[str]:
     """A Bing-format result page linking one JPEG, served on 127.0.0.1."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), (200, 60, 20)).save(buffer, "JPEG")
-    photo = buffer.getvalue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            base = f"http://127.0.0.1:{self.server.server_address[1]}"
-            if self.path.startswith("/search"):
-                urls = {"murl": f"{base}/a.jpg", "turl": f"{base}/a.jpg"}
-                meta = html.escape(json.dumps(urls, separators=(",", ":")))
-                link = f'<div class="imgpt"><a class="iusc" m="{meta}" href="#">x</a></div>'
-                body, kind = f"<html><body>{link}</body></html>".encode(), "text/html"
-            elif self.path == "/a.jpg":
-                body, kind = photo, "image/jpeg"
-            else:
-                self.send_response(404)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/search?q={{query}}&first={{offset}}"
-    server.shutdown()
-    server.server_close()
+    with serve_image_site(colors=((200, 60, 20),)) as site:
+        yield site.search_url
 
 
 def _config(server: FakeOpenAIServer, tmp_path: Path, *extra: str) -> Config:
@@ -148,7 +113,7 @@ def test_image_tools_served_by_a_ray_actor(
     assert len(aligned) >= 2 * 5  # at least the album photos of both episodes
     for request in aligned:
         assert request["module"] == "web_search"
-        assert request["image"]["source_url"].endswith("/a.jpg")
+        assert request["image"]["source_url"].endswith("/img0.jpg")
         assert (tmp_path / "ray" / request["image"]["path"]).is_file()
         assert 0.0 <= float(request["image"]["scores"]["nsfw"]) <= 1.0  # QA ran
     # the actor merged concurrent QA requests (several episodes' images) into model calls
