@@ -26,7 +26,18 @@ if [ -f "$STAMP" ] && [ "$(head -1 "$STAMP")" = "$HASH" ]; then
   fi
   EXTRAS="$EXTRAS,$(paste -sd, <<<"$HAVE")"  # keep what is there, add what is missing
 fi
-"$VENV/bin/python" -m pip install --quiet --upgrade pip wheel setuptools
+LOG="$VENV/setup.log"
+: > "$LOG"
+# pip's and the build backends' chatter goes to the log; on failure its end is shown.
+quietly() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "[setup] failed: $*" >&2
+    tail -n 40 "$LOG" >&2
+    echo "[setup] full log: $LOG" >&2
+    exit 1
+  fi
+}
+quietly "$VENV/bin/python" -m pip install --quiet --upgrade pip wheel setuptools
 
 # llama-cpp-python is source-only on PyPI. Build its wheel once into a wheelhouse shared by
 # every checkout on this machine (~5 min on 2 cores). The build is portable (no -march=native):
@@ -36,11 +47,11 @@ WHEELHOUSE="${MCU_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/mcu-sim/wheels}"
 mkdir -p "$WHEELHOUSE"
 if ! ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
   echo "[setup] building llama-cpp-python $LLAMA_VERSION (once per machine, ~5 min)"
-  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF}" \
-    "$VENV/bin/python" -m pip wheel --quiet --no-deps --no-cache-dir -w "$WHEELHOUSE" \
+  export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF}"
+  quietly "$VENV/bin/python" -m pip wheel --quiet --no-deps --no-cache-dir -w "$WHEELHOUSE" \
     "llama-cpp-python==$LLAMA_VERSION"
 fi
 echo "[setup] installing mcu-sim[$EXTRAS] (first time: several minutes)"
-"$VENV/bin/python" -m pip install --quiet --find-links "$WHEELHOUSE" -e ".[$EXTRAS]"
+quietly "$VENV/bin/python" -m pip install --quiet --find-links "$WHEELHOUSE" -e ".[$EXTRAS]"
 { echo "$HASH"; expand_extras "$EXTRAS"; } > "$STAMP"
-echo "[setup] done"
+echo "[setup] done (log: $LOG)"
