@@ -74,9 +74,17 @@ class MiniLMEmbedder:
                 raise ToolUnavailable(
                     "retrieval", f"{exc.name} is not installed: pip install 'mcu-sim[images]'"
                 ) from exc
+            from transformers.utils import logging as hf_logging
+
             device = resolve_device(self.device)
-            self._tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            bar_was_on = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # a 90 MB local model: the bar is only noise
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+                model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            finally:
+                if bar_was_on:
+                    hf_logging.enable_progress_bar()
             self._model = model.to(device).eval()
 
     @property
