@@ -81,8 +81,11 @@ def test_history_shows_each_node_with_tokens(finished_run: Path) -> None:
     rows = _history(ref)
     wrote = [row.wrote.split(" ×")[0] for row in rows]
     assert wrote[:2] == ["input", "start"]
+    skipped = {"align_album", "align_sharing"}  # images are off: no aligner branch runs
     for node in NODE_ORDER:
-        assert node in wrote, f"{node} missing from the history"
+        if node not in skipped:
+            assert node in wrote, f"{node} missing from the history"
+    assert not skipped & set(wrote)
     assert rows[-1].next == () and rows[0].next == ("__start__",)
     assert [row.step for row in rows] == list(range(-1, len(rows) - 1))
     tokens = [row.tokens for row in rows]
