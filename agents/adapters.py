@@ -16,7 +16,9 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from mcu_sim.agents import direct_http
 from mcu_sim.agents.llm import EndpointFault, LLMRequestError, RawReply, Request
 from mcu_sim.config import ConfigError, ProviderConfig
 from mcu_sim.redaction import MASK, mask_url
@@ -142,6 +144,8 @@ class OpenAICompatibleAdapter:
     def _make_client(self) -> Any:
         import openai
 
+        if self.config.http_client == "direct":
+            return direct_http.new_session(self.config.timeout_s)
         # The SDK's own retries are off: LLMClient retries with one bounded policy.
         return openai.AsyncOpenAI(
             api_key=self._api_key,
@@ -180,7 +184,21 @@ class OpenAICompatibleAdapter:
             kwargs["seed"] = request.seed
         return kwargs
 
+    def direct_target(self, model: str) -> tuple[str, dict[str, str]]:
+        """URL and auth header of a Chat Completions POST (``http_client: direct``)."""
+        base = (self.config.base_url or "https://api.openai.com/v1").rstrip("/")
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        return base + "/chat/completions", headers
+
+    async def _send_direct(self, request: Request) -> RawReply:
+        body = self.request_kwargs(request)
+        url, headers = self.direct_target(body["model"])
+        data = await direct_http.post_json(self.client, url, headers, body)
+        return direct_http.reply_from(data, body["model"])
+
     async def send(self, request: Request) -> RawReply:
+        if self.config.http_client == "direct":
+            return await self._send_direct(request)
         import openai
         from openai.types.chat import ChatCompletion
 
@@ -226,9 +244,18 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
     def _where(self) -> str | None:
         return self.config.azure_endpoint
 
+    def direct_target(self, model: str) -> tuple[str, dict[str, str]]:
+        endpoint = (self.config.azure_endpoint or "").rstrip("/")
+        deployment = quote(self.config.azure_deployment or model, safe="")
+        version = quote(self.config.api_version, safe="")
+        url = f"{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={version}"
+        return url, {"api-key": self._api_key}
+
     def _make_client(self) -> Any:
         import openai
 
+        if self.config.http_client == "direct":
+            return direct_http.new_session(self.config.timeout_s)
         return openai.AsyncAzureOpenAI(
             api_key=self._api_key,
             azure_endpoint=self.config.azure_endpoint,

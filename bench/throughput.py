@@ -79,7 +79,7 @@ def run(
     capacity: int,
     in_flight: int,
     sessions: int,
-    http_client: str = "aiohttp",
+    http_client: str = "direct",
 ) -> dict:
     from mcu_sim.config import load_config
 
@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in-flight", type=int, help="episodes at once (default 2C)")
     parser.add_argument("--sessions", type=int, default=2)
     parser.add_argument(
-        "--http-client", choices=["httpx", "aiohttp"], default="aiohttp", help="SDK transport"
+        "--http-client",
+        choices=["httpx", "aiohttp", "direct"],
+        default="direct",
+        help="llm.provider.http_client",
     )
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -1,0 +1,81 @@
+"""A small aiohttp client for the Chat Completions wire protocol (``http_client: direct``).
+
+The openai SDK re-types every request body and response and routes them through httpx
+and anyio; at a few hundred calls per second that is most of the framework's CPU
+(``bench/throughput.py``). This client only posts JSON and reads JSON. Retries stay where
+they are for every transport (tenacity in :mod:`mcu_sim.agents.llm`): this module turns
+each failure into an exception that policy already understands, an HTTP status with its
+headers (``Retry-After``) or an :class:`~mcu_sim.agents.llm.EndpointFault`.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from mcu_sim.agents.llm import EndpointFault, RawReply
+
+
+class HTTPStatusError(Exception):
+    """An HTTP error answer: ``status_code`` and ``response.headers`` as the retry policy
+    reads them from the SDK's errors."""
+
+    def __init__(self, status_code: int, message: str, headers: Any) -> None:
+        super().__init__(f"Error code: {status_code} - {message}")
+        self.status_code = status_code
+        self.response = SimpleNamespace(headers=headers)
+
+
+def new_session(timeout_s: float) -> Any:
+    """An aiohttp session for the running event loop (close it with ``await close()``)."""
+    import aiohttp
+
+    # trust_env: HTTP(S)_PROXY and NO_PROXY are honoured, as the SDK's httpx client does.
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=True)
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        error = json.loads(body).get("error") or {}
+        return str(error.get("message") or error)[:500]
+    except (ValueError, AttributeError):
+        return body[:200].decode("utf-8", "replace")
+
+
+async def post_json(session: Any, url: str, headers: dict[str, str], body: dict) -> Any:
+    """POST ``body``; the decoded JSON answer, or an exception the retry policy classifies."""
+    import asyncio
+
+    import aiohttp
+
+    try:
+        async with session.post(url, json=body, headers=headers) as response:
+            raw = await response.read()
+            status, answer_headers = response.status, response.headers
+    except TimeoutError:
+        raise EndpointFault("timed out: no answer within llm.provider.timeout_s") from None
+    except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise EndpointFault(f"connection failed: {type(exc).__name__}: {exc}") from None
+    if status >= 400:
+        raise HTTPStatusError(status, _error_message(raw), answer_headers)
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise EndpointFault(f"the endpoint sent a malformed body: {exc}") from None
+
+
+def reply_from(data: Any, model: str) -> RawReply:
+    """The :class:`RawReply` of a Chat Completions answer, or :class:`EndpointFault`."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    if not isinstance(message, dict):
+        raise EndpointFault(f"the endpoint sent a reply without choices: {data!r:.200}")
+    usage = data.get("usage") or {}
+    return RawReply(
+        text=message.get("content") or "",
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        completion_tokens=usage.get("completion_tokens") or 0,
+        model=data.get("model") or model,
+        finish_reason=choices[0].get("finish_reason"),
+    )
