@@ -136,3 +136,17 @@ async def test_direct_reaches_an_azure_deployment(fake_openai) -> None:
     sent = fake_openai.chat_requests[0]
     assert sent.path == "/openai/deployments/my-gpt/chat/completions?api-version=2024-06-01"
     assert sent.auth_sha256 == hashlib.sha256(b"azure-secret-123").hexdigest()
+
+
+def test_proxies_come_from_the_environment_once(monkeypatch) -> None:
+    from mcu_sim.agents import direct_http
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    direct_http.proxy_for.cache_clear()
+    try:
+        assert direct_http.proxy_for("https://api.example/v1") == "http://proxy.example:3128"
+        assert direct_http.proxy_for("https://internal.example/v1") is None
+        assert direct_http.proxy_for("http://plain.example/v1") is None  # no HTTP_PROXY
+    finally:
+        direct_http.proxy_for.cache_clear()
