@@ -18,7 +18,7 @@ from mcu_sim.testing.fake_openai import FakeOpenAIServer, Fault, Reply, client_f
 
 USER = [{"role": "user", "content": "Describe one person."}]
 GOOD = {"name": "Ada", "age": 36}
-KEY = "sk-direct-SECRET-0123456789"
+KEY = "fake-direct-SECRET-0123456789"
 
 
 class Person(BaseModel):

@@ -21,7 +21,7 @@ from mcu_sim.graphs.scrub import Scrubber, secret_values
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, Fault, schema_name
 from mcu_sim.testing.scripted import scripted_answer
 
-API_KEY = "sk-test-Zq81VxKp4Lm2Tt9Rw7Yy"
+API_KEY = "fake-key-Zq81VxKp4Lm2Tt9Rw7Yy"
 
 
 def _config(server: FakeOpenAIServer, tmp_path: Path, *extra: str) -> Any:
@@ -117,7 +117,7 @@ def test_secret_values_and_masking() -> None:
     values = secret_values(config, environ)
     assert values == (
         "postgresql://bob:s3cret-pass@db:5432/x",
-        "sk-test-Zq81VxKp4Lm2Tt9Rw7Yy",
+        "fake-key-Zq81VxKp4Lm2Tt9Rw7Yy",
         "s3cret-pass",
     )
     scrub = Scrubber(values)
