@@ -283,13 +283,15 @@ async def test_sampling_settings_and_seed_are_sent(fake_openai, make_llm_client)
     assert "seed" not in fake_openai.chat_requests[1].body
 
 
-async def test_azure_adapter_reaches_its_deployment_url(fake_openai):
+@pytest.mark.parametrize("http_client", ["httpx", "direct"])
+async def test_azure_adapter_reaches_its_deployment_url(fake_openai, http_client):
     from mcu_sim.agents.adapters import make_adapter
     from mcu_sim.agents.llm import LLMClient
     from mcu_sim.config import LLMConfig
 
     provider = {
         "kind": "azure_openai",
+        "http_client": http_client,
         "azure_endpoint": fake_openai.url.removesuffix("/v1"),
         "azure_deployment": "my-gpt",
         "api_version": "2024-06-01",
@@ -299,11 +301,13 @@ async def test_azure_adapter_reaches_its_deployment_url(fake_openai):
     adapter = make_adapter(config.provider, {"AZURE_OPENAI_API_KEY": "azure-secret-123"})
     client = LLMClient(config, adapter, None, 0.01, 1.0)
     fake_openai.handler = lambda body: GOOD
-    result = await client.complete(USER, Person)
+    try:
+        result = await client.complete(USER, Person)
+    finally:
+        await client.aclose()
     assert result.value == Person(**GOOD)
     sent = fake_openai.chat_requests[0]
-    assert sent.path.startswith("/openai/deployments/my-gpt/chat/completions")
-    assert "api-version=2024-06-01" in sent.path
+    assert sent.path == "/openai/deployments/my-gpt/chat/completions?api-version=2024-06-01"
     assert sent.auth_sha256 == hashlib.sha256(b"azure-secret-123").hexdigest()  # api-key header
     assert sent.body["messages"] == USER and sent.body["model"] == "gpt-4o-mini"
 

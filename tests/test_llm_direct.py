@@ -1,6 +1,6 @@
 """``llm.provider.http_client: direct`` (mcu-sim's own aiohttp client) against the real HTTP
 fake endpoint: the same wire body as the SDK path, and every fault class retried, bounded
-or surfaced exactly as with the SDK."""
+or surfaced exactly as with the SDK (the Azure URL is tested in ``test_llm.py``)."""
 
 from __future__ import annotations
 
@@ -110,32 +110,6 @@ async def test_direct_reports_a_cut_off_answer(fake_openai, direct) -> None:
             await client.complete(USER, Person)
     finally:
         await client.aclose()
-
-
-async def test_direct_reaches_an_azure_deployment(fake_openai) -> None:
-    from mcu_sim.agents.adapters import make_adapter
-    from mcu_sim.agents.llm import LLMClient
-    from mcu_sim.config import LLMConfig
-
-    provider = {
-        "kind": "azure_openai",
-        "http_client": "direct",
-        "azure_endpoint": fake_openai.url.removesuffix("/v1"),
-        "azure_deployment": "my-gpt",
-        "api_version": "2024-06-01",
-        "model": "gpt-4o-mini",
-    }
-    config = LLMConfig.model_validate({"provider": provider, "cache": {"enabled": False}})
-    adapter = make_adapter(config.provider, {"AZURE_OPENAI_API_KEY": "azure-secret-123"})
-    client = LLMClient(config, adapter, None, 0.01, 1.0)
-    fake_openai.handler = lambda body: GOOD
-    try:
-        assert (await client.complete(USER, Person)).value == Person(**GOOD)
-    finally:
-        await client.aclose()
-    sent = fake_openai.chat_requests[0]
-    assert sent.path == "/openai/deployments/my-gpt/chat/completions?api-version=2024-06-01"
-    assert sent.auth_sha256 == hashlib.sha256(b"azure-secret-123").hexdigest()
 
 
 def test_proxies_come_from_the_environment_once(monkeypatch) -> None:
