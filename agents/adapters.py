@@ -144,8 +144,6 @@ class OpenAICompatibleAdapter:
     def _make_client(self) -> Any:
         import openai
 
-        if self.config.http_client == "direct":
-            return direct_http.new_session(self.config.timeout_s)
         # The SDK's own retries are off: LLMClient retries with one bounded policy.
         return openai.AsyncOpenAI(
             api_key=self._api_key,
@@ -157,11 +155,16 @@ class OpenAICompatibleAdapter:
 
     @property
     def client(self) -> Any:
-        """The SDK client for the running event loop."""
+        """The SDK client (or, with ``http_client: direct``, the aiohttp session) for the
+        running event loop."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = self._clients[loop] = self._make_client()
+            if self.config.http_client == "direct":
+                client = direct_http.new_session(self.config.timeout_s)
+            else:
+                client = self._make_client()
+            self._clients[loop] = client
         return client
 
     def identity(self) -> dict[str, Any]:
@@ -254,8 +257,6 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
     def _make_client(self) -> Any:
         import openai
 
-        if self.config.http_client == "direct":
-            return direct_http.new_session(self.config.timeout_s)
         return openai.AsyncAzureOpenAI(
             api_key=self._api_key,
             azure_endpoint=self.config.azure_endpoint,
