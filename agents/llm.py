@@ -24,13 +24,13 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_before_delay,
 )
 
 from mcu_sim.agents.cache import ResponseCache, cache_key
 from mcu_sim.agents.retry import (
     RateLimiter,
     RetryAfterWait,
+    StopBeforeDeadline,
     is_retryable,
     retry_after_seconds,
     status_of,
@@ -283,17 +283,18 @@ class LLMClient:
             schema_name=schema.__name__ if schema else "",
             seed=seed if self.provider.supports_seed else None,
         )
-        key = cache_key(
-            self.adapter.identity(),
-            settings.model_dump(),
-            messages,
-            json_schema,
-            prompt_version,
-            request.seed,
-            self.provider.structured_output,
-        )
         cache = self.cache if use_cache and self.config.cache.enabled else None
+        key = ""
         if cache is not None:
+            key = cache_key(
+                self.adapter.identity(),
+                settings.model_dump(),
+                messages,
+                json_schema,
+                prompt_version,
+                request.seed,
+                self.provider.structured_output,
+            )
             entry = cache.get_entry(key)
             if entry is not None:
                 hit, original = entry
@@ -433,27 +434,50 @@ class LLMClient:
             state.upcoming_sleep,
         )
 
-    async def _send_with_retries(self, request: Request) -> RawReply:
-        retrying = AsyncRetrying(
+    async def _send_once(self, request: Request) -> RawReply:
+        await self.rate_limiter.wait()
+        async with self._semaphore():
+            self.network_calls += 1
+            return await self.adapter.send(request)
+
+    def _retrying(self, started: float) -> AsyncRetrying:
+        return AsyncRetrying(
             stop=stop_after_attempt(self.provider.max_attempts)
-            | stop_before_delay(self.provider.max_retry_seconds),
+            | StopBeforeDeadline(started, self.provider.max_retry_seconds),
             wait=RetryAfterWait(self.retry_initial_s, self.retry_max_wait_s),
             retry=retry_if_exception(is_retryable),
             before_sleep=self._log_retry,
             reraise=True,
         )
+
+    async def _send_with_retries(self, request: Request) -> RawReply:
+        """One request, retried on transient failures within the configured limits.
+
+        The first attempt runs without the retry machinery (building tenacity's state per
+        call was a measurable share of the framework's CPU at scale). Its failure, if worth
+        retrying, is replayed as tenacity's attempt 1, so the limits, waits and logs are
+        tenacity's exactly; the time budget counts from the first attempt.
+        """
         started = time.monotonic()
+        retrying: AsyncRetrying | None = None
         try:
+            try:
+                return await self._send_once(request)
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                first_failure: BaseException | None = exc
+            retrying = self._retrying(started)
             async for attempt in retrying:
                 with attempt:
-                    await self.rate_limiter.wait()
-                    async with self._semaphore():
-                        self.network_calls += 1
-                        return await self.adapter.send(request)
+                    if first_failure is not None:  # attempt 1 was made above
+                        failure, first_failure = first_failure, None
+                        raise failure
+                    return await self._send_once(request)
         except Exception as exc:
             detail = self._redact(f"{type(exc).__name__}: {exc}")
             if is_retryable(exc):
-                attempts = retrying.statistics.get("attempt_number", "?")
+                attempts = retrying.statistics.get("attempt_number", "?") if retrying else 1
                 raise LLMTransportError(
                     f"{self.adapter.name} still failing after {attempts} attempt(s) in "
                     f"{time.monotonic() - started:.1f}s (limits: llm.provider.max_attempts="

@@ -64,7 +64,7 @@ class RetryAfterWait:
     """tenacity wait: the server's Retry-After when given, else exponential with jitter.
 
     A Retry-After is honoured in full (not capped): if it does not fit in the remaining
-    retry budget, ``stop_before_delay`` ends the retries instead of retrying too early.
+    retry budget, :class:`StopBeforeDeadline` ends the retries instead of retrying too early.
     """
 
     def __init__(self, initial: float, maximum: float) -> None:
@@ -74,6 +74,18 @@ class RetryAfterWait:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         asked = retry_after_seconds(exc) if exc else None
         return asked if asked is not None else self.fallback(retry_state)
+
+
+class StopBeforeDeadline:
+    """tenacity stop: no retry whose wait would end ``max_seconds`` after ``started``
+    (``stop_before_delay``, but counted from a start the caller chooses: the first attempt,
+    made before tenacity's loop began)."""
+
+    def __init__(self, started: float, max_seconds: float) -> None:
+        self.deadline = started + max_seconds
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
 
 
 class RateLimiter:

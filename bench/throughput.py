@@ -6,7 +6,8 @@
 
 Prints achieved LLM calls/s and its ratio to the endpoint's capacity C/L (overall, and in
 the steady part between 10 % and 90 % of the calls), framework CPU per LLM call (this
-process only: the endpoint runs in a subprocess), peak RSS and RSS per in-flight episode.
+process only: the endpoint runs in a subprocess; overall, and in that steady window, which
+leaves out the run's fixed start and end work), peak RSS and RSS per in-flight episode.
 ``--in-flight`` defaults to 2C episodes (and the client may have that many requests out),
 enough to keep C requests busy while episodes are between calls. Figures only; nothing
 is asserted.
@@ -32,29 +33,51 @@ from _common import (
     start_endpoint,
 )
 
+Sample = tuple[float, int, float]  # (wall clock, LLM calls so far, process CPU seconds)
 
-async def _sample_calls(runner: Any, samples: list[tuple[float, int]], stop: asyncio.Event) -> None:
+
+async def _sample_calls(runner: Any, samples: list[Sample], stop: asyncio.Event) -> None:
     while not stop.is_set():
-        samples.append((time.perf_counter(), runner.usage.calls))
+        samples.append((time.perf_counter(), runner.usage.calls, cpu_seconds()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.05)
 
 
-def steady_rate(samples: list[tuple[float, int]]) -> float:
-    """Calls/s between the moments 10 % and 90 % of all calls were done."""
+def _steady_window(samples: list[Sample]) -> tuple[Sample, Sample] | None:
+    """The first samples at which 10 % and 90 % of all calls were done."""
     total = samples[-1][1] if samples else 0
     if total < 10:
+        return None
+    low = next(s for s in samples if s[1] >= 0.1 * total)
+    high = next(s for s in samples if s[1] >= 0.9 * total)
+    return (low, high) if high[1] > low[1] and high[0] > low[0] else None
+
+
+def steady_rate(samples: list[Sample]) -> float:
+    """Calls/s between the moments 10 % and 90 % of all calls were done."""
+    window = _steady_window(samples)
+    if window is None:
         return 0.0
-    low = next(t for t, c in samples if c >= 0.1 * total)
-    high = next(t for t, c in samples if c >= 0.9 * total)
-    return 0.8 * total / (high - low) if high > low else 0.0
+    low, high = window
+    return (high[1] - low[1]) / (high[0] - low[0])
+
+
+def steady_cpu_ms_per_call(samples: list[Sample]) -> float:
+    """Framework CPU per call in the same window: what each call costs once the run's
+    fixed start and end work (graph compile, manifest, shards, run-level filters) is left
+    out, i.e. what a long run pays per call."""
+    window = _steady_window(samples)
+    if window is None:
+        return 0.0
+    low, high = window
+    return 1000 * (high[2] - low[2]) / (high[1] - low[1])
 
 
 async def measured_run(config: Any, out: Path, episodes: int, in_flight: int) -> dict[str, Any]:
     from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 
     runner = EpisodeRunner(config, out, max_in_flight=in_flight, use_cache=False)
-    samples: list[tuple[float, int]] = []
+    samples: list[Sample] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_calls(runner, samples, stop))
     rss_before, cpu_before = rss_mb(), cpu_seconds()
@@ -63,13 +86,14 @@ async def measured_run(config: Any, out: Path, episodes: int, in_flight: int) ->
     cpu = cpu_seconds() - cpu_before
     stop.set()
     await sampler
-    samples.append((time.perf_counter(), report.usage.calls))
+    samples.append((time.perf_counter(), report.usage.calls, cpu_seconds()))
     return {
         "report": report,
         "seconds": timer.seconds,
         "cpu_s": cpu,
         "rss_before_mb": rss_before,
         "steady_calls_per_s": steady_rate(samples),
+        "steady_cpu_ms_per_call": steady_cpu_ms_per_call(samples),
     }
 
 
@@ -112,6 +136,7 @@ def run(
         "endpoint_max_in_flight": served.get("max_in_flight"),
         "endpoint_cpu_ms_per_call": round(1000 * served.get("cpu_s", 0) / max(calls, 1), 3),
         "cpu_ms_per_call": round(1000 * result["cpu_s"] / max(calls, 1), 3),
+        "steady_cpu_ms_per_call": round(result["steady_cpu_ms_per_call"], 3),
         "cpu_busy_fraction": round(result["cpu_s"] / result["seconds"], 3),
         "peak_rss_mb": round(peak, 1),
         "rss_per_in_flight_mb": round(max(peak - result["rss_before_mb"], 0) / in_flight, 3),
@@ -155,9 +180,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['capacity_calls_per_s']}/s; ratio {result['ratio']} overall, "
         f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "
         f"once)\n"
-        f"framework CPU {result['cpu_ms_per_call']} ms per LLM call "
-        f"(busy {100 * result['cpu_busy_fraction']:.0f} % of one core; the endpoint process "
-        f"used {result['endpoint_cpu_ms_per_call']} ms per call)\n"
+        f"framework CPU {result['cpu_ms_per_call']} ms per LLM call overall, "
+        f"{result['steady_cpu_ms_per_call']} ms steady (busy "
+        f"{100 * result['cpu_busy_fraction']:.0f} % of one core; the endpoint process used "
+        f"{result['endpoint_cpu_ms_per_call']} ms per call)\n"
         f"peak RSS {result['peak_rss_mb']} MB; {result['rss_per_in_flight_mb']} MB per "
         f"in-flight episode"
     )

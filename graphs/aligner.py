@@ -324,7 +324,7 @@ async def rewrite_node(state: AlignState, runtime: Any) -> dict[str, Any]:
     }
 
 
-def give_up_node(state: AlignState, runtime: Any) -> dict[str, Any]:
+async def give_up_node(state: AlignState, runtime: Any) -> dict[str, Any]:
     """reads: failures / writes: the request as unaligned, with every reason kept."""
     ctx = _ctx(runtime, "align.give_up")
     qa = ctx.tools.qa_settings
@@ -412,7 +412,7 @@ def fan_out_sharing(state: EpisodeState) -> list[Send] | str:
 
 
 @node_reads("image_requests", "device_images")
-def link_album_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
+async def link_album_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
     """reads: image_requests, device_images / writes: sharing requests that reuse an album
     photo (they show the very image aligned for that photo), and any request still pending
     marked unaligned, so none leaves the image stage pending.

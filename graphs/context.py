@@ -32,6 +32,15 @@ class EpisodeContext:
     use_cache: bool = True
     executions: Counter = field(default_factory=Counter)
     step_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the run's fingerprint when the runner already has it (hashing the whole config once
+    # per episode is a measurable share of the framework's CPU at scale)
+    config_fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """The config fingerprint recorded in the episode."""
+        if self.config_fingerprint is None:
+            self.config_fingerprint = self.config.fingerprint()
+        return self.config_fingerprint
 
     def role(self, step: str, seed: int, *labels: object) -> RoleCall:
         settings = self.config.llm.step(step)

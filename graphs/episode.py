@@ -6,6 +6,7 @@ demographics → face → persona → commonsense → narrative → events → d
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -51,14 +52,28 @@ def episode_seeds(state: EpisodeState) -> dict[str, int]:
 
 
 @node_reads("*")
-def finalize_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
-    """reads: everything / writes: episode (the validated, assembled Episode as a dict)."""
+async def finalize_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
+    """reads: everything / writes: episode (the validated, assembled Episode as a dict).
+
+    Pure code, run on the event loop (a worker-thread hop per episode cost more than the
+    work); only when CLIP image similarity has to be computed does it move to a thread.
+    """
     ctx: EpisodeContext = runtime.context
     ctx.executions["finalize"] += 1
+    similarity, missing = quality.image_similarity(ctx)
+    if similarity is None:
+        return assemble_episode(state, ctx, None, missing)
+    return await asyncio.to_thread(assemble_episode, state, ctx, similarity, missing)
+
+
+def assemble_episode(
+    state: EpisodeState, ctx: EpisodeContext, similarity: Any, missing: str
+) -> dict[str, Any]:
+    """The Episode made of ``state``, validated and passed through the episode filters."""
     episode = Episode(
         episode_id=state["episode_id"],
         seeds=episode_seeds(state),
-        config_fingerprint=ctx.config.fingerprint(),
+        config_fingerprint=ctx.fingerprint(),
         prompt_versions=state.get("prompt_versions", {}),
         usage=state.get("usage", {}),
         demographics=state["demographics"],
@@ -74,7 +89,6 @@ def finalize_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
         image_requests=sorted(state.get("image_requests", []), key=lambda r: r["id"]),
         removals=state.get("removals", []),
     )
-    similarity, missing = quality.image_similarity(ctx)
     episode = filter_episode(episode, quality.filter_settings(ctx.config), similarity, missing)
     return {"episode": episode.model_dump(mode="json")}
 

@@ -54,7 +54,7 @@ def _demo(state: EpisodeState) -> Demographics:
 
 
 @node_reads("seed")
-def demographics_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
+async def demographics_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     """reads: seed / writes: demographics, persona_category, face (prompt), n_sessions, start_date.
 
     Pure sampling, no LLM: the same seed always gives the same person.

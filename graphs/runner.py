@@ -227,6 +227,7 @@ class EpisodeRunner:
         self.shard_size = shard_size or getattr(config.run, "shard_size", 1000)
         self.executions: Counter = Counter()
         self.run_id = ""
+        self.fingerprint: str | None = None
         self.shards: ShardWriter | None = None
         self._budget_hit = asyncio.Event()
         self._usage_start = Usage()
@@ -278,6 +279,7 @@ class EpisodeRunner:
         seeds = [job.seed for job in jobs if is_planned(job)]  # forks are listed apart
         manifest = start_manifest(self.run, self.config, seeds, force_config, self.backend)
         self.run_id = manifest["run_id"]
+        self.fingerprint = manifest["config_fingerprint"]
         self.shards = ShardWriter(self.run, self.shard_size)
         await asyncio.to_thread(self._prepare_files)
         todo = []
@@ -348,6 +350,7 @@ class EpisodeRunner:
             tools=self.tools,
             use_cache=self.use_cache,
             executions=self.executions,
+            config_fingerprint=self.fingerprint,
         )
         self._emit("start", episode_id=job.episode_id)
         try:

@@ -312,7 +312,8 @@ def test_link_album_leaves_no_request_pending() -> None:
         ],
     }
     runtime = SimpleNamespace(context=SimpleNamespace(executions=Counter()))
-    updates = {r["id"]: r for r in link_album_node(state, runtime)["image_requests"]}
+    result = asyncio.run(link_album_node(state, runtime))
+    updates = {r["id"]: r for r in result["image_requests"]}
     assert set(updates) == {"album-2", "s1-t2", "s1-t4", "s1-t6"}
     assert all(
         r["status"] != "pending" and (r["status"] == "aligned" or r["reason"])

@@ -109,6 +109,16 @@ async def test_retry_after_beyond_the_budget_stops_at_once(fake_openai, make_llm
     assert len(fake_openai.chat_requests) == 1  # never retried early against the server's ask
 
 
+async def test_the_time_budget_counts_from_the_first_attempt(fake_openai, make_llm_client):
+    # the first attempt runs before tenacity's loop: its 0.6 s timeout alone spends the
+    # 0.5 s budget, so no retry may start after it
+    client = make_llm_client(cache_path=None, timeout_s=0.6, max_attempts=5, max_retry_seconds=0.5)
+    fake_openai.handler = lambda body: Fault.delay(3)
+    with pytest.raises(LLMTransportError, match="1 attempt"):
+        await client.complete(USER, Person)
+    assert len(fake_openai.chat_requests) == 1
+
+
 async def test_timeout_is_retried(fake_openai, make_llm_client):
     client = make_llm_client(cache_path=None, timeout_s=1.0)
     fake_openai.script(Fault.delay(5, then=GOOD), GOOD)
