@@ -273,6 +273,17 @@ class RunConfig(Strict):
             "set, checkpoints go to Postgres instead of <run>/checkpoints.sqlite."
         ),
     )
+    durability: Literal["sync", "exit"] = Field(
+        "sync",
+        description=(
+            "When the runner writes an episode's checkpoint. sync: after every step, so a "
+            "crash redoes at most the steps in progress. exit: only when the episode "
+            "finishes, stops (budget) or fails; about half the framework's CPU per step, "
+            "but a crash restarts its unfinished episodes from the beginning (their LLM "
+            "calls are then answered by the response cache, when it is on). `mcu debug`, "
+            "replay and forks always checkpoint every step."
+        ),
+    )
 
 
 # Settings that change how fast or where a run goes, never what an episode contains.
@@ -284,6 +295,7 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
         "backend",
         "ray_address",
         "postgres_dsn_env",
+        "durability",
     },
     "llm": {
         "cache": True,

@@ -104,6 +104,7 @@ def run(
     in_flight: int,
     sessions: int,
     http_client: str = "direct",
+    durability: str = "sync",
 ) -> dict:
     from mcu_sim.config import load_config
 
@@ -111,9 +112,8 @@ def run(
     try:
         # the client may send more than C at once, so a request is always queued at the
         # endpoint when a slot frees: the endpoint, not the client, is then the limit
-        config = load_config(
-            None, bench_overrides(endpoint.url, sessions, in_flight, http_client=http_client)
-        )
+        overrides = bench_overrides(endpoint.url, sessions, in_flight, http_client=http_client)
+        config = load_config(None, [*overrides, f"run.durability={durability}"])
         with tempfile.TemporaryDirectory() as tmp:
             # warm-up: imports, the graph, the HTTP client and the SQLite files, off the clock
             asyncio.run(measured_run(config, Path(tmp) / "warmup", 2, 2))
@@ -144,6 +144,7 @@ def run(
         "latency_s": latency,
         "capacity": capacity,
         "http_client": http_client,
+        "durability": durability,
     }
 
 
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         default="direct",
         help="llm.provider.http_client",
     )
+    parser.add_argument(
+        "--durability", choices=["sync", "exit"], default="sync", help="run.durability"
+    )
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -167,7 +171,13 @@ def main(argv: list[str] | None = None) -> None:
         args.episodes, args.latency, args.capacity, args.sessions = 6, 0.02, 4, 1
     in_flight = args.in_flight or 2 * args.capacity
     result = run(
-        args.episodes, args.latency, args.capacity, in_flight, args.sessions, args.http_client
+        args.episodes,
+        args.latency,
+        args.capacity,
+        in_flight,
+        args.sessions,
+        args.http_client,
+        args.durability,
     )
     if args.json:
         print(json.dumps(result))
@@ -175,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{result['episodes']} episodes ({result['failed']} failed), {result['llm_calls']} LLM "
         f"calls in {result['seconds']} s, {in_flight} episodes in flight "
-        f"(llm.provider.http_client={result['http_client']})\n"
+        f"(llm.provider.http_client={result['http_client']}, "
+        f"run.durability={result['durability']})\n"
         f"achieved {result['calls_per_s']} calls/s; capacity C/L = "
         f"{result['capacity_calls_per_s']}/s; ratio {result['ratio']} overall, "
         f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "

@@ -110,6 +110,7 @@ async def _episode_in_worker(payload: dict[str, Any]) -> dict[str, Any]:
                     payload["thread_id"],
                     on_node=pending.append,
                     should_stop=lambda: _drain(after_step, pending),
+                    durability=config.run.durability,
                 )
                 result = {"episode": episode} if episode is not None else {"stopped": True}
             except Exception as exc:

@@ -115,11 +115,15 @@ async def drive_episode(
     thread_id: str,
     on_node: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool | Awaitable[bool]] | None = None,
+    durability: str = "sync",
 ) -> dict[str, Any] | None:
     """Run (or resume) one episode to its end; return the episode dict.
 
-    Steps are checkpointed with ``durability="sync"``: a step counts as done only once its
-    checkpoint is written, so an interruption redoes at most the steps in progress.
+    With ``durability="sync"`` (``run.durability``) a step counts as done only once its
+    checkpoint is written, so an interruption redoes at most the steps in progress. With
+    ``"exit"`` the checkpoint is written when the stream ends (finished, stopped after a
+    step, or failed): a kill before that loses the episode's progress, never a finished
+    episode.
 
     Returns None when ``should_stop`` said so after a step: the checkpoint keeps every
     finished step and the next call continues from there. Raises what a node raised.
@@ -131,7 +135,7 @@ async def drive_episode(
         return snapshot.values["episode"]
     payload = None if snapshot.values else {"episode_id": job.episode_id, "seed": job.seed}
     stream = graph.astream(
-        payload, config, context=context, stream_mode="updates", durability="sync"
+        payload, config, context=context, stream_mode="updates", durability=durability
     )
     episode = None
     async for update in stream:
@@ -361,6 +365,7 @@ class EpisodeRunner:
                 thread_id,
                 on_node=lambda node: self._emit("node", episode_id=job.episode_id, node=node),
                 should_stop=self._over_budget,
+                durability=self.config.run.durability,
             )
         except (asyncio.CancelledError, KeyboardInterrupt):
             self._emit("stopped", episode_id=job.episode_id)

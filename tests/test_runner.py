@@ -6,6 +6,7 @@ retry-failed, the fingerprint refusal, the budget stop, the run lock and the CLI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -274,13 +275,14 @@ def test_second_runner_on_the_same_directory_is_refused(
 # ---------------------------------------------------------------- budget
 
 
+@pytest.mark.parametrize("durability", ["sync", "exit"])
 def test_budget_stop_keeps_everything_and_a_rerun_continues(
-    fake_openai: FakeOpenAIServer, tmp_path: Path
+    fake_openai: FakeOpenAIServer, tmp_path: Path, durability: str
 ) -> None:
     fake_openai.handler = scripted_answer
     # USD per million tokens; the fake endpoint counts words as tokens.
     price = "llm.provider.prices={fake-model: {input: 200, output: 200}}"
-    config = _config(fake_openai, tmp_path, price, sessions=2)
+    config = _config(fake_openai, tmp_path, price, f"run.durability={durability}", sessions=2)
     out = tmp_path / "run"
     jobs = plan_jobs(3, 50)
     report, first = _run(config, out, jobs, max_in_flight=1, max_cost=1.0)
@@ -304,6 +306,58 @@ def test_budget_stop_keeps_everything_and_a_rerun_continues(
 
 
 # ---------------------------------------------------------------- files
+
+
+def _checkpoints_per_thread(run: Path) -> dict[str, int]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(run / "checkpoints.sqlite")) as db:
+        rows = db.execute("SELECT thread_id, COUNT(*) FROM checkpoints GROUP BY thread_id")
+        return dict(rows.fetchall())
+
+
+def test_exit_durability_checkpoints_once_per_episode_and_changes_no_episode(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    jobs = plan_jobs(2, 60)
+    episodes = {}
+    for durability in ("sync", "exit"):
+        config = _config(
+            fake_openai, tmp_path, f"run.durability={durability}", "llm.cache.enabled=false"
+        )
+        out = tmp_path / durability
+        report, runner = _run(config, out, jobs, max_in_flight=2)
+        assert len(report.finished) == 2
+        per_thread = _checkpoints_per_thread(out)
+        steps = sum(runner.executions.values()) // 2
+        if durability == "sync":
+            assert all(n > steps for n in per_thread.values()), (per_thread, steps)
+        else:
+            assert all(n <= 2 for n in per_thread.values()), per_thread
+        episodes[durability] = [RunDir(out).read_episode(j.episode_id) for j in jobs]
+    assert episodes["sync"] == episodes["exit"]  # an operational setting: same fingerprint too
+
+
+def test_exit_durability_failure_resumes_at_the_failed_node(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    def broken(body: dict[str, Any]) -> Any:
+        if schema_name(body) == "EventsOutput":
+            return Fault.status(400, message="this model cannot do events")
+        return scripted_answer(body)
+
+    fake_openai.handler = broken
+    config = _config(fake_openai, tmp_path, "run.durability=exit", "llm.cache.enabled=false")
+    out = tmp_path / "run"
+    report, _ = _run(config, out, plan_jobs(1, 70))
+    assert report.failed and RunDir(out).read_failure("ep-00000070")["failed_at"] == ["events"]
+    fake_openai.handler = scripted_answer
+    report, runner = _run(config, out, failed_jobs(RunDir(out)))
+    assert report.finished == ["ep-00000070"]
+    # the checkpoint written when the episode failed kept every step before events
+    assert all(runner.executions[node] == 0 for node in PRE_EVENTS)
+    assert runner.executions["events"] == 1
 
 
 def test_shards_survive_a_crash_between_shard_and_state(tmp_path: Path) -> None:
