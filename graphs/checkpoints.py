@@ -7,12 +7,16 @@ takes well under a millisecond, while the thread hand-off (queue, wake-up of the
 GIL ping-pong) cost more than the write itself: measured with ``bench/throughput.py``, the
 framework's CPU per LLM call drops by about 40 %. The price is that a statement blocks the
 loop while it runs, including while it waits for another *process* holding the write lock
-(busy timeout); on one machine with one runner process nothing else writes.
+(busy timeout); on one machine with one runner process nothing else writes. Its two
+writes (a step's checkpoint, a task's pending writes) are LangGraph's statements run
+straight on that connection (:func:`_inline_saver_class`); every read is LangGraph's own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import sqlite3
 import threading
@@ -105,6 +109,11 @@ class InlineSqliteConnection:
             self._conn.execute(pragma)
         self._thread = threading.main_thread()  # what LangGraph checks to see it is open
 
+    @property
+    def sqlite(self) -> sqlite3.Connection:
+        """The connection itself, for callers that run statements directly."""
+        return self._conn
+
     def is_alive(self) -> bool:
         return True
 
@@ -130,6 +139,77 @@ class InlineSqliteConnection:
         self._conn.close()
 
 
+_PUT_CHECKPOINT = (
+    "INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
+    "parent_checkpoint_id, type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_PUT_WRITES = (
+    "INSERT OR {verb} INTO writes (thread_id, checkpoint_ns, checkpoint_id, task_id, "
+    "task_path, idx, channel, type, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@functools.cache
+def _inline_saver_class() -> type:
+    """``AsyncSqliteSaver`` whose two writes run straight on :class:`InlineSqliteConnection`.
+
+    Same tables, rows and serializer as LangGraph's saver (every reader is LangGraph's
+    own), without what only a shared worker-thread connection needs: an ``asyncio.Lock``
+    taken twice per write (``setup()`` takes it again) and the awaitable cursor wrappers.
+    Nothing awaits between a statement and its commit, so no other write can slip in.
+    Made on first use, so importing this module does not import LangGraph.
+    """
+    from langgraph.checkpoint.base import WRITES_IDX_MAP, get_checkpoint_metadata
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    class InlineSqliteSaver(AsyncSqliteSaver):
+        async def aput(
+            self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any
+        ) -> dict[str, Any]:
+            if not self.is_setup:
+                await self.setup()
+            conf = config["configurable"]
+            kind, blob = self.serde.dumps_typed(checkpoint)
+            meta = json.dumps(get_checkpoint_metadata(config, metadata), ensure_ascii=False)
+            row = (
+                str(conf["thread_id"]),
+                conf["checkpoint_ns"],
+                checkpoint["id"],
+                conf.get("checkpoint_id"),
+                kind,
+                blob,
+                meta.encode("utf-8", "ignore"),
+            )
+            self.conn.sqlite.execute(_PUT_CHECKPOINT, row)
+            self.conn.sqlite.commit()
+            return {
+                "configurable": {
+                    "thread_id": conf["thread_id"],
+                    "checkpoint_ns": conf["checkpoint_ns"],
+                    "checkpoint_id": checkpoint["id"],
+                }
+            }
+
+        async def aput_writes(
+            self, config: Any, writes: Any, task_id: str, task_path: str = ""
+        ) -> None:
+            if not self.is_setup:
+                await self.setup()
+            conf = config["configurable"]
+            # special channels (errors, interrupts) replace; ordinary ones keep the first
+            verb = "REPLACE" if all(w[0] in WRITES_IDX_MAP for w in writes) else "IGNORE"
+            key = (str(conf["thread_id"]), str(conf["checkpoint_ns"]), str(conf["checkpoint_id"]))
+            rows = [
+                (*key, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel, *serial)
+                for idx, (channel, value) in enumerate(writes)
+                for serial in [self.serde.dumps_typed(value)]
+            ]
+            self.conn.sqlite.executemany(_PUT_WRITES.format(verb=verb), rows)
+            self.conn.sqlite.commit()
+
+    return InlineSqliteSaver
+
+
 async def open_checkpointer(
     path: Path, inline: bool = True, scrubber: Scrubber | None = None
 ) -> Any:
@@ -144,7 +224,7 @@ async def open_checkpointer(
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     if inline:
-        conn: Any = InlineSqliteConnection(path)
+        saver = _inline_saver_class()(InlineSqliteConnection(path))
     else:
         import aiosqlite
 
@@ -152,7 +232,8 @@ async def open_checkpointer(
         conn = await aiosqlite.connect(str(path), timeout=BUSY_TIMEOUT_S)
         for pragma in PRAGMAS:
             await conn.execute(pragma)
-    saver = mask_checkpoints(AsyncSqliteSaver(conn), scrubber)
+        saver = AsyncSqliteSaver(conn)
+    saver = mask_checkpoints(saver, scrubber)
     await saver.setup()
     return saver
 

@@ -155,11 +155,12 @@ class RunDir:
         return path
 
     def append_index(self, record: dict[str, Any]) -> None:
+        """One whole line per ``write``. Not fsynced: the episode file is the durable
+        record, and :meth:`sync_index` rebuilds a line lost or cut by a crash."""
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
         fd = os.open(self.index, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
-            os.fsync(fd)
         finally:
             os.close(fd)
 

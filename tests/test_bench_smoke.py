@@ -52,6 +52,15 @@ def test_throughput_smoke() -> None:
     assert "calls/s" in _bench("throughput.py")  # the human-readable form too
 
 
+def test_graph_floor_smoke() -> None:
+    result = _json("graph_floor.py")
+    per_step = result["cpu_ms_per_step"]
+    assert set(per_step) == {"none", "memory", "sqlite-sync", "sqlite-exit"}
+    assert all(ms > 0 for ms in per_step.values())
+    assert result["floor_ms_per_bench_call"]["sqlite-sync"] > per_step["sqlite-sync"]
+    assert "ms CPU per step" in _bench("graph_floor.py")
+
+
 def test_resume_smoke() -> None:
     result = _json("resume.py")
     assert result["kills"] == 2 and result["final_exit_code"] == 0
