@@ -7,6 +7,7 @@ benchmark reads from its own process is the framework's alone.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,6 +25,14 @@ class Endpoint:
 
     process: subprocess.Popen
     url: str
+
+    def cpu_seconds(self) -> float | None:
+        """CPU the endpoint process has used so far (from /proc; None where it is missing)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> dict[str, Any]:
         """Stop it and return the statistics it prints on the way out."""

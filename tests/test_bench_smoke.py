@@ -47,7 +47,7 @@ def test_throughput_smoke() -> None:
     assert 0 < result["ratio"] <= 1.1  # the endpoint's capacity C/L bounds it
     assert result["steady_ratio"] > 0
     assert result["cpu_ms_per_call"] > 0 and result["rss_per_in_flight_mb"] >= 0
-    assert result["steady_cpu_ms_per_call"] > 0
+    assert result["steady_cpu_ms_per_call"] > 0 and result["framework_to_endpoint_cpu"] > 0
     assert result["calls_per_s"] == pytest.approx(result["llm_calls"] / result["seconds"], 0.05)
     assert "calls/s" in _bench("throughput.py")  # the human-readable form too
 
