@@ -62,7 +62,9 @@ def json_document(data: Any) -> bytes:
 
     orjson writes it in native code: the standard library falls back to its pure-Python
     encoder whenever ``indent`` is set, which made writing the episode file the largest
-    single cost of the framework per episode. The standard library is still used for what
+    single cost of the framework per episode. The layout is the standard library's
+    (``indent=2, sort_keys=True, ensure_ascii=False``); floats in exponent form are written
+    without padding (``1e-7``, not ``1e-07``). The standard library is still used for what
     orjson refuses (integers beyond 64 bits, non-string keys).
     """
     try:

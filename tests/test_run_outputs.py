@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mcu_sim.cli import app
 from mcu_sim.config import load_config
-from mcu_sim.graphs.outputs import RunDir, ShardWriter, atomic_write_json
+from mcu_sim.graphs.outputs import RunDir, ShardWriter, atomic_write_json, json_document
 from mcu_sim.graphs.run_manifest import run_lock
 from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import Episode
@@ -250,3 +250,20 @@ def test_mcu_run_applies_the_over_matched_rule_across_the_run(
     assert refiltered.exit_code == 0, refiltered.output
     counts = json.loads(refiltered.output)["removals_by_rule"]
     assert counts["over_matched_image"] == len(marks)
+
+
+def test_json_document_matches_the_standard_library_and_falls_back_for_what_orjson_refuses() -> (
+    None
+):
+    data = {
+        "b": [1, 2.5, -0.0, 0.1, {"z": None, "a": 'é ünïcode \u2028 "quoted"'}],
+        "a": True,
+        "nested": {"k": [[], {}, ""], "big": 2**63 - 1},
+    }
+    expected = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    assert json_document(data).decode("utf-8") == expected
+    tiny = {"score": 1e-07}  # the one difference: exponents without padding ("1e-7")
+    assert json.loads(json_document(tiny)) == tiny
+    beyond_64_bits = {"seed": 2**70, "x": [1]}
+    text = json_document(beyond_64_bits).decode("utf-8")
+    assert json.loads(text) == beyond_64_bits and text.endswith("\n")
