@@ -61,8 +61,8 @@ def json_document(data: Any) -> bytes:
     """``data`` as an indented, key-sorted UTF-8 JSON document ending in a newline.
 
     orjson writes it in native code: the standard library falls back to its pure-Python
-    encoder whenever ``indent`` is set, which made writing the episode file the largest
-    single cost of the framework per episode. The layout is the standard library's
+    encoder whenever ``indent`` is set, a measurable share of the framework's CPU per
+    episode. The layout is the standard library's
     (``indent=2, sort_keys=True, ensure_ascii=False``); floats in exponent form are written
     without padding (``1e-7``, not ``1e-07``). The standard library is still used for what
     orjson refuses (integers beyond 64 bits, non-string keys).
