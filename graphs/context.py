@@ -32,8 +32,8 @@ class EpisodeContext:
     use_cache: bool = True
     executions: Counter = field(default_factory=Counter)
     step_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # the run's fingerprint when the runner already has it (hashing the whole config once
-    # per episode is a measurable share of the framework's CPU at scale)
+    # the run's fingerprint when the runner already has it: hashed once per run instead
+    # of once per episode (about 0.2 ms each: a dump and redaction walk of the config)
     config_fingerprint: str | None = None
 
     def fingerprint(self) -> str:

@@ -1,0 +1,66 @@
+"""The runner's SQLite saver writes exactly the rows LangGraph's own saver writes.
+
+Its two writes repeat LangGraph's INSERT statements on the inline connection (no lock, no
+cursor wrappers); this test keeps them in step with the installed langgraph-checkpoint-sqlite:
+the same checkpoint and pending writes go through both savers, and the tables must match
+row for row, then read back through LangGraph's reader."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import empty_checkpoint
+
+from mcu_sim.graphs.checkpoints import open_checkpointer
+
+THREAD = {"configurable": {"thread_id": "ep-00000001", "checkpoint_ns": ""}}
+
+
+def _checkpoint() -> dict[str, Any]:
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = "1f0a0000-0000-6000-8000-000000000001"
+    checkpoint["ts"] = "2026-12-01T00:00:00+00:00"
+    checkpoint["channel_values"] = {"persona": [{"sentence": "I keep bees."}], "seed": 7}
+    checkpoint["channel_versions"] = {"persona": "1", "seed": "1"}
+    return checkpoint
+
+
+async def _write(saver: Any) -> None:
+    stored = await saver.aput(THREAD, _checkpoint(), {"source": "loop", "step": 3}, {})
+    await saver.aput_writes(stored, [("sessions", [{"index": 1}]), ("notes", ["n"])], "task-1")
+    await saver.aput_writes(stored, [("__error__", "ValueError('x')")], "task-2", "~path")
+
+
+def _rows(path: Path) -> dict[str, list[tuple]]:
+    with sqlite3.connect(path) as db:
+        return {
+            table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5").fetchall()
+            for table in ("checkpoints", "writes")
+        }
+
+
+async def test_inline_saver_writes_the_rows_langgraphs_saver_writes(tmp_path: Path) -> None:
+    ours = await open_checkpointer(tmp_path / "ours.sqlite")
+    theirs = await open_checkpointer(tmp_path / "theirs.sqlite", inline=False)
+    assert type(ours).__name__ == "InlineSqliteSaver"
+    assert type(theirs).__name__ == "AsyncSqliteSaver"
+    try:
+        await _write(ours)
+        await _write(theirs)
+        read_back = await ours.aget_tuple(THREAD)
+    finally:
+        await ours.conn.close()
+        await theirs.conn.close()
+    rows = _rows(tmp_path / "ours.sqlite")
+    assert rows == _rows(tmp_path / "theirs.sqlite")
+    assert len(rows["checkpoints"]) == 1 and len(rows["writes"]) == 3
+    assert read_back is not None
+    assert read_back.checkpoint["channel_values"] == _checkpoint()["channel_values"]
+    assert read_back.metadata["step"] == 3
+    assert sorted((task, channel) for task, channel, _ in read_back.pending_writes) == [
+        ("task-1", "notes"),
+        ("task-1", "sessions"),
+        ("task-2", "__error__"),
+    ]
