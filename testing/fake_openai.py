@@ -75,6 +75,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     arrived: float  # time.monotonic() when the request was read
+    # set just before the answer's bytes go out, so a client that has read the answer
+    # always finds it recorded (None: no answer was sent)
     finished: float | None = None
     status: int | None = None
     auth_sha256: str | None = None  # of the Authorization (or api-key) header: not readable
@@ -111,6 +113,7 @@ def _word_count(value: Any) -> int:
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
     server: _HTTPServer
+    _current: RecordedRequest  # the request being answered
 
     def setup(self) -> None:
         super().setup()
@@ -128,6 +131,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     # -- plumbing
     def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        self._done(self._current, status)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -147,6 +151,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         headers = {k: v for k, v in headers.items() if k not in HIDDEN_HEADERS}
         record = RecordedRequest(self.command, self.path, headers, body, time.monotonic())
+        self._current = record
         auth = self.headers.get("Authorization") or self.headers.get("api-key")  # Azure: api-key
         if auth:
             record.auth_sha256 = hashlib.sha256(auth.encode()).hexdigest()
@@ -157,8 +162,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return record
 
     def _done(self, record: RecordedRequest, status: int | None) -> None:
+        """Mark ``record`` answered (once: the first call wins)."""
         state = self.server.state
         with state.lock:
+            if record.finished is not None:
+                return
             state.in_flight -= 1
             record.finished, record.status = time.monotonic(), status
 
