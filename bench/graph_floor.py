@@ -9,7 +9,7 @@ prints the process CPU per superstep for each way of keeping checkpoints: none, 
 in-memory saver, and the runner's SQLite saver with ``durability`` sync (every step, the
 runner's default) and exit. Nothing here is ours but the checkpointer and the state
 schema, so the figures are what any LangGraph step costs on this machine. Multiplied by
-the steps an episode takes per LLM call (14 steps for 9 calls in the two-session bench
+the steps an episode takes per LLM call (12 steps for 9 calls in the two-session bench
 episode) they give the least CPU per call a per-step-durable run can reach. Figures only.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 from _common import cpu_seconds
 
 VARIANTS = ("none", "memory", "sqlite-sync", "sqlite-exit")
-BENCH_STEPS_PER_CALL = 14 / 9  # two-session bench episode: 14 checkpoints, 9 LLM calls
+BENCH_STEPS_PER_CALL = 12 / 9  # two-session bench episode: 12 checkpoints, 9 LLM calls
 
 
 def episode_sized_state(seed: int) -> dict[str, Any]:

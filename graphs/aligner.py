@@ -408,19 +408,19 @@ def fan_out_sharing(state: EpisodeState) -> list[Send] | str:
         and r["status"] == "pending"
         and r.get("device_image_id") is None
     ]
-    return [_branch(state, r) for r in pending] or "link_album"
+    return [_branch(state, r) for r in pending] or "filter"
 
 
 @node_reads("image_requests", "device_images")
 async def link_album_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
-    """reads: image_requests, device_images / writes: sharing requests that reuse an album
-    photo (they show the very image aligned for that photo), and any request still pending
-    marked unaligned, so none leaves the image stage pending.
+    """The first step of the ``filter`` node. reads: image_requests, device_images /
+    writes: sharing requests that reuse an album photo (they show the very image aligned
+    for that photo), and any request still pending marked unaligned, so none leaves the
+    image stage pending.
 
     The linked request carries a copy of the album request's image record (the viewer shows
     it in the chat) and names its source in ``attempts``; the filters count such an image
     once, under the album request."""
-    runtime.context.executions["link_album"] += 1
     by_id = {r["id"]: r for r in state.get("image_requests", [])}
     album = {d["id"]: d for d in state.get("device_images", [])}
     updates = []

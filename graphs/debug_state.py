@@ -84,7 +84,7 @@ NODE_STEPS: dict[str, tuple[str, ...]] = {
     "session": ("dialogue", "summarizer"),
     "align_album": ("planner", "rewriter"),
     "align_sharing": ("planner", "rewriter"),
-    "safety": ("judge",),
+    "filter": ("judge",),
 }
 
 # The aligner branches get their input from a Send built from these fields.

@@ -1,7 +1,7 @@
 """The MCU episode graph (STARK §3): wiring only; the nodes live in ``graphs.nodes``.
 
 demographics → face → persona → commonsense → narrative → events → device_images
-→ session (loops until n_sessions) → align → finalize → END
+→ session (loops until n_sessions) → align → filter → END
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from mcu_sim.agents.llm import LLMTransportError
 from mcu_sim.graphs import aligner, nodes, quality
 from mcu_sim.graphs.context import EpisodeContext, derive_seed
 from mcu_sim.graphs.filters import filter_episode
-from mcu_sim.graphs.state import EpisodeState, node_reads
+from mcu_sim.graphs.state import EpisodeState, merge_updates, node_reads
 from mcu_sim.personas.schema import Episode
 
 # Order of the nodes as they first run; the debugger and progress bars use it.
@@ -32,9 +32,7 @@ NODE_ORDER = (
     "align_album",
     "session",
     "align_sharing",
-    "link_album",
-    "safety",
-    "finalize",
+    "filter",
 )
 
 # The provider layer already retries transport errors; this only covers a whole-node retry
@@ -52,14 +50,30 @@ def episode_seeds(state: EpisodeState) -> dict[str, int]:
 
 
 @node_reads("*")
+async def filter_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
+    """reads: everything / writes: image_requests (album links, unaligned leftovers),
+    sessions[*].safety, usage, prompt_versions, notes, episode (STARK §3.9).
+
+    Three steps in one superstep: link sharing requests to album photos, judge each
+    session's text, then assemble and filter the Episode. Each step sees the state the
+    previous one left; as one node they cost one checkpoint instead of three (a step's
+    LangGraph overhead is about a third of the framework's CPU per LLM call).
+    """
+    runtime.context.executions["filter"] += 1
+    update: dict[str, Any] = {}
+    for step in (aligner.link_album_node, quality.safety_node, finalize_node):
+        done = await step(merge_updates(state, update), runtime)  # type: ignore[arg-type]
+        update = merge_updates(update, done)
+    return update
+
+
 async def finalize_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
-    """reads: everything / writes: episode (the validated, assembled Episode as a dict).
+    """The last step of ``filter``: the validated, assembled Episode as a dict (``episode``).
 
     Pure code, run on the event loop (a worker-thread hop per episode cost more than the
     work); only when CLIP image similarity has to be computed does it move to a thread.
     """
     ctx: EpisodeContext = runtime.context
-    ctx.executions["finalize"] += 1
     similarity, missing = quality.image_similarity(ctx)
     if similarity is None:
         return assemble_episode(state, ctx, None, missing)
@@ -117,21 +131,15 @@ def build_episode_graph() -> StateGraph:
     align = aligner.compile_aligner_graph()
     graph.add_node("align_album", align)
     graph.add_node("align_sharing", align)
-    graph.add_node("link_album", aligner.link_album_node)
-    graph.add_node("finalize", finalize_node)
+    graph.add_node("filter", filter_node, retry_policy=NODE_RETRY)
     graph.add_edge(START, "demographics")
     for before, after in itertools.pairwise(NODE_ORDER[:7]):
         graph.add_edge(before, after)
     graph.add_conditional_edges("device_images", aligner.fan_out_album, ["align_album", "session"])
     graph.add_edge("align_album", "session")
-    graph.add_conditional_edges(
-        "session", after_session, ["session", "align_sharing", "link_album"]
-    )
-    graph.add_edge("align_sharing", "link_album")
-    graph.add_node("safety", quality.safety_node)
-    graph.add_edge("link_album", "safety")
-    graph.add_edge("safety", "finalize")
-    graph.add_edge("finalize", END)
+    graph.add_conditional_edges("session", after_session, ["session", "align_sharing", "filter"])
+    graph.add_edge("align_sharing", "filter")
+    graph.add_edge("filter", END)
     return graph
 
 

@@ -56,11 +56,11 @@ def make_checker(ctx: Any, settings: FilterSettings) -> Any:
 
 @node_reads("sessions")
 async def safety_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
-    """reads: sessions / writes: sessions[*].safety (label, reason, checker version)."""
+    """The second step of the ``filter`` node. reads: sessions / writes:
+    sessions[*].safety (label, reason, checker version)."""
     from mcu_sim.tools.text_safety import dialogue_lines
 
     ctx = runtime.context
-    ctx.executions["safety"] += 1
     checker = make_checker(ctx, filter_settings(ctx.config))
     if checker is None:
         return {"notes": ["text safety check off (filters.text_safety)"]}

@@ -154,7 +154,7 @@ async def drive_episode(
         snapshot = await graph.aget_state(config)
         episode = snapshot.values.get("episode")
     if episode is None:
-        raise RuntimeError(f"the graph stopped before finalize (next: {list(snapshot.next)})")
+        raise RuntimeError(f"the graph stopped before filter (next: {list(snapshot.next)})")
     return episode
 
 

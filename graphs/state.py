@@ -6,7 +6,7 @@ fanned-out aligner branch) returns only the items it created or changed.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, get_type_hints
 
 
 def _upsert(key: str):
@@ -69,3 +69,25 @@ def node_reads(*fields: str):
         return func
 
     return mark
+
+
+def _reducers() -> dict[str, Any]:
+    hints = get_type_hints(EpisodeState, include_extras=True)
+    return {name: h.__metadata__[0] for name, h in hints.items() if hasattr(h, "__metadata__")}
+
+
+REDUCERS: dict[str, Any] = _reducers()
+
+
+def merge_updates(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """One node update equal to applying ``first`` then ``second``: fields with a reducer are
+    combined by it (every reducer here is associative), the others are overwritten.
+
+    For a node that runs several steps in one superstep: each step sees the state as the
+    graph would have made it, ``merge_updates(state, update)``, and the node returns the
+    merged updates."""
+    merged = dict(first)
+    for field, value in second.items():
+        reducer = REDUCERS.get(field)
+        merged[field] = reducer(merged[field], value) if reducer and field in merged else value
+    return merged

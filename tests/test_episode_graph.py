@@ -298,3 +298,79 @@ def test_with_images_off_requests_are_settled_without_aligner_branches(
         }
     assert namespaces == {""}  # no aligner subgraph ran, so none checkpointed
     assert report.executions["align.plan"] == 0 and report.executions["session"] == 2
+
+
+def test_merge_updates_is_the_reducers_applied_in_turn() -> None:
+    from mcu_sim.graphs.state import merge_updates
+
+    state = {
+        "seed": 1,
+        "sessions": [{"index": 1, "turns": []}, {"index": 2, "turns": []}],
+        "usage": {"session": {"calls": 2.0}},
+        "notes": ["started"],
+    }
+    first = {"sessions": [{"index": 2, "turns": ["hi"]}], "usage": {"judge": {"calls": 1.0}}}
+    second = {"usage": {"judge": {"calls": 1.0}}, "notes": ["judged"], "seed": 7}
+    in_turn = merge_updates(merge_updates(state, first), second)
+    assert in_turn == merge_updates(state, merge_updates(first, second))
+    assert in_turn["sessions"] == [{"index": 1, "turns": []}, {"index": 2, "turns": ["hi"]}]
+    assert in_turn["usage"] == {"session": {"calls": 2.0}, "judge": {"calls": 2.0}}
+    assert in_turn["notes"] == ["started", "judged"] and in_turn["seed"] == 7
+    assert state["notes"] == ["started"]  # nothing merged in place
+
+
+def test_the_filter_node_equals_its_steps_run_as_separate_nodes(
+    fake_openai, tmp_path: Path
+) -> None:
+    """One ``filter`` superstep leaves the state LangGraph leaves after link_album, safety
+    and finalize as three nodes with its own reducers in between."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import END, START, StateGraph
+
+    from mcu_sim.graphs import aligner, episode, quality
+    from mcu_sim.graphs.checkpoints import open_checkpointer
+    from mcu_sim.graphs.context import EpisodeContext
+    from mcu_sim.graphs.state import EpisodeState
+
+    config = _config(tmp_path, sessions_min=2, sessions_max=2)
+    out = tmp_path / "run"
+    _run(config, out, fake_openai, plan_jobs(1, 23))
+
+    async def before_filter() -> dict[str, Any]:
+        saver = await open_checkpointer(out / "checkpoints.sqlite")
+        graph = episode.compile_episode_graph(saver)
+        thread = {"configurable": {"thread_id": "ep-00000023"}}
+        history = [s async for s in graph.aget_state_history(thread)]
+        await saver.conn.close()
+        (snapshot,) = [s for s in history if s.next == ("filter",)]
+        return snapshot.values
+
+    def graph_of(steps: list[tuple[str, Any]]) -> Any:
+        graph = StateGraph(EpisodeState, context_schema=EpisodeContext)
+        names = [name for name, _ in steps]
+        for name, func in steps:
+            graph.add_node(name, func)
+        for before, after in zip([START, *names], [*names, END], strict=True):
+            graph.add_edge(before, after)
+        return graph.compile(checkpointer=InMemorySaver())
+
+    async def final_state(graph: Any) -> dict[str, Any]:
+        client = client_for(fake_openai, tmp_path / "llm-cache.sqlite")
+        context = EpisodeContext(config=config, llm=client, run_dir=out)
+        thread = {"configurable": {"thread_id": "t"}}
+        await graph.ainvoke(await before_filter(), thread, context=context)
+        values = (await graph.aget_state(thread)).values
+        await client.aclose()
+        return values
+
+    separate = graph_of(
+        [
+            ("link_album", aligner.link_album_node),
+            ("safety", quality.safety_node),
+            ("finalize", episode.finalize_node),
+        ]
+    )
+    merged = asyncio.run(final_state(graph_of([("filter", episode.filter_node)])))
+    assert merged == asyncio.run(final_state(separate))
+    assert merged["episode"]["usage"]["judge"]["calls"] >= 1  # finalize saw the judge's usage
+    assert all(s["safety"]["label"] for s in merged["episode"]["sessions"])

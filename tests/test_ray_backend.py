@@ -177,7 +177,7 @@ def test_ray_budget_stop_and_resume_redo_nothing(
     total = first.executions + second.executions
     for node in ("demographics", "face", "persona", "commonsense", "narrative", "events"):
         assert total[node] == 3, (node, first.executions, second.executions)
-    assert total["finalize"] == 3
+    assert total["filter"] == 3
     asked = sum(1 for r in fake_openai.chat_requests if schema_name(r.body) == "PersonaOutput")
     assert asked == 3  # nothing was asked twice (the cache is off)
 

@@ -181,7 +181,7 @@ def test_interrupted_at_a_node_resumes_without_redoing_finished_nodes(
     assert all(second.executions[node] == 0 for node in PRE_EVENTS)
     assert second.executions["events"] == 1 and second.executions["session"] == 2
     total = first.executions + second.executions
-    assert all(total[node] == 1 for node in (*PRE_EVENTS, "device_images", "finalize"))
+    assert all(total[node] == 1 for node in (*PRE_EVENTS, "device_images", "filter"))
     assert _requests(fake_openai, "PersonaOutput") == 1
     assert _requests(fake_openai, "NarrativeOutput") == 1
     Episode.model_validate(RunDir(out).read_episode("ep-00000007"))
@@ -298,7 +298,7 @@ def test_budget_stop_keeps_everything_and_a_rerun_continues(
     assert not report2.stopped_for_budget
     assert len(report.finished) + len(report2.finished) == 3
     total = first.executions + second.executions
-    assert all(total[node] == 3 for node in (*PRE_EVENTS, "events", "finalize"))
+    assert all(total[node] == 3 for node in (*PRE_EVENTS, "events", "filter"))
     assert total["session"] == 6
     assert _requests(fake_openai, "PersonaOutput") == 3  # nothing was asked twice
     spent = RunDir(out).read_manifest()["usage_total"]["cost_usd"]

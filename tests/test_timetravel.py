@@ -40,7 +40,7 @@ postgres_env = pg_fixture.postgres_env
 SEED = 11
 EPISODE = "ep-00000011"
 NEW_SENTENCE = "I brew green tea for my neighbours every Sunday."
-LATER_NODES = ("commonsense", "narrative", "events", "device_images", "session", "finalize")
+LATER_NODES = ("commonsense", "narrative", "events", "device_images", "session", "filter")
 
 
 def _config(tmp_path: Path) -> Any:
@@ -171,7 +171,7 @@ def test_replay_from_an_earlier_checkpoint_branches_the_same_episode(
         replay(ref, before_events.checkpoint_id, llm=client, executions=executions)
     )
     assert executions["narrative"] == 0 and executions["persona"] == 0
-    assert executions["events"] == 1 and executions["finalize"] == 1
+    assert executions["events"] == 1 and executions["filter"] == 1
     assert result.nodes[0] == "events" and result.path is not None
     after = _history(ref)
     assert len(after) > len(rows)  # the old branch is still there
