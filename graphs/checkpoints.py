@@ -14,6 +14,7 @@ straight on that connection (:func:`_inline_saver_class`); every read is LangGra
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -29,6 +30,7 @@ from mcu_sim.config import Config, ConfigError
 from mcu_sim.graphs.scrub import Scrubber, mask_checkpoints
 
 BUSY_TIMEOUT_S = 30
+COMMIT_DELAY_S = 0.01  # the longest a task's pending writes wait for a commit
 # Every connection comes from connect_wal (WAL, so readers never block the writer, and a busy
 # timeout to wait for another writer instead of failing); then NORMAL sync (see
 # open_checkpointer).
@@ -108,6 +110,7 @@ class InlineSqliteConnection:
         for pragma in PRAGMAS:
             self._conn.execute(pragma)
         self._thread = threading.main_thread()  # what LangGraph checks to see it is open
+        self._commit_timer: asyncio.TimerHandle | None = None
 
     @property
     def sqlite(self) -> sqlite3.Connection:
@@ -133,9 +136,29 @@ class InlineSqliteConnection:
         return _Pending(self._conn.cursor)
 
     async def commit(self) -> None:
-        self._conn.commit()
+        self.commit_now()
+
+    def commit_soon(self) -> None:
+        """Commit within ``COMMIT_DELAY_S``, once for every write made meanwhile; the next
+        checkpoint's commit usually comes first and takes them along.
+
+        A task's pending writes take this path: a commit of its own cost about as much as
+        the insert. A kill in between loses only those writes, so resume runs that task
+        again (its step had no checkpoint yet); never a checkpoint, never an episode."""
+        if self._commit_timer is None:
+            loop = asyncio.get_running_loop()
+            self._commit_timer = loop.call_later(COMMIT_DELAY_S, self.commit_now)
+
+    def commit_now(self) -> None:
+        """Commit what is open (the statements run so far), and drop a pending timer."""
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
+        if self._conn.in_transaction:
+            self._conn.commit()
 
     async def close(self) -> None:
+        self.commit_now()  # sqlite3 would roll back what is not yet committed
         self._conn.close()
 
 
@@ -181,7 +204,7 @@ def _inline_saver_class() -> type:
                 meta.encode("utf-8", "ignore"),
             )
             self.conn.sqlite.execute(_PUT_CHECKPOINT, row)
-            self.conn.sqlite.commit()
+            self.conn.commit_now()  # the pending writes before it too
             return {
                 "configurable": {
                     "thread_id": conf["thread_id"],
@@ -205,7 +228,7 @@ def _inline_saver_class() -> type:
                 for serial in [self.serde.dumps_typed(value)]
             ]
             self.conn.sqlite.executemany(_PUT_WRITES.format(verb=verb), rows)
-            self.conn.sqlite.commit()
+            self.conn.commit_soon()
 
     return InlineSqliteSaver
 

@@ -64,3 +64,30 @@ async def test_inline_saver_writes_the_rows_langgraphs_saver_writes(tmp_path: Pa
         ("task-1", "sessions"),
         ("task-2", "__error__"),
     ]
+
+
+async def test_pending_writes_are_committed_with_the_next_checkpoint_or_soon(
+    tmp_path: Path,
+) -> None:
+    """A task's writes share a commit (the next checkpoint's, or one COMMIT_DELAY_S later);
+    another reader sees them then, and closing the saver commits what is still open."""
+    import asyncio
+
+    from mcu_sim.graphs.checkpoints import COMMIT_DELAY_S
+
+    path = tmp_path / "ours.sqlite"
+    saver = await open_checkpointer(path)
+    stored = await saver.aput(THREAD, _checkpoint(), {"source": "loop", "step": 3}, {})
+    try:
+        await saver.aput_writes(stored, [("notes", ["a"])], "task-1")
+        assert _rows(path)["writes"] == []  # not committed yet
+        await asyncio.sleep(COMMIT_DELAY_S * 5)
+        assert len(_rows(path)["writes"]) == 1  # the delayed commit
+        await saver.aput_writes(stored, [("notes", ["b"])], "task-2")
+        later = {**_checkpoint(), "id": "1f0a0000-0000-6000-8000-000000000002"}
+        await saver.aput(stored, later, {"source": "loop", "step": 4}, {})
+        assert len(_rows(path)["writes"]) == 2  # taken along by the checkpoint's commit
+        await saver.aput_writes(stored, [("notes", ["c"])], "task-3")
+    finally:
+        await saver.conn.close()
+    assert len(_rows(path)["writes"]) == 3  # close committed the last one
