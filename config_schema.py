@@ -143,9 +143,10 @@ class ProviderConfig(Strict):
         "httpx",
         description=(
             "How requests travel: httpx (the openai SDK, default), aiohttp (the SDK over "
-            "aiohttp) or direct (mcu-sim's own small aiohttp client for the Chat Completions "
-            "protocol, about a third less CPU per call). With aiohttp and direct, close "
-            "clients with LLMClient.aclose() on their event loop (the runner does)."
+            "aiohttp) or direct (mcu-sim's own small keep-alive HTTP/1.1 client for the Chat "
+            "Completions protocol, through aiohttp only when the environment names a proxy; "
+            "the least CPU per call). With aiohttp and direct, close clients with "
+            "LLMClient.aclose() on their event loop (the runner does)."
         ),
     )
     max_attempts: int = Field(6, ge=1, le=50)

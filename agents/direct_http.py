@@ -1,11 +1,13 @@
-"""A small aiohttp client for the Chat Completions wire protocol (``http_client: direct``).
+"""A small client for the Chat Completions wire protocol (``http_client: direct``).
 
 The openai SDK re-types every request body and response and routes them through httpx
 and anyio; at a few hundred calls per second that is most of the framework's CPU
-(``bench/throughput.py``). This client only posts JSON and reads JSON. Retries stay where
-they are for every transport (tenacity in :mod:`mcu_sim.agents.llm`): this module turns
-each failure into an exception that policy already understands, an HTTP status with its
-headers (``Retry-After``) or an :class:`~mcu_sim.agents.llm.EndpointFault`.
+(``bench/throughput.py``). This client only posts JSON and reads JSON, over
+:mod:`mcu_sim.agents.http11`'s keep-alive connections, or through aiohttp when the
+environment names a proxy for the URL. Retries stay where they are for every transport
+(tenacity in :mod:`mcu_sim.agents.llm`): this module turns each failure into an exception
+that policy already understands, an HTTP status with its headers (``Retry-After``) or an
+:class:`~mcu_sim.agents.llm.EndpointFault`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from mcu_sim.agents.http11 import Http11Client
 from mcu_sim.agents.llm import EndpointFault, RawReply
 
 
@@ -31,13 +34,36 @@ class HTTPStatusError(Exception):
         self.response = SimpleNamespace(headers=headers)
 
 
-def new_session(timeout_s: float) -> Any:
-    """An aiohttp session for the running event loop (close it with ``await close()``)."""
-    import aiohttp
+class DirectSession:
+    """The connections of one event loop: our HTTP/1.1 pool, and an aiohttp session made
+    only if a proxied URL is asked for. Close it with ``await close()`` on that loop."""
 
-    # Not trust_env: aiohttp would then read ~/.netrc in a thread on every request (a tenth
-    # of the CPU per call); proxies from the environment are looked up once (proxy_for).
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.pool = Http11Client(timeout_s)
+        self._proxied: Any = None
+
+    @property
+    def proxied(self) -> Any:
+        """The aiohttp session for proxied URLs (made on first use)."""
+        if self._proxied is None:
+            import aiohttp
+
+            # Not trust_env: aiohttp would then read ~/.netrc in a thread on every request;
+            # proxies from the environment are looked up once (proxy_for).
+            timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+            self._proxied = aiohttp.ClientSession(timeout=timeout)
+        return self._proxied
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self._proxied is not None:
+            await self._proxied.close()
+
+
+def new_session(timeout_s: float) -> DirectSession:
+    """The direct transport's connections for the running event loop."""
+    return DirectSession(timeout_s)
 
 
 @functools.lru_cache(maxsize=64)
@@ -59,23 +85,20 @@ def _error_message(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace")
 
 
-async def post_json(session: Any, url: str, headers: dict[str, str], body: dict) -> Any:
+async def post_json(session: DirectSession, url: str, headers: dict[str, str], body: dict) -> Any:
     """POST ``body``; the decoded JSON answer, or an exception the retry policy classifies."""
-    import asyncio
-
-    import aiohttp
-
-    # orjson, not aiohttp's json=: the standard library's encoder was 2 % of the CPU per call
+    # orjson: the standard library's encoder was 2 % of the CPU per call
     payload = orjson.dumps(body)
     headers = {**headers, "Content-Type": "application/json"}
-    request = session.post(url, data=payload, headers=headers, proxy=proxy_for(url))
+    proxy = proxy_for(url)
     try:
-        async with request as response:
-            raw = await response.read()
-            status, answer_headers = response.status, response.headers
+        if proxy is None:
+            status, answer_headers, raw = await session.pool.post(url, headers, payload)
+        else:
+            status, answer_headers, raw = await _post_via_proxy(session, url, headers, payload)
     except TimeoutError:
         raise EndpointFault("timed out: no answer within llm.provider.timeout_s") from None
-    except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
+    except (ConnectionError, OSError) as exc:
         raise EndpointFault(f"connection failed: {type(exc).__name__}: {exc}") from None
     if status >= 400:
         raise HTTPStatusError(status, _error_message(raw), answer_headers)
@@ -83,6 +106,21 @@ async def post_json(session: Any, url: str, headers: dict[str, str], body: dict)
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise EndpointFault(f"the endpoint sent a malformed body: {exc}") from None
+
+
+async def _post_via_proxy(
+    session: DirectSession, url: str, headers: dict[str, str], payload: bytes
+) -> tuple[int, Any, bytes]:
+    import asyncio
+
+    import aiohttp
+
+    request = session.proxied.post(url, data=payload, headers=headers, proxy=proxy_for(url))
+    try:
+        async with request as response:
+            return response.status, response.headers, await response.read()
+    except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+        raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
 
 
 def reply_from(data: Any, model: str) -> RawReply:
