@@ -59,7 +59,9 @@ def _counts(run_dir: Path, expected: list[str]) -> dict[str, Any]:
     }
 
 
-def run(episodes: int, fault_rate: float, in_flight: int, seed: int) -> dict[str, Any]:
+def run(
+    episodes: int, fault_rate: float, in_flight: int, seed: int, http_client: str = "httpx"
+) -> dict[str, Any]:
     from mcu_sim.config import load_config
     from mcu_sim.graphs.outputs import RunDir
     from mcu_sim.graphs.runner import failed_jobs, plan_jobs
@@ -68,7 +70,7 @@ def run(episodes: int, fault_rate: float, in_flight: int, seed: int) -> dict[str
         latency=0.02, capacity=16, fault_rate=fault_rate, seed=seed, hang_s=2.0
     )
     try:
-        overrides = bench_overrides(endpoint.url, 2, 16, timeout_s=1.0)
+        overrides = bench_overrides(endpoint.url, 2, 16, timeout_s=1.0, http_client=http_client)
         config = load_config(None, overrides)
         jobs = plan_jobs(episodes, 900)
         expected = [job.episode_id for job in jobs]
@@ -87,6 +89,7 @@ def run(episodes: int, fault_rate: float, in_flight: int, seed: int) -> dict[str
     return {
         "episodes": episodes,
         "fault_rate": fault_rate,
+        "http_client": http_client,
         "first_run": {
             **first,
             "seconds": round(first_timer.seconds, 1),
@@ -108,18 +111,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.2)
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument(
+        "--http-client",
+        choices=["httpx", "aiohttp", "direct"],
+        default="httpx",
+        help="llm.provider.http_client",
+    )
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.getLogger("mcu_sim.llm").setLevel(logging.ERROR)  # retries are expected here
     if args.smoke:
         args.episodes = 6
-    result = run(args.episodes, args.fault_rate, args.in_flight, args.seed)
+    result = run(args.episodes, args.fault_rate, args.in_flight, args.seed, args.http_client)
     if args.json:
         print(json.dumps(result))
         return
     faults = ", ".join(f"{k} {v}" for k, v in sorted(result["faults_injected"].items()))
-    print(f"{result['endpoint_requests']} requests served, faults injected: {faults or 'none'}")
+    print(
+        f"{result['endpoint_requests']} requests served (llm.provider.http_client="
+        f"{result['http_client']}), faults injected: {faults or 'none'}"
+    )
     for label, key in (("first run", "first_run"), ("after retry-failed", "after_retry_failed")):
         c = result[key]
         print(

@@ -28,8 +28,8 @@ def _bench(script: str, *args: str) -> str:
     return done.stdout
 
 
-def _json(script: str) -> dict[str, Any]:
-    return json.loads(_bench(script, "--json").strip().splitlines()[-1])
+def _json(script: str, *args: str) -> dict[str, Any]:
+    return json.loads(_bench(script, "--json", *args).strip().splitlines()[-1])
 
 
 def test_endpoint_smoke() -> None:
@@ -75,8 +75,10 @@ def test_resume_smoke() -> None:
     assert result["calls_redone"] >= 0
 
 
-def test_faults_smoke() -> None:
-    result = _json("faults.py")
+@pytest.mark.parametrize("http_client", ["httpx", "direct"])
+def test_faults_smoke(http_client: str) -> None:
+    result = _json("faults.py", f"--http-client={http_client}")
+    assert result["http_client"] == http_client
     assert sum(result["faults_injected"].values()) > 0
     first = result["first_run"]
     assert first["lost"] == 0 and first["corrupt"] == 0 and first["failed_without_reason"] == 0
