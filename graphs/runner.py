@@ -30,6 +30,7 @@ from mcu_sim.graphs.checkpoints import (  # noqa: F401 - open_checkpointer re-ex
     thread_id_for,
 )
 from mcu_sim.graphs.context import EpisodeContext
+from mcu_sim.graphs.gc_tuning import tuned_gc
 from mcu_sim.graphs.outputs import RunDir, ShardWriter
 from mcu_sim.graphs.run_manifest import (  # noqa: F401 - re-exported
     FingerprintMismatch,
@@ -272,7 +273,7 @@ class EpisodeRunner:
         """Run ``jobs``; skip finished ones, resume unfinished ones; never raise for one
         episode's failure (it is recorded in ``failures/``)."""
         self.run.create()
-        with run_lock(self.run):
+        with run_lock(self.run), tuned_gc(self.config.run.gc_tuning):
             return await self._run_locked(jobs, force_config)
 
     async def _run_locked(self, jobs: list[EpisodeJob], force_config: bool) -> RunReport:

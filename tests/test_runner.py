@@ -511,3 +511,33 @@ def test_estimate_follows_the_graph_and_is_refined_by_a_run(
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["episodes"] == 10 and data["calls"] == 70 and data["priced"] is False
+
+
+def test_a_run_tunes_the_garbage_collector_and_restores_it(
+    fake_openai, tmp_path, monkeypatch
+) -> None:
+    """Inside a run the objects that existed at its start are frozen and young objects are
+    collected less often; afterwards the process is as it was; run.gc_tuning=false
+    leaves it alone throughout."""
+    import gc
+
+    from mcu_sim.graphs import nodes
+    from mcu_sim.graphs.gc_tuning import RUN_THRESHOLDS
+
+    seen: list[tuple[tuple[int, ...], int]] = []
+    original = nodes.demographics_node
+
+    async def demographics(state: Any, runtime: Any) -> Any:
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        return await original(state, runtime)
+
+    monkeypatch.setattr(nodes, "demographics_node", demographics)
+    before = gc.get_threshold()
+    for tuning in ("true", "false"):
+        config = _config(fake_openai, tmp_path / tuning, f"run.gc_tuning={tuning}")
+        report, _ = _run(config, tmp_path / f"run-{tuning}", plan_jobs(1, 70))
+        assert len(report.finished) == 1
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    (tuned_threshold, frozen), (plain_threshold, none_frozen) = seen
+    assert tuned_threshold == RUN_THRESHOLDS and frozen > 10_000
+    assert plain_threshold == before and none_frozen == 0

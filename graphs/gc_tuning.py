@@ -1,0 +1,37 @@
+"""Garbage-collector settings for the length of a run (``run.gc_tuning``).
+
+A run's process holds a few hundred thousand long-lived objects before its first episode
+starts (LangGraph, pydantic, the compiled graph, the config), and every few dozen young
+collections CPython promotes its way to a full collection that walks all of them again.
+Measured in ``bench/throughput.py``'s process, collections took 3-14 % of the framework's
+CPU; with the objects that exist at the start frozen (:func:`gc.freeze`: never scanned,
+never freed) and the young generation collected every 10,000 allocations instead of 700,
+about 1 %. Cyclic garbage is still collected, only in larger batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+RUN_THRESHOLDS = (10_000, 20, 20)  # young, middle, old generation
+
+
+@contextlib.contextmanager
+def tuned_gc(enabled: bool = True) -> Iterator[None]:
+    """Freeze what exists and collect less often inside the block; on leaving it, the
+    previous thresholds come back and the frozen objects are collectable again, so a
+    process that runs the runner in-process is left as it was."""
+    if not enabled:
+        yield
+        return
+    before = gc.get_threshold()
+    gc.collect()  # garbage frozen now would never be freed
+    gc.freeze()
+    gc.set_threshold(*RUN_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
