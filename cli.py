@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Annotated
@@ -112,13 +111,15 @@ def run(
 
 def _execute_jobs(cfg, run_dir, jobs, options, force, progress, backend, ray_address):
     """Run with live progress; turn the runner's refusals into messages and exit codes."""
+    from mcu_sim.graphs.event_loop import run_on_loop
     from mcu_sim.graphs.progress import run_with_progress
     from mcu_sim.graphs.runner import FingerprintMismatch, RunLocked, make_runner
 
     try:
         runner = make_runner(cfg, run_dir, backend=backend, ray_address=ray_address, **options)
-        return asyncio.run(
-            run_with_progress(runner, jobs, console, progress and console.is_terminal, force)
+        show = progress and console.is_terminal
+        return run_on_loop(
+            run_with_progress(runner, jobs, console, show, force), cfg.run.event_loop
         )
     except FingerprintMismatch as exc:
         console.print(f"[red]{exc}[/red]")

@@ -105,14 +105,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=200)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--in-flight", type=int, default=32)
+    parser.add_argument(
+        "--event-loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="as run.event_loop",
+    )
     parser.add_argument("--smoke", action="store_true", help="CI size: 8 threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.smoke:
         args.threads, args.steps = 8, 4
+    from mcu_sim.graphs.event_loop import run_on_loop
+
     per_step = {
         variant: round(
-            asyncio.run(cpu_ms_per_step(variant, args.threads, args.steps, args.in_flight)), 3
+            run_on_loop(
+                cpu_ms_per_step(variant, args.threads, args.steps, args.in_flight),
+                args.event_loop,
+            ),
+            3,
         )
         for variant in VARIANTS
     }
@@ -121,7 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{args.threads} threads x {args.steps} no-op steps, {args.in_flight} at once")
+    print(
+        f"{args.threads} threads x {args.steps} no-op steps, {args.in_flight} at once "
+        f"(run.event_loop={args.event_loop})"
+    )
     for variant in VARIANTS:
         print(
             f"{variant:12s} {per_step[variant]:.3f} ms CPU per step; "

@@ -96,6 +96,7 @@ async def measured_run(
     samples.append((time.perf_counter(), report.usage.calls, cpu_seconds()))
     return {
         "report": report,
+        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "seconds": timer.seconds,
         "cpu_s": cpu,
         "rss_before_mb": rss_before,
@@ -113,20 +114,25 @@ def run(
     sessions: int,
     http_client: str = "direct",
     durability: str = "sync",
+    event_loop: str = "auto",
 ) -> dict:
     from mcu_sim.config import load_config
+    from mcu_sim.graphs.event_loop import run_on_loop
 
     endpoint = start_endpoint(latency, capacity)
     try:
         # the client may send more than C at once, so a request is always queued at the
         # endpoint when a slot frees: the endpoint, not the client, is then the limit
         overrides = bench_overrides(endpoint.url, sessions, in_flight, http_client=http_client)
-        config = load_config(None, [*overrides, f"run.durability={durability}"])
+        options = [f"run.durability={durability}", f"run.event_loop={event_loop}"]
+        config = load_config(None, [*overrides, *options])
         with tempfile.TemporaryDirectory() as tmp:
             # warm-up: imports, the graph, the HTTP client and the SQLite files, off the clock
-            asyncio.run(measured_run(config, Path(tmp) / "warmup", 2, 2))
+            # on the loop `mcu run` uses (run.event_loop)
+            run_on_loop(measured_run(config, Path(tmp) / "warmup", 2, 2), event_loop)
             run_dir = Path(tmp) / "run"
-            result = asyncio.run(measured_run(config, run_dir, episodes, in_flight, endpoint))
+            measured = measured_run(config, run_dir, episodes, in_flight, endpoint)
+            result = run_on_loop(measured, event_loop)
     finally:
         served = endpoint.stop()
     report = result["report"]
@@ -163,6 +169,7 @@ def run(
         "capacity": capacity,
         "http_client": http_client,
         "durability": durability,
+        "event_loop": result["event_loop"],
     }
 
 
@@ -182,6 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--durability", choices=["sync", "exit"], default="sync", help="run.durability"
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="run.event_loop",
+    )
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -196,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         args.sessions,
         args.http_client,
         args.durability,
+        args.event_loop,
     )
     if args.json:
         print(json.dumps(result))
@@ -204,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['episodes']} episodes ({result['failed']} failed), {result['llm_calls']} LLM "
         f"calls in {result['seconds']} s, {in_flight} episodes in flight "
         f"(llm.provider.http_client={result['http_client']}, "
-        f"run.durability={result['durability']})\n"
+        f"run.durability={result['durability']}, event loop {result['event_loop']})\n"
         f"achieved {result['calls_per_s']} calls/s; capacity C/L = "
         f"{result['capacity_calls_per_s']}/s; ratio {result['ratio']} overall, "
         f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "

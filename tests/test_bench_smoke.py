@@ -49,7 +49,9 @@ def test_throughput_smoke() -> None:
     assert result["cpu_ms_per_call"] > 0 and result["rss_per_in_flight_mb"] >= 0
     assert result["steady_cpu_ms_per_call"] > 0 and result["framework_to_endpoint_cpu"] > 0
     assert result["calls_per_s"] == pytest.approx(result["llm_calls"] / result["seconds"], 0.05)
-    assert "calls/s" in _bench("throughput.py")  # the human-readable form too
+    assert result["event_loop"] == "uvloop"  # run.event_loop=auto, uvloop installed
+    plain = _bench("throughput.py", "--event-loop=asyncio")  # the human-readable form too
+    assert "calls/s" in plain and "event loop asyncio" in plain
 
 
 def test_graph_floor_smoke() -> None:

@@ -541,3 +541,39 @@ def test_a_run_tunes_the_garbage_collector_and_restores_it(
     (tuned_threshold, frozen), (plain_threshold, none_frozen) = seen
     assert tuned_threshold == RUN_THRESHOLDS and frozen > 10_000
     assert plain_threshold == before and none_frozen == 0
+
+
+@pytest.mark.parametrize(("choice", "loop_module"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_mcu_run_uses_the_configured_event_loop(
+    fake_openai, tmp_path, monkeypatch, choice: str, loop_module: str
+) -> None:
+    pytest.importorskip("uvloop")
+    from mcu_sim.graphs import nodes
+
+    seen: list[str] = []
+    original = nodes.demographics_node
+
+    async def demographics(state: Any, runtime: Any) -> Any:
+        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+        return await original(state, runtime)
+
+    monkeypatch.setattr(nodes, "demographics_node", demographics)
+    sets = [*_overrides(fake_openai, tmp_path), f"run.event_loop={choice}"]
+    out = tmp_path / "run"
+    command = ["run", "-n", "2", "-o", str(out), "--no-progress"]
+    result = CliRunner().invoke(app, [*command, *[f"--set={s}" for s in sets]])
+    assert result.exit_code == 0, result.output
+    assert seen == [loop_module, loop_module]
+    assert len(list((out / "episodes").glob("*.json"))) == 2
+
+
+def test_an_event_loop_that_is_not_installed_is_a_config_error(monkeypatch) -> None:
+    import sys
+
+    from mcu_sim.config import ConfigError
+    from mcu_sim.graphs.event_loop import loop_factory, run_on_loop
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now fails
+    assert loop_factory("auto") is None and loop_factory("asyncio") is None
+    with pytest.raises(ConfigError, match="uvloop is not installed: pip install uvloop"):
+        run_on_loop(asyncio.sleep(0), "uvloop")
