@@ -227,6 +227,7 @@ def demographic_lexicon() -> DemographicLexicon:
     return _load("demographics.json", DemographicLexicon)
 
 
+@cache
 def age_groups() -> tuple[AgeGroup, ...]:
     return demographic_lexicon().groups
 
