@@ -280,7 +280,7 @@ class RunConfig(Strict):
             "When the runner writes an episode's checkpoint. sync: after every step, so a "
             "crash redoes at most the steps in progress. exit: only when the episode "
             "finishes, stops (budget) or fails; LangGraph's CPU per step about halves "
-            "(bench/graph_floor.py), the framework's CPU per call drops about 15 %, "
+            "(bench/graph_floor.py), the framework's CPU per call drops 10-20 %, "
             "but a crash restarts its unfinished episodes from the beginning (their LLM "
             "calls are then answered by the response cache, when it is on). `mcu debug`, "
             "replay and forks always checkpoint every step."
