@@ -36,6 +36,7 @@ from typing import Any
 
 from mcu_sim.agents.llm import Usage
 from mcu_sim.config import Config
+from mcu_sim.graphs.event_loop import run_on_loop
 from mcu_sim.graphs.runner import (
     EpisodeJob,
     EpisodeRunner,
@@ -54,8 +55,6 @@ MONITOR_EVERY_S = 0.5
 def run_episode_task(payload: dict[str, Any]) -> dict[str, Any]:
     """The body of one Ray task (a plain function, so it can also be called directly), on
     the loop ``run.event_loop`` names, as in ``mcu run``."""
-    from mcu_sim.graphs.event_loop import run_on_loop
-
     choice = payload["config"].get("run", {}).get("event_loop", "auto")
     return run_on_loop(_episode_in_worker(payload), choice)
 
