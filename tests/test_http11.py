@@ -198,3 +198,48 @@ async def test_a_proxied_url_goes_through_the_proxy(server, monkeypatch) -> None
     assert answer == {"ok": True}
     assert script.requests[0].startswith(b"POST http://api.invalid/v1/x HTTP/1.1\r\n")
     assert session.pool.connections_made == 0
+
+
+async def test_https_checks_the_certificate_against_the_trusted_store(
+    tmp_path, monkeypatch
+) -> None:
+    """TLS through the default context: a server whose certificate the store trusts
+    (SSL_CERT_FILE, as users point at a private CA) answers; an untrusted one is refused."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl") or pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    names = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run([openssl, *request, *names, *files], check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await _read_request(reader) is not None:
+            writer.write(OK)
+            await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    url = f"https://127.0.0.1:{listener.sockets[0].getsockname()[1]}/v1/chat/completions"
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusting = Http11Client(timeout_s=5)
+        try:
+            first = await trusting.post(url, {}, b"{}")
+            second = await trusting.post(url, {}, b"{}")
+        finally:
+            await trusting.close()
+        assert first.body == second.body == BODY and trusting.connections_made == 1
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusting = Http11Client(timeout_s=5)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await untrusting.post(url, {}, b"{}")
+        await untrusting.close()
+    finally:
+        listener.close()
+        await listener.wait_closed()
