@@ -131,6 +131,8 @@ async def drive_episode(
     """
     config = {"configurable": {"thread_id": thread_id}}
     snapshot = await graph.aget_state(config)
+    if snapshot.values and not snapshot.next and "episode" not in snapshot.values:
+        snapshot = await _continue_at_filter(graph, config, snapshot)
     finished = bool(snapshot.values) and not snapshot.next and "episode" in snapshot.values
     if finished:  # a finished graph whose file write was lost: no step to run
         return snapshot.values["episode"]
@@ -157,6 +159,17 @@ async def drive_episode(
     if episode is None:
         raise RuntimeError(f"the graph stopped before filter (next: {list(snapshot.next)})")
     return episode
+
+
+async def _continue_at_filter(graph: Any, config: dict[str, Any], snapshot: Any) -> Any:
+    """A thread stopped with nothing to run and no episode was checkpointed by a version
+    whose last steps were ``link_album``, ``safety`` and ``finalize`` (now the steps of the
+    ``filter`` node), before one of them: point it at ``filter``, which redoes all three
+    (each skips what is already done). Graphs without those nodes are left as they are."""
+    if not {"align_sharing", "filter"} <= set(graph.nodes):
+        return snapshot
+    await graph.aupdate_state(config, None, as_node="align_sharing")  # its edge: filter
+    return await graph.aget_state(config)
 
 
 def failure_record(

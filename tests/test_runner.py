@@ -577,3 +577,65 @@ def test_an_event_loop_that_is_not_installed_is_a_config_error(monkeypatch) -> N
     assert loop_factory("auto") is None and loop_factory("asyncio") is None
     with pytest.raises(ConfigError, match="uvloop is not installed: pip install uvloop"):
         run_on_loop(asyncio.sleep(0), "uvloop")
+
+
+def test_an_episode_checkpointed_before_the_filter_node_existed_finishes(
+    fake_openai, tmp_path
+) -> None:
+    """A run checkpointed by a version whose last steps were link_album, safety and
+    finalize (now the filter node) resumes there: an episode left waiting for ``safety``
+    finishes as it would have."""
+    import sqlite3
+
+    from mcu_sim.agents.llm import build_client
+    from mcu_sim.graphs.checkpoints import open_checkpointer
+    from mcu_sim.graphs.context import EpisodeContext
+    from mcu_sim.graphs.episode import compile_episode_graph
+    from mcu_sim.graphs.runner import drive_episode
+
+    config = _config(fake_openai, tmp_path, sessions=2)
+    out = tmp_path / "run"
+    (job,) = plan_jobs(1, 80)
+    _run(config, out, [job])
+    finished = json.loads((out / "episodes" / f"{job.episode_id}.json").read_text())
+    database = out / "checkpoints.sqlite"
+    thread = {"configurable": {"thread_id": job.episode_id}}
+
+    async def waiting_for_safety() -> Any:
+        """The checkpoint such a version left before ``safety``: this run's state before
+        ``filter``, its edge to filter turned into one to safety, nothing after it."""
+        saver = await open_checkpointer(database)
+        history = [s async for s in compile_episode_graph(saver).aget_state_history(thread)]
+        (before,) = [s for s in history if s.next == ("filter",)]
+        stored = await saver.aget_tuple(before.config)
+        await saver.conn.close()
+        checkpoint_id = before.config["configurable"]["checkpoint_id"]
+        with contextlib.closing(sqlite3.connect(database)) as db, db:
+            for table in ("checkpoints", "writes"):
+                db.execute(f"DELETE FROM {table} WHERE checkpoint_id >= ?", (checkpoint_id,))
+        versions = dict(stored.checkpoint["channel_versions"])
+        versions["branch:to:safety"] = versions.pop("branch:to:filter")
+        values = dict(stored.checkpoint["channel_values"])
+        values["branch:to:safety"] = values.pop("branch:to:filter", None)
+        legacy = {**stored.checkpoint, "channel_versions": versions, "channel_values": values}
+        saver = await open_checkpointer(database)
+        await saver.aput(before.parent_config, legacy, stored.metadata, versions)
+        return saver
+
+    async def resume() -> tuple[Any, dict[str, Any], Counter]:
+        saver = await waiting_for_safety()
+        graph = compile_episode_graph(saver)
+        stuck = await graph.aget_state(thread)
+        llm = build_client(config.llm, cache_path=config.llm.cache.path)
+        context = EpisodeContext(config=config, llm=llm, run_dir=out)
+        try:
+            episode = await drive_episode(graph, job, context, job.episode_id)
+        finally:
+            await llm.aclose()
+            await saver.conn.close()
+        return stuck, episode, context.executions
+
+    stuck, episode, executions = asyncio.run(resume())
+    assert stuck.next == () and "episode" not in stuck.values  # what such a run left
+    assert episode == finished
+    assert executions["filter"] == 1 and executions["session"] == 0
