@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 Message = dict[str, str]
@@ -21,6 +22,10 @@ def extract_json(text: str) -> Any:
     from the first opener to the last closer and the first complete value (a whole object
     followed by chatter).
     """
+    try:  # the common case, a bare JSON reply, at C speed; anything else takes the slow path
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
     stripped = text.strip()
     attempts: list[Any] = [stripped, *(m.group(1).strip() for m in JSON_BLOCK.finditer(text))]
     for opener, closer in (("{", "}"), ("[", "]")):
