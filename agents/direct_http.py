@@ -93,9 +93,10 @@ async def post_json(session: DirectSession, url: str, headers: dict[str, str], b
     proxy = proxy_for(url)
     try:
         if proxy is None:
-            status, answer_headers, raw = await session.pool.post(url, headers, payload)
+            answer = await session.pool.post(url, headers, payload)
         else:
-            status, answer_headers, raw = await _post_via_proxy(session, url, headers, payload)
+            answer = await _post_via_proxy(session, proxy, url, headers, payload)
+        status, answer_headers, raw = answer
     except TimeoutError:
         raise EndpointFault("timed out: no answer within llm.provider.timeout_s") from None
     except (ConnectionError, OSError) as exc:
@@ -109,13 +110,14 @@ async def post_json(session: DirectSession, url: str, headers: dict[str, str], b
 
 
 async def _post_via_proxy(
-    session: DirectSession, url: str, headers: dict[str, str], payload: bytes
+    session: DirectSession, proxy: str, url: str, headers: dict[str, str], payload: bytes
 ) -> tuple[int, Any, bytes]:
+    """The proxy route, through aiohttp; its failures become ``ConnectionError``."""
     import asyncio
 
     import aiohttp
 
-    request = session.proxied.post(url, data=payload, headers=headers, proxy=proxy_for(url))
+    request = session.proxied.post(url, data=payload, headers=headers, proxy=proxy)
     try:
         async with request as response:
             return response.status, response.headers, await response.read()

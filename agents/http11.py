@@ -91,6 +91,7 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[HTTPResponse] | None = None
         self._head: _Head | None = None
         self._chunks: list[bytes] = []
+        self._body_bytes = 0  # of the chunks so far
         self._received = 0
 
     # -- asyncio.Protocol
@@ -120,7 +121,7 @@ class _Connection(asyncio.Protocol):
     def send(self, request: bytes) -> asyncio.Future[HTTPResponse]:
         assert self.transport is not None
         self._answer = asyncio.get_running_loop().create_future()
-        self._head, self._chunks, self._received = None, [], 0
+        self._head, self._chunks, self._body_bytes, self._received = None, [], 0, 0
         self._buffer.clear()
         self.transport.write(request)
         return self._answer
@@ -202,7 +203,8 @@ class _Connection(asyncio.Protocol):
             start = line_end + 2
             self._chunks.append(bytes(self._buffer[start : start + size]))
             del self._buffer[: start + size + 2]
-            if sum(map(len, self._chunks)) > MAX_BODY_BYTES:
+            self._body_bytes += size
+            if self._body_bytes > MAX_BODY_BYTES:
                 raise ProtocolError("the answer exceeds 64 MiB")
 
     def _resolve(self, body: bytes) -> None:
@@ -250,12 +252,12 @@ class Http11Client:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        default_port = 443 if parts.scheme == "https" else 80
+        port = parts.port or default_port
         key = (parts.scheme, parts.hostname, port)
-        default_port = port == (443 if parts.scheme == "https" else 80)
-        host = parts.hostname if default_port else f"{parts.hostname}:{port}"
-        if ":" in parts.hostname:  # an IPv6 literal goes back in brackets
-            host = f"[{parts.hostname}]" + ("" if default_port else f":{port}")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6
+        if port != default_port:
+            host = f"{host}:{port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         request = _request_bytes(target, host, headers, body)
         async with asyncio.timeout(self.timeout_s):

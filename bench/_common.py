@@ -6,6 +6,7 @@ benchmark reads from its own process is the framework's alone.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -14,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 HERE = Path(__file__).resolve().parent
 
@@ -147,3 +148,24 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def _choices(section: Any, field: str) -> list[str]:
+    """The values a config field accepts (its ``Literal``), so options follow the schema."""
+    return list(get_args(section.model_fields[field].annotation))
+
+
+def add_http_client_option(parser: argparse.ArgumentParser, default: str) -> None:
+    from mcu_sim.config_schema import ProviderConfig
+
+    choices = _choices(ProviderConfig, "http_client")
+    parser.add_argument(
+        "--http-client", choices=choices, default=default, help="llm.provider.http_client"
+    )
+
+
+def add_event_loop_option(parser: argparse.ArgumentParser) -> None:
+    from mcu_sim.config_schema import RunConfig
+
+    choices = _choices(RunConfig, "event_loop")
+    parser.add_argument("--event-loop", choices=choices, default="auto", help="run.event_loop")

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import Timer, bench_overrides, scan_run, start_endpoint
+from _common import Timer, add_http_client_option, bench_overrides, scan_run, start_endpoint
 
 
 async def _run(config: Any, run_dir: Path, jobs: list, in_flight: int) -> Any:
@@ -111,12 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.2)
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument(
-        "--http-client",
-        choices=["httpx", "aiohttp", "direct"],
-        default="httpx",
-        help="llm.provider.http_client",
-    )
+    add_http_client_option(parser, "httpx")
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

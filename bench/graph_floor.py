@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_seconds
+from _common import add_event_loop_option, cpu_seconds
 
 VARIANTS = ("none", "memory", "sqlite-sync", "sqlite-exit")
 BENCH_STEPS_PER_CALL = 12 / 9  # two-session bench episode: 12 checkpoints, 9 LLM calls
@@ -105,12 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=200)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--in-flight", type=int, default=32)
-    parser.add_argument(
-        "--event-loop",
-        choices=["auto", "asyncio", "uvloop"],
-        default="auto",
-        help="as run.event_loop",
-    )
+    add_event_loop_option(parser)
     parser.add_argument("--smoke", action="store_true", help="CI size: 8 threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

@@ -26,6 +26,8 @@ from typing import Any
 
 from _common import (
     Timer,
+    add_event_loop_option,
+    add_http_client_option,
     bench_overrides,
     cpu_seconds,
     peak_rss_mb,
@@ -180,21 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity", type=int, default=16, help="C, requests served at once")
     parser.add_argument("--in-flight", type=int, help="episodes at once (default 2C)")
     parser.add_argument("--sessions", type=int, default=2)
-    parser.add_argument(
-        "--http-client",
-        choices=["httpx", "aiohttp", "direct"],
-        default="direct",
-        help="llm.provider.http_client",
-    )
+    add_http_client_option(parser, "direct")
     parser.add_argument(
         "--durability", choices=["sync", "exit"], default="sync", help="run.durability"
     )
-    parser.add_argument(
-        "--event-loop",
-        choices=["auto", "asyncio", "uvloop"],
-        default="auto",
-        help="run.event_loop",
-    )
+    add_event_loop_option(parser)
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

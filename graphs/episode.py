@@ -56,8 +56,9 @@ async def filter_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
 
     Three steps in one superstep: link sharing requests to album photos, judge each
     session's text, then assemble and filter the Episode. Each step sees the state the
-    previous one left; as one node they cost one checkpoint instead of three (a step's
-    LangGraph overhead is about a third of the framework's CPU per LLM call).
+    previous one left; as one node they cost one checkpoint instead of three (LangGraph's
+    step machinery is about 0.7 of the 1.5-2 ms of framework CPU per LLM call,
+    bench/graph_floor.py and bench/throughput.py).
     """
     runtime.context.executions["filter"] += 1
     update: dict[str, Any] = {}

@@ -55,8 +55,7 @@ MONITOR_EVERY_S = 0.5
 def run_episode_task(payload: dict[str, Any]) -> dict[str, Any]:
     """The body of one Ray task (a plain function, so it can also be called directly), on
     the loop ``run.event_loop`` names, as in ``mcu run``."""
-    choice = payload["config"].get("run", {}).get("event_loop", "auto")
-    return run_on_loop(_episode_in_worker(payload), choice)
+    return run_on_loop(_episode_in_worker(payload), payload["config"]["run"]["event_loop"])
 
 
 async def _episode_in_worker(payload: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,14 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
 
 
 @pytest.fixture
+async def client() -> AsyncIterator[Http11Client]:
+    """A pool with a 5 s request timeout, closed after the test."""
+    pool = Http11Client(timeout_s=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
 async def server() -> AsyncIterator[tuple[str, Script]]:
     script = Script()
 
@@ -68,20 +76,16 @@ async def server() -> AsyncIterator[tuple[str, Script]]:
     await listener.wait_closed()
 
 
-async def test_keep_alive_reuses_one_connection_and_frames_every_body(server) -> None:
+async def test_keep_alive_reuses_one_connection_and_frames_every_body(server, client) -> None:
     url, script = server
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b'4;ext=1\r\n{"a"\r\n5\r\n: 1}\n\r\n0\r\nX-Trailer: t\r\n\r\n'
     )
     script.answers = [(OK, False), (chunked, False), (OK, False)]
-    client = Http11Client(timeout_s=5)
-    try:
-        first = await client.post(url, {"Authorization": "Bearer k"}, b'{"q": 1}')
-        second = await client.post(url, {}, b"{}")
-        third = await client.post(url, {}, b"{}")
-    finally:
-        await client.close()
+    first = await client.post(url, {"Authorization": "Bearer k"}, b'{"q": 1}')
+    second = await client.post(url, {}, b"{}")
+    third = await client.post(url, {}, b"{}")
     assert (first.status, first.body) == (200, b'{"ok": true}')
     assert first.headers["content-type"] == "application/json"
     assert second.body == b'{"a": 1}\n' and third.body == first.body
@@ -92,32 +96,24 @@ async def test_keep_alive_reuses_one_connection_and_frames_every_body(server) ->
     assert "\r\nAuthorization: Bearer k\r\n" in sent and sent.endswith('\r\n\r\n{"q": 1}')
 
 
-async def test_an_idle_connection_the_server_dropped_is_replaced(server) -> None:
+async def test_an_idle_connection_the_server_dropped_is_replaced(server, client) -> None:
     url, script = server
     script.answers = [(OK, True), (OK, False)]  # the server closes after its first answer
     closing = OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
-    client = Http11Client(timeout_s=5)
-    try:
-        await client.post(url, {}, b"{}")
-        await asyncio.sleep(0.05)
-        again = await client.post(url, {}, b"{}")  # on a new connection, not an error
-        script.answers = [(closing, False), (OK, False)]
-        await client.post(url, {}, b"{}")  # "Connection: close": this one is not kept
-        await client.post(url, {}, b"{}")
-    finally:
-        await client.close()
+    await client.post(url, {}, b"{}")
+    await asyncio.sleep(0.05)
+    again = await client.post(url, {}, b"{}")  # on a new connection, not an error
+    script.answers = [(closing, False), (OK, False)]
+    await client.post(url, {}, b"{}")  # "Connection: close": this one is not kept
+    await client.post(url, {}, b"{}")
     assert again.status == 200
     assert script.connections == client.connections_made == 3
 
 
-async def test_a_body_read_until_the_server_closes(server) -> None:
+async def test_a_body_read_until_the_server_closes(server, client) -> None:
     url, script = server
     script.answers = [(b"HTTP/1.1 503 Busy\r\nRetry-After: 2\r\n\r\nslow down", True)]
-    client = Http11Client(timeout_s=5)
-    try:
-        answer = await client.post(url, {}, b"{}")
-    finally:
-        await client.close()
+    answer = await client.post(url, {}, b"{}")
     assert (answer.status, answer.body, answer.headers["retry-after"]) == (503, b"slow down", "2")
 
 
@@ -130,50 +126,41 @@ async def test_a_body_read_until_the_server_closes(server) -> None:
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
     ],
 )
-async def test_a_broken_answer_is_a_protocol_error(server, answer: bytes, message: str) -> None:
+async def test_a_broken_answer_is_a_protocol_error(
+    server, answer: bytes, message: str, client
+) -> None:
     url, script = server
     script.answers = [(answer, True)]
-    client = Http11Client(timeout_s=5)
-    try:
-        with pytest.raises(ProtocolError, match=message):
-            await client.post(url, {}, b"{}")
-    finally:
-        await client.close()
+    with pytest.raises(ProtocolError, match=message):
+        await client.post(url, {}, b"{}")
 
 
-async def test_a_timeout_drops_the_connection_and_the_next_call_works(server) -> None:
+async def test_a_timeout_drops_the_connection_and_the_next_call_works(server, client) -> None:
     url, script = server
     script.answers = [1.0, (OK, False)]
-    client = Http11Client(timeout_s=0.2)
-    try:
-        with pytest.raises(TimeoutError):
-            await client.post(url, {}, b"{}")
-        answer = await client.post(url, {}, b"{}")
-    finally:
-        await client.close()
+    client.timeout_s = 0.2
+    with pytest.raises(TimeoutError):
+        await client.post(url, {}, b"{}")
+    answer = await client.post(url, {}, b"{}")
     assert answer.status == 200 and client.connections_made == 2
 
 
-async def test_a_header_that_would_break_the_request_is_refused_without_its_value() -> None:
-    client = Http11Client(timeout_s=1)
+async def test_a_header_that_would_break_the_request_is_refused_without_its_value(
+    client,
+) -> None:
     secret = "Bearer not-a-real-key\r\nX-Injected: 1"
     with pytest.raises(ValueError, match="'Authorization' header holds a line break") as info:
         await client.post("http://127.0.0.1:9/v1", {"Authorization": secret}, b"{}")
     assert "not-a-real-key" not in str(info.value)
     with pytest.raises(ValueError, match="not an http"):
         await client.post("ftp://127.0.0.1/v1", {}, b"{}")
-    await client.close()
 
 
-async def test_a_connection_that_sent_more_than_its_answer_is_not_reused(server) -> None:
+async def test_a_connection_that_sent_more_than_its_answer_is_not_reused(server, client) -> None:
     url, script = server
     script.answers = [(OK + b"junk", False), (OK, False)]
-    client = Http11Client(timeout_s=5)
-    try:
-        first = await client.post(url, {}, b"{}")
-        second = await client.post(url, {}, b"{}")
-    finally:
-        await client.close()
+    first = await client.post(url, {}, b"{}")
+    second = await client.post(url, {}, b"{}")
     assert first.body == second.body == BODY
     assert client.connections_made == 2
 
@@ -201,7 +188,7 @@ async def test_a_proxied_url_goes_through_the_proxy(server, monkeypatch) -> None
 
 
 async def test_https_checks_the_certificate_against_the_trusted_store(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, client
 ) -> None:
     """TLS through the default context: a server whose certificate the store trusts
     (SSL_CERT_FILE, as users point at a private CA) answers; an untrusted one is refused."""
@@ -227,14 +214,10 @@ async def test_https_checks_the_certificate_against_the_trusted_store(
     listener = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
     url = f"https://127.0.0.1:{listener.sockets[0].getsockname()[1]}/v1/chat/completions"
     try:
-        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        trusting = Http11Client(timeout_s=5)
-        try:
-            first = await trusting.post(url, {}, b"{}")
-            second = await trusting.post(url, {}, b"{}")
-        finally:
-            await trusting.close()
-        assert first.body == second.body == BODY and trusting.connections_made == 1
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read at the first https connect
+        first = await client.post(url, {}, b"{}")
+        second = await client.post(url, {}, b"{}")
+        assert first.body == second.body == BODY and client.connections_made == 1
         monkeypatch.delenv("SSL_CERT_FILE")
         untrusting = Http11Client(timeout_s=5)
         with pytest.raises(ssl.SSLCertVerificationError):

@@ -513,6 +513,22 @@ def test_estimate_follows_the_graph_and_is_refined_by_a_run(
     assert data["episodes"] == 10 and data["calls"] == 70 and data["priced"] is False
 
 
+def _seen_in_each_episode(monkeypatch: Any, probe: Any) -> list[Any]:
+    """What ``probe()`` returns inside each episode's first node (from the graphs built
+    after this call), in order."""
+    from mcu_sim.graphs import nodes
+
+    seen: list[Any] = []
+    original = nodes.demographics_node
+
+    async def demographics(state: Any, runtime: Any) -> Any:
+        seen.append(probe())
+        return await original(state, runtime)
+
+    monkeypatch.setattr(nodes, "demographics_node", demographics)
+    return seen
+
+
 def test_a_run_tunes_the_garbage_collector_and_restores_it(
     fake_openai, tmp_path, monkeypatch
 ) -> None:
@@ -521,17 +537,9 @@ def test_a_run_tunes_the_garbage_collector_and_restores_it(
     leaves it alone throughout."""
     import gc
 
-    from mcu_sim.graphs import nodes
     from mcu_sim.graphs.gc_tuning import RUN_THRESHOLDS
 
-    seen: list[tuple[tuple[int, ...], int]] = []
-    original = nodes.demographics_node
-
-    async def demographics(state: Any, runtime: Any) -> Any:
-        seen.append((gc.get_threshold(), gc.get_freeze_count()))
-        return await original(state, runtime)
-
-    monkeypatch.setattr(nodes, "demographics_node", demographics)
+    seen = _seen_in_each_episode(monkeypatch, lambda: (gc.get_threshold(), gc.get_freeze_count()))
     before = gc.get_threshold()
     for tuning in ("true", "false"):
         config = _config(fake_openai, tmp_path / tuning, f"run.gc_tuning={tuning}")
@@ -548,16 +556,9 @@ def test_mcu_run_uses_the_configured_event_loop(
     fake_openai, tmp_path, monkeypatch, choice: str, loop_module: str
 ) -> None:
     pytest.importorskip("uvloop")
-    from mcu_sim.graphs import nodes
-
-    seen: list[str] = []
-    original = nodes.demographics_node
-
-    async def demographics(state: Any, runtime: Any) -> Any:
-        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
-        return await original(state, runtime)
-
-    monkeypatch.setattr(nodes, "demographics_node", demographics)
+    seen = _seen_in_each_episode(
+        monkeypatch, lambda: type(asyncio.get_running_loop()).__module__.split(".")[0]
+    )
     sets = [*_overrides(fake_openai, tmp_path), f"run.event_loop={choice}"]
     out = tmp_path / "run"
     command = ["run", "-n", "2", "-o", str(out), "--no-progress"]
