@@ -150,7 +150,15 @@ class ProviderConfig(Strict):
         ),
     )
     max_attempts: int = Field(6, ge=1, le=50)
-    max_retry_seconds: float = Field(300.0, gt=0)
+    max_retry_seconds: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "The longest one request keeps retrying, counted from when its first attempt "
+            "is sent (time queued for a max_concurrency slot or the rate limit before that "
+            "does not count)."
+        ),
+    )
     max_concurrency: int = Field(8, ge=1)
     requests_per_minute: float | None = Field(None, gt=0)
     prices: dict[str, Price] = Field(default_factory=dict)

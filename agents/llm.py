@@ -203,6 +203,17 @@ class Request:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class SendClock:
+    """When a request's first attempt left the queue (its concurrency slot and rate-limit
+    turn taken): where its retry time budget starts."""
+
+    first_sent: float | None = None
+
+    def started(self) -> float:
+        return self.first_sent if self.first_sent is not None else time.monotonic()
+
+
 class Adapter(Protocol):
     """A wire protocol. It sends one request and returns the text; no retries here."""
 
@@ -434,9 +445,11 @@ class LLMClient:
             state.upcoming_sleep,
         )
 
-    async def _send_once(self, request: Request) -> RawReply:
+    async def _send_once(self, request: Request, clock: SendClock | None = None) -> RawReply:
         await self.rate_limiter.wait()
         async with self._semaphore():
+            if clock is not None and clock.first_sent is None:
+                clock.first_sent = time.monotonic()
             self.network_calls += 1
             return await self.adapter.send(request)
 
@@ -456,18 +469,20 @@ class LLMClient:
         The first attempt runs without the retry machinery (building tenacity's state per
         call was a measurable share of the framework's CPU at scale). Its failure, if worth
         retrying, is replayed as tenacity's attempt 1, so the limits, waits and logs are
-        tenacity's exactly; the time budget counts from the first attempt.
+        tenacity's exactly. The time budget counts from the moment the first attempt is
+        sent: the wait for a concurrency slot or the rate limiter before it is queueing, not
+        retrying, and at saturation it can be longer than the whole budget.
         """
-        started = time.monotonic()
+        clock = SendClock()
         retrying: AsyncRetrying | None = None
         try:
             try:
-                return await self._send_once(request)
+                return await self._send_once(request, clock)
             except Exception as exc:
                 if not is_retryable(exc):
                     raise
                 first_failure: BaseException | None = exc
-            retrying = self._retrying(started)
+            retrying = self._retrying(clock.started())
             async for attempt in retrying:
                 with attempt:
                     if first_failure is not None:  # attempt 1 was made above
@@ -480,7 +495,8 @@ class LLMClient:
                 attempts = retrying.statistics.get("attempt_number", "?") if retrying else 1
                 raise LLMTransportError(
                     f"{self.adapter.name} still failing after {attempts} attempt(s) in "
-                    f"{time.monotonic() - started:.1f}s (limits: llm.provider.max_attempts="
+                    f"{time.monotonic() - clock.started():.1f}s (limits: "
+                    f"llm.provider.max_attempts="
                     f"{self.provider.max_attempts}, max_retry_seconds="
                     f"{self.provider.max_retry_seconds:g}): {detail}"
                 ) from None  # the message has the redacted detail; the cause is not redacted

@@ -119,6 +119,19 @@ async def test_the_time_budget_counts_from_the_first_attempt(fake_openai, make_l
     assert len(fake_openai.chat_requests) == 1
 
 
+async def test_the_time_budget_does_not_count_the_wait_for_a_slot(fake_openai, make_llm_client):
+    # one slot: the second request queues behind a 1 s answer, twice its 0.5 s retry
+    # budget, before anything is sent; its 429 must still be retried
+    client = make_llm_client(cache_path=None, max_concurrency=1, max_retry_seconds=0.5)
+    fake_openai.script(Fault.delay(1.0, then=GOOD), Fault.status(429, retry_after=0.05), GOOD)
+    first, second = await asyncio.gather(
+        client.complete(USER, Person), client.complete(USER, Person)
+    )
+    assert first.value == second.value == Person(**GOOD)
+    assert [r.status for r in fake_openai.chat_requests] == [200, 429, 200]
+    assert client.network_calls == 3
+
+
 async def test_timeout_is_retried(fake_openai, make_llm_client):
     client = make_llm_client(cache_path=None, timeout_s=1.0)
     fake_openai.script(Fault.delay(5, then=GOOD), GOOD)
