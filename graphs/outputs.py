@@ -28,6 +28,7 @@ import re
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,19 @@ _SHARD_NAME = re.compile(r"^shard-(?:g(\d+)-)?(\d+)\.jsonl$")
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename over the target."""
+    atomic_write_chunks(path, (data,))
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """:func:`atomic_write_bytes` for data made piece by piece: each chunk goes to the temp
+    file as it comes, so a large file (a shard of a thousand episodes) is never held whole
+    in memory. If making a chunk fails, the target is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -376,17 +385,20 @@ class ShardWriter:
         return shard_name(number, self.generation), []
 
     def _write(self, name: str, ids: list[str], save: bool = True) -> Path:
-        lines = []
-        for episode_id in ids:
-            episode = self.run.read_episode(episode_id)
-            lines.append(json.dumps(episode, ensure_ascii=False, separators=(",", ":")))
         path = self.run.shards / name
-        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        atomic_write_chunks(path, self._lines(ids))
         self.shards[name] = list(ids)
         self._in_shards.update(ids)
         if save:
             self._save_state()
         return path
+
+    def _lines(self, ids: list[str]) -> Iterator[bytes]:
+        """One compact JSON line per episode, read from its file one at a time."""
+        for episode_id in ids:
+            episode = self.run.read_episode(episode_id)
+            line = json.dumps(episode, ensure_ascii=False, separators=(",", ":")) + "\n"
+            yield line.encode("utf-8")
 
     def add(self, episode_id: str) -> list[Path]:
         """Queue a finished episode; write every shard that became full. Returns those."""

@@ -128,6 +128,24 @@ def test_rebuilding_shards_survives_a_crash_at_every_step(
         assert sorted(_shard_ids(run)) == ids and len(run.shard_paths()) == 2, at
 
 
+def test_a_shard_is_written_line_by_line_and_a_failure_midway_leaves_the_old_one(
+    tmp_path: Path,
+) -> None:
+    run = _episode_run(tmp_path / "run", 3)  # shards of 2: e0 e1 | e2
+    old = _shard_texts(run)
+    _rewrite_all(run)
+    run.episode_path("e1").write_text("{cut", encoding="utf-8")  # a file that fails to parse
+    with pytest.raises(json.JSONDecodeError):
+        run.rebuild_shards(2)
+    assert _shard_texts(run) == old  # the readers' set is untouched
+    assert not [p for p in run.shards.iterdir() if p.name.startswith(".")]  # no temp file left
+    atomic_write_json(run.episode_path("e1"), {"episode_id": "e1", "v": "new"})
+    run.rebuild_shards(2)
+    lines = _shard_texts(run)
+    assert [json.loads(line)["episode_id"] for line in lines] == ["e0", "e1", "e2"]
+    assert all('"v":"new"' in line for line in lines)
+
+
 def test_shard_writer_extends_a_rebuilt_set(tmp_path: Path) -> None:
     run = _episode_run(tmp_path / "run", 3)
     run.rebuild_shards(2)
