@@ -6,10 +6,12 @@ Who does what:
   the run lock and is the only writer of run files: manifest, episode files, shards, index
   and failure records. It submits at most ``max_in_flight`` tasks and writes each result as
   it arrives, exactly like the local runner.
-- Each **task** runs one episode (or resumes it) in a worker process: its own LLM client
+- Each **task** runs one episode (or resumes it) in a worker process, with the LLM client
   (the response cache is a shared SQLite file in WAL mode), the same checkpointer as the
-  local backend, and the same :func:`~mcu_sim.graphs.runner.drive_episode`. It returns the
-  episode, or a failure record; it writes only checkpoints and images.
+  local backend and the same :func:`~mcu_sim.graphs.runner.drive_episode`; the worker keeps
+  client, checkpointer, graph and event loop for its next task
+  (:mod:`~mcu_sim.graphs.ray_worker`). It returns the episode, or a failure record; it
+  writes only checkpoints and images.
 - A **monitor** actor adds up every task's usage after each step: it feeds the live display
   and stops every task cleanly (after its current step) once ``max_cost`` is reached.
 - **Image tool actors** (one per GPU, or one CPU actor) each own an
@@ -36,7 +38,6 @@ from typing import Any
 
 from mcu_sim.agents.llm import Usage
 from mcu_sim.config import Config
-from mcu_sim.graphs.event_loop import run_on_loop
 from mcu_sim.graphs.runner import (
     EpisodeJob,
     EpisodeRunner,
@@ -53,28 +54,30 @@ MONITOR_EVERY_S = 0.5
 
 
 def run_episode_task(payload: dict[str, Any]) -> dict[str, Any]:
-    """The body of one Ray task (a plain function, so it can also be called directly), on
-    the loop ``run.event_loop`` names, as in ``mcu run``."""
-    return run_on_loop(_episode_in_worker(payload), payload["config"]["run"]["event_loop"])
+    """The body of one Ray task (a plain function, so it can also be called directly).
+
+    It runs on the worker's kept session (:mod:`mcu_sim.graphs.ray_worker`: event loop of
+    ``run.event_loop``, LLM client, checkpointer, compiled graph), with ``run.gc_tuning``
+    for the task's length, as ``mcu run`` has for the run's."""
+    from mcu_sim.graphs.gc_tuning import tuned_gc
+    from mcu_sim.graphs.ray_worker import close_worker_session, worker_session
+
+    session = worker_session(payload)
+    try:
+        with tuned_gc(session.config.run.gc_tuning):
+            return session.run(_episode_in_worker(payload, session))
+    except BaseException:
+        close_worker_session()  # a broken loop or checkpointer is not kept for the next task
+        raise
 
 
-async def _episode_in_worker(payload: dict[str, Any]) -> dict[str, Any]:
-    from mcu_sim.agents.llm import build_client
+async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str, Any]:
     from mcu_sim.graphs.context import EpisodeContext
-    from mcu_sim.graphs.outputs import RunDir
-    from mcu_sim.graphs.runner import (
-        checkpointer_for,
-        compile_graph,
-        drive_episode,
-        failure_record,
-        next_nodes,
-    )
+    from mcu_sim.graphs.runner import drive_episode, failure_record, next_nodes
     from mcu_sim.graphs.scrub import Scrubber
 
-    config = Config.model_validate(payload["config"])
-    run = RunDir(payload["run_root"])
+    config, llm, graph = session.config, session.llm, session.graph
     job = EpisodeJob(*payload["job"])
-    llm = build_client(config.llm, cache_path=config.llm.cache.path)
     executions: Counter = Counter()
     monitor = payload.get("monitor")
     tools = (
@@ -82,7 +85,7 @@ async def _episode_in_worker(payload: dict[str, Any]) -> dict[str, Any]:
         if payload["tool_actors"]
         else None
     )
-    reported = Usage()
+    started = reported = llm.usage  # the client is the session's: count this task's share
 
     async def after_step(nodes: list[str]) -> bool:
         nonlocal reported
@@ -91,38 +94,32 @@ async def _episode_in_worker(payload: dict[str, Any]) -> dict[str, Any]:
         delta, reported = llm.usage - reported, llm.usage
         return bool(await monitor.report.remote(delta.as_dict(), len(nodes)))
 
-    result: dict[str, Any] = {}
+    context = EpisodeContext(
+        config=config,
+        llm=llm,
+        run_dir=Path(payload["run_root"]),
+        tools=tools,
+        use_cache=payload["use_cache"],
+        executions=executions,
+        config_fingerprint=session.fingerprint,
+    )
+    pending: list[str] = []
     try:
-        async with checkpointer_for(config, run.checkpoints) as saver:
-            graph = compile_graph(saver)
-            context = EpisodeContext(
-                config=config,
-                llm=llm,
-                run_dir=run.root,
-                tools=tools,
-                use_cache=payload["use_cache"],
-                executions=executions,
-            )
-            pending: list[str] = []
-            try:
-                episode = await drive_episode(
-                    graph,
-                    job,
-                    context,
-                    payload["thread_id"],
-                    on_node=pending.append,
-                    should_stop=lambda: _drain(after_step, pending),
-                    durability=config.run.durability,
-                )
-                result = {"episode": episode} if episode is not None else {"stopped": True}
-            except Exception as exc:
-                failed_at = await next_nodes(graph, payload["thread_id"])
-                scrubber = Scrubber.for_config(config)
-                result = {"failure": failure_record(job, exc, failed_at, scrubber)}
-    finally:
-        await llm.aclose()
+        episode = await drive_episode(
+            graph,
+            job,
+            context,
+            payload["thread_id"],
+            on_node=pending.append,
+            should_stop=lambda: _drain(after_step, pending),
+            durability=config.run.durability,
+        )
+        result = {"episode": episode} if episode is not None else {"stopped": True}
+    except Exception as exc:
+        failed_at = await next_nodes(graph, payload["thread_id"])
+        result = {"failure": failure_record(job, exc, failed_at, Scrubber.for_config(config))}
     await after_step([])
-    result.update(usage=llm.usage.as_dict(), executions=dict(executions))
+    result.update(usage=(llm.usage - started).as_dict(), executions=dict(executions))
     return result
 
 
@@ -437,9 +434,13 @@ class RayEpisodeRunner(EpisodeRunner):
         monitor = _remote("monitor").remote(self.max_cost)
         actors, info = self._start_tool_actors()
         shared = postgres_dsn(self.config) is not None
+        from mcu_sim.graphs.ray_worker import session_key
+
+        config_dump, run_root = self.config.model_dump(mode="json"), str(self.run.root.resolve())
         base = {
-            "config": self.config.model_dump(mode="json"),
-            "run_root": str(self.run.root.resolve()),
+            "config": config_dump,
+            "run_root": run_root,
+            "session_key": session_key(config_dump, run_root),  # hashed once, not per task
             "use_cache": self.use_cache,
             "monitor": monitor,
             "tool_actors": actors,

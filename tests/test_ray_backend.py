@@ -223,3 +223,92 @@ def test_batching_scorer_merges_concurrent_requests(tmp_path: Path) -> None:
         return await asyncio.wait_for(small.score(files[:2], ["x", "y"]), timeout=5)
 
     assert asyncio.run(full_batch()) == [(1, "x"), (2, "y")]
+
+
+# ---------------------------------------------------------------- a worker's kept session
+
+
+def _task_payload(config: Config, run_root: Path, episode_id: str, seed: int) -> dict[str, Any]:
+    RunDir(run_root).create()
+    return {
+        "config": config.model_dump(mode="json"),
+        "run_root": str(run_root),
+        "use_cache": False,
+        "monitor": None,
+        "tool_actors": None,
+        "tool_info": None,
+        "job": [episode_id, seed],
+        "thread_id": episode_id,
+    }
+
+
+@pytest.fixture
+def fresh_worker() -> Iterator[Any]:
+    from mcu_sim.graphs import ray_worker
+
+    ray_worker.close_worker_session()
+    try:
+        yield ray_worker
+    finally:
+        ray_worker.close_worker_session()
+
+
+def test_a_worker_keeps_its_session_between_tasks_and_reports_each_tasks_own_usage(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, fresh_worker: Any
+) -> None:
+    import sqlite3
+
+    from mcu_sim.graphs.ray_backend import run_episode_task
+
+    fake_openai.handler = scripted_answer
+    config = _config(fake_openai, tmp_path, "images.enabled=false")
+    run_root = tmp_path / "run"
+    results, sessions = [], []
+    for n in range(3):
+        before = len(fake_openai.chat_requests)
+        result = run_episode_task(_task_payload(config, run_root, f"ep-{n}", 100 + n))
+        assert "episode" in result, result
+        # the client is shared, the usage reported is this task's alone
+        assert result["usage"]["calls"] == len(fake_openai.chat_requests) - before > 0
+        results.append(result)
+        sessions.append(fresh_worker._current)
+    assert sessions[0] is sessions[1] is sessions[2] and sessions[0].tasks_run == 3
+    for result in results:  # counted per task, not across the session
+        sessions_run = len(result["episode"]["sessions"])
+        assert result["executions"]["demographics"] == 1
+        assert result["executions"]["session"] == sessions_run
+    # what each task wrote is committed when its result goes back: another reader sees it
+    with sqlite3.connect(RunDir(run_root).checkpoints) as reader:
+        seen = dict(reader.execute("SELECT thread_id, COUNT(*) FROM writes GROUP BY thread_id"))
+    own = sessions[0].saver.conn.sqlite.execute(
+        "SELECT thread_id, COUNT(*) FROM writes GROUP BY thread_id"
+    )
+    assert seen == dict(own) and set(seen) == {"ep-0", "ep-1", "ep-2"}
+    # another run directory gets a session of its own; the old one is closed
+    other = run_episode_task(_task_payload(config, tmp_path / "other", "ep-9", 9))
+    assert "episode" in other and fresh_worker._current is not sessions[0]
+    assert sessions[0].runner._loop is None  # closed
+
+
+def test_a_task_that_breaks_closes_the_workers_session(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, fresh_worker: Any
+) -> None:
+    from mcu_sim.graphs.ray_backend import run_episode_task
+
+    class _BrokenMonitor:  # its actor handle fails, as when the monitor actor died
+        class report:  # the shape of a Ray actor method: monitor.report.remote(...)
+            @staticmethod
+            def remote(*_: Any) -> Any:
+                raise RuntimeError("monitor actor died")
+
+    fake_openai.handler = scripted_answer
+    config = _config(fake_openai, tmp_path, "images.enabled=false")
+    payload = _task_payload(config, tmp_path / "run", "ep-0", 1)
+    assert "episode" in run_episode_task(payload)
+    assert fresh_worker._current is not None
+    with pytest.raises(RuntimeError, match="monitor actor died"):
+        run_episode_task(
+            {**payload, "job": ["ep-1", 2], "thread_id": "ep-1", "monitor": _BrokenMonitor()}
+        )
+    assert fresh_worker._current is None  # the next task builds fresh parts
+    assert "episode" in run_episode_task({**payload, "job": ["ep-2", 3], "thread_id": "ep-2"})
