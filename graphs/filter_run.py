@@ -8,7 +8,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.graphs.filters import FilterSettings, ImageSimilarity, filter_run, over_matched
+from mcu_sim.graphs.filters import (
+    FilterSettings,
+    ImageSimilarity,
+    OverMatchedCounter,
+    iter_filter_run,
+)
 from mcu_sim.graphs.outputs import RunDir, atomic_write_json, index_line
 from mcu_sim.graphs.quality import filter_settings
 from mcu_sim.graphs.run_manifest import run_lock
@@ -52,21 +57,26 @@ def refilter(run_dir: Path, config: Any, write: bool = True) -> dict[str, Any]:
     """
     run = RunDir(run_dir)
     with run_lock(run):
-        episodes = [Episode.model_validate(run.read_episode(i)) for i in run.finished_ids()]
         settings = filter_settings(config)
-        filtered, counts = filter_run(episodes, settings, clip_similarity(config, run.root))
+        counts: Counter[str] = Counter()
+        episodes = (Episode.model_validate(run.read_episode(i)) for i in run.finished_ids())
+        similarity = clip_similarity(config, run.root)
+        seen = filtered = 0
+        # one episode in memory at a time: a run of 93K episodes does not fit as a list
+        for episode in iter_filter_run(episodes, settings, similarity, counts):
+            seen += 1
+            filtered += episode.status == "filtered"
+            if write:
+                data = episode.model_dump(mode="json")
+                atomic_write_json(run.episode_path(episode.episode_id), data)
         shards = 0
         if write:
-            for episode in filtered:
-                atomic_write_json(
-                    run.episode_path(episode.episode_id), episode.model_dump(mode="json")
-                )
             run.rebuild_index()
             shards = run.rebuild_shards(shard_size(run, config))
         report = {
-            "episodes": len(filtered),
-            "episodes_filtered": sum(e.status == "filtered" for e in filtered),
-            "removals_by_rule": counts,
+            "episodes": seen,
+            "episodes_filtered": filtered,
+            "removals_by_rule": dict(counts),
             "settings": settings.model_dump(mode="json"),
             "written": write,
             "shards": shards,
@@ -118,18 +128,19 @@ def apply_run_rules(run: RunDir, settings: FilterSettings, size: int) -> dict[st
     affected = [i for i, ids, marked in uses if marked or over.intersection(ids)]
     if not affected:
         return {}
-    episodes = [Episode.model_validate(run.read_episode(i)) for i in affected]
-    marks = over_matched(episodes, settings)
-    changed = []
-    for episode in episodes:
+    counter = OverMatchedCounter(settings)
+    changed: list[dict[str, Any]] = []  # index lines, not episodes: bounded per episode
+    total = 0
+    for episode_id in affected:  # one episode in memory at a time, in run order
+        episode = Episode.model_validate(run.read_episode(episode_id))
+        marks = counter.marks(episode)
+        total += len(marks)
         kept = [r for r in episode.removals if r.rule != OVER_MATCHED]
-        removals = kept + marks.get(episode.episode_id, [])
-        if removals != episode.removals:
-            data = episode.model_copy(update={"removals": removals}).model_dump(mode="json")
-            atomic_write_json(run.episode_path(episode.episode_id), data)
-            changed.append(data)
+        if kept + marks != episode.removals:
+            data = episode.model_copy(update={"removals": kept + marks}).model_dump(mode="json")
+            atomic_write_json(run.episode_path(episode_id), data)
+            changed.append(index_line(data))
     if changed:
         run.replace_index_lines(changed)
         run.rebuild_shards(size)
-    total = sum(len(m) for m in marks.values())
     return {OVER_MATCHED: total} if total else {}

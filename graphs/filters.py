@@ -17,7 +17,7 @@ requests it would have judged say so in their ``attempts``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -281,29 +281,59 @@ def filter_episode(
     )
 
 
-def over_matched(episodes: list[Episode], settings: FilterSettings) -> dict[str, list[Removal]]:
-    """Run-level rule: a database image matched more than K times keeps its first K uses
-    (an album photo shown again in a sharing turn is one use)."""
-    uses: Counter[str] = Counter()
-    marks: dict[str, list[Removal]] = {}
-    for episode in episodes:
+class OverMatchedCounter:
+    """Run-level rule, one episode at a time in run order: a database image matched more
+    than K times keeps its first K uses (an album photo shown again in a sharing turn is
+    one use). Only the use counts are kept, so a run of any size is marked in bounded
+    memory."""
+
+    def __init__(self, settings: FilterSettings) -> None:
+        self.limit = settings.max_matches_per_db_image
+        self.uses: Counter[str] = Counter()
+
+    def marks(self, episode: Episode) -> list[Removal]:
+        """The over-matched marks of ``episode``, the next one in run order."""
+        out = []
         for request, shown_in in distinct_images(episode):
             db_id = request.image.db_id if request.image else None
             if not db_id:
                 continue
-            uses[db_id] += 1
-            if uses[db_id] > settings.max_matches_per_db_image:
-                marks.setdefault(episode.episode_id, []).append(
+            self.uses[db_id] += 1
+            if self.uses[db_id] > self.limit:
+                out.append(
                     Removal(
                         rule="over_matched_image",
                         target=f"image:{request.id}",
                         reason=f"database image {db_id} matched more than "
-                        f"{settings.max_matches_per_db_image} times in this run" + _also(shown_in),
-                        scores={"matches": uses[db_id]},
-                        threshold=settings.max_matches_per_db_image,
+                        f"{self.limit} times in this run" + _also(shown_in),
+                        scores={"matches": self.uses[db_id]},
+                        threshold=self.limit,
                     )
                 )
-    return marks
+        return out
+
+
+def over_matched(episodes: Iterable[Episode], settings: FilterSettings) -> dict[str, list[Removal]]:
+    """:class:`OverMatchedCounter`'s marks for ``episodes`` in order, by episode id."""
+    counter = OverMatchedCounter(settings)
+    return {e.episode_id: m for e in episodes if (m := counter.marks(e))}
+
+
+def iter_filter_run(
+    episodes: Iterable[Episode],
+    settings: FilterSettings,
+    similarity: ImageSimilarity | None = None,
+    counts: Counter[str] | None = None,
+) -> Iterator[Episode]:
+    """Each episode with its marks recomputed and the run-level ones added, as it comes;
+    ``counts`` (if given) is updated with the removals per rule."""
+    counter = OverMatchedCounter(settings)
+    for episode in episodes:
+        filtered = filter_episode(episode, settings, similarity)
+        removals = filtered.removals + counter.marks(filtered)
+        if counts is not None:
+            counts.update(r.rule for r in removals)
+        yield filtered.model_copy(update={"removals": removals})
 
 
 def filter_run(
@@ -312,14 +342,8 @@ def filter_run(
     similarity: ImageSimilarity | None = None,
 ) -> tuple[list[Episode], dict[str, int]]:
     """Recompute every episode's marks, add the run-level ones; return counts per rule."""
-    filtered = [filter_episode(e, settings, similarity) for e in episodes]
-    extra = over_matched(filtered, settings)
-    out = []
     counts: Counter[str] = Counter()
-    for episode in filtered:
-        removals = episode.removals + extra.get(episode.episode_id, [])
-        counts.update(r.rule for r in removals)
-        out.append(episode.model_copy(update={"removals": removals}))
+    out = list(iter_filter_run(episodes, settings, similarity, counts))
     return out, dict(counts)
 
 

@@ -184,10 +184,10 @@ class RunDir:
         atomic_write_text(self.index, "".join(line + "\n" for line in lines))
         return len(lines)
 
-    def replace_index_lines(self, episodes: list[dict[str, Any]]) -> None:
-        """Rewrite the index lines of ``episodes`` (their files were rewritten), leaving the
-        others as they are: no episode file is read."""
-        fresh = {e["episode_id"]: json.dumps(index_line(e), sort_keys=True) for e in episodes}
+    def replace_index_lines(self, records: list[dict[str, Any]]) -> None:
+        """Put these index lines (:func:`index_line` of rewritten episodes) in place of their
+        episodes' old ones, leaving the others as they are: no episode file is read."""
+        fresh = {r["episode_id"]: json.dumps(r, sort_keys=True) for r in records}
         lines, seen = [], set()
         text = self.index.read_text(encoding="utf-8") if self.index.is_file() else ""
         for raw in text.splitlines():

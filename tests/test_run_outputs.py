@@ -222,11 +222,9 @@ def test_mcu_filter_uses_the_run_config_rebuilds_shards_and_takes_the_lock(
 # ---------------------------------------------------------------- run-level filter in mcu run
 
 
-def test_mcu_run_applies_the_over_matched_rule_across_the_run(
-    fake_openai: FakeOpenAIServer, tmp_path: Path
-) -> None:
-    """Album photos retrieved from the small shipped database repeat across episodes; with
-    K=2 the later uses are marked once the run ends, and the shards hold the marks."""
+def _database_image_run(fake_openai: FakeOpenAIServer, tmp_path: Path) -> tuple[Any, Path, Any]:
+    """Two one-session episodes whose album photos come from the small shipped database
+    (so they repeat), with K=2: (config, run directory, run report)."""
     fake_openai.handler = scripted_answer
     images = [
         "images.face.enabled=false",
@@ -244,6 +242,15 @@ def test_mcu_run_applies_the_over_matched_rule_across_the_run(
     runner = EpisodeRunner(config, out, llm=client)
     report = asyncio.run(runner.run_jobs(plan_jobs(2, 30)))
     assert report.failed == {} and len(report.finished) == 2
+    return config, out, report
+
+
+def test_mcu_run_applies_the_over_matched_rule_across_the_run(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Album photos retrieved from the small shipped database repeat across episodes; with
+    K=2 the later uses are marked once the run ends, and the shards hold the marks."""
+    _, out, report = _database_image_run(fake_openai, tmp_path)
     run = RunDir(out)
     episodes = [Episode.model_validate(run.read_episode(i)) for i in run.finished_ids()]
     uses: dict[str, int] = {}
@@ -268,6 +275,47 @@ def test_mcu_run_applies_the_over_matched_rule_across_the_run(
     assert refiltered.exit_code == 0, refiltered.output
     counts = json.loads(refiltered.output)["removals_by_rule"]
     assert counts["over_matched_image"] == len(marks)
+
+
+def test_the_run_level_rule_and_mcu_filter_hold_one_episode_at_a_time(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At STARK's size (93K episodes) a list of every episode does not fit in memory: both
+    passes read, mark and write one episode at a time, with the same marks."""
+    import gc
+
+    from mcu_sim.graphs.filter_run import apply_run_rules, refilter
+    from mcu_sim.graphs.quality import filter_settings
+
+    config, out, _ = _database_image_run(fake_openai, tmp_path)
+    run = RunDir(out)
+    for n, source in enumerate(run.finished_ids() * 3):  # 8 episodes sharing images
+        clone = {**run.read_episode(source), "episode_id": f"ep-clone-{n}"}
+        atomic_write_json(run.episode_path(clone["episode_id"]), clone)
+    run.rebuild_index()
+    alive: list[int] = []
+    read = RunDir.read_episode
+
+    def live_episodes() -> int:  # type(), not isinstance: no lazy module attribute is touched
+        return sum(type(o) is Episode for o in gc.get_objects())
+
+    gc.collect()
+    before = live_episodes()  # what other tests left behind
+
+    def counting_read(self: RunDir, episode_id: str) -> dict[str, Any]:
+        alive.append(live_episodes() - before)
+        return read(self, episode_id)
+
+    monkeypatch.setattr(RunDir, "read_episode", counting_read)
+    report = refilter(out, config)
+    assert report["episodes"] == 8 and len(alive) >= 8
+    assert max(alive) <= 3, alive  # a list of all would hold 8
+    marks = report["removals_by_rule"]["over_matched_image"]
+    alive.clear()
+    assert apply_run_rules(run, filter_settings(config), 2) == {"over_matched_image": marks}
+    assert alive and max(alive) <= 3, alive
+    episodes = [Episode.model_validate(read(run, i)) for i in run.finished_ids()]
+    assert sum(r.rule == "over_matched_image" for e in episodes for r in e.removals) == marks
 
 
 def test_json_document_matches_the_standard_library_and_falls_back_for_what_orjson_refuses() -> (
