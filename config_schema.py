@@ -294,6 +294,16 @@ class RunConfig(Strict):
             "replay and forks always checkpoint every step."
         ),
     )
+    keep_checkpoints: Literal["all", "last"] = Field(
+        "all",
+        description=(
+            "What stays of a finished episode's checkpoints. all: every step, for "
+            "`mcu history`, show, fork and replay of any step. last: only the final "
+            "checkpoint (the episode can still be rewritten from it); the rest is "
+            "deleted once the episode file is written, which keeps the checkpoint "
+            "database a small fraction of its size in long runs."
+        ),
+    )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto",
         description=(
@@ -324,6 +334,7 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
         "ray_address",
         "postgres_dsn_env",
         "durability",
+        "keep_checkpoints",
         "gc_tuning",
         "event_loop",
     },

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -28,6 +29,8 @@ from typing import Any
 from mcu_sim.agents.cache import connect_wal
 from mcu_sim.config import Config, ConfigError
 from mcu_sim.graphs.scrub import Scrubber, mask_checkpoints
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30
 COMMIT_DELAY_S = 0.01  # the longest a task's pending writes wait for a commit
@@ -231,6 +234,41 @@ def _inline_saver_class() -> type:
             self.conn.commit_soon()
 
     return InlineSqliteSaver
+
+
+_PRUNE = (
+    "DELETE FROM {table} WHERE thread_id = ? AND NOT (checkpoint_ns = '' AND checkpoint_id = ?)"
+)
+_NEWEST = "SELECT MAX(checkpoint_id) FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ''"
+
+
+async def keep_last_checkpoint(saver: Any, thread_id: str) -> bool:
+    """Delete a finished episode's checkpoints and pending writes except its newest root
+    checkpoint (``run.keep_checkpoints: last``): subgraph namespaces go too. The final
+    state stays readable with ``aget_state``, so an episode file lost later is written
+    again from it without any step. LangGraph's SQLite saver has no ``aprune``; the
+    statements run on the inline connection and share the next commit. Postgres uses its
+    own ``aprune(keep_latest)``.
+
+    Returns whether it pruned. A failure is logged, never raised: the episode is written,
+    only its history stays."""
+    try:
+        sqlite = getattr(getattr(saver, "conn", None), "sqlite", None)
+        if sqlite is None:
+            await saver.aprune([thread_id], strategy="keep_latest")
+            return True
+        newest = sqlite.execute(_NEWEST, (thread_id,)).fetchone()
+        if not newest or newest[0] is None:
+            return False
+        for table in ("writes", "checkpoints"):
+            sqlite.execute(_PRUNE.format(table=table), (thread_id, newest[0]))
+        saver.conn.commit_soon()
+        return True
+    except Exception as exc:  # NotImplementedError from a saver without pruning, a lock
+        log.warning(
+            "could not prune the checkpoints of %s: %s: %s", thread_id, type(exc).__name__, exc
+        )
+        return False
 
 
 async def open_checkpointer(

@@ -72,6 +72,7 @@ def run_episode_task(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str, Any]:
+    from mcu_sim.graphs.checkpoints import keep_last_checkpoint
     from mcu_sim.graphs.context import EpisodeContext
     from mcu_sim.graphs.runner import drive_episode, failure_record, next_nodes
     from mcu_sim.graphs.scrub import Scrubber
@@ -80,11 +81,8 @@ async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str,
     job = EpisodeJob(*payload["job"])
     executions: Counter = Counter()
     monitor = payload.get("monitor")
-    tools = (
-        RemoteToolbox(payload["tool_actors"], payload["tool_info"])
-        if payload["tool_actors"]
-        else None
-    )
+    actors = payload["tool_actors"]
+    tools = RemoteToolbox(actors, payload["tool_info"]) if actors else None
     started = reported = llm.usage  # the client is the session's: count this task's share
 
     async def after_step(nodes: list[str]) -> bool:
@@ -95,26 +93,18 @@ async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str,
         return bool(await monitor.report.remote(delta.as_dict(), len(nodes)))
 
     context = EpisodeContext(
-        config=config,
-        llm=llm,
-        run_dir=Path(payload["run_root"]),
-        tools=tools,
-        use_cache=payload["use_cache"],
-        executions=executions,
+        config, llm, Path(payload["run_root"]), tools, payload["use_cache"], executions,
         config_fingerprint=session.fingerprint,
-    )
+    )  # fmt: skip
     pending: list[str] = []
     try:
         episode = await drive_episode(
-            graph,
-            job,
-            context,
-            payload["thread_id"],
-            on_node=pending.append,
-            should_stop=lambda: _drain(after_step, pending),
-            durability=config.run.durability,
-        )
+            graph, job, context, payload["thread_id"], on_node=pending.append,
+            should_stop=lambda: _drain(after_step, pending), durability=config.run.durability,
+        )  # fmt: skip
         result = {"episode": episode} if episode is not None else {"stopped": True}
+        if episode is not None and config.run.keep_checkpoints == "last":
+            await keep_last_checkpoint(session.saver, payload["thread_id"])  # the final one stays
     except Exception as exc:
         failed_at = await next_nodes(graph, payload["thread_id"])
         result = {"failure": failure_record(job, exc, failed_at, Scrubber.for_config(config))}

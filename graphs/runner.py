@@ -25,6 +25,7 @@ from mcu_sim.agents.llm import LLMClient, LLMOutputError, Usage, build_client
 from mcu_sim.config import Config, ConfigError
 from mcu_sim.graphs.checkpoints import (  # noqa: F401 - open_checkpointer re-exported
     checkpointer_for,
+    keep_last_checkpoint,
     open_checkpointer,
     postgres_dsn,
     thread_id_for,
@@ -391,6 +392,8 @@ class EpisodeRunner:
             self._emit("stopped", episode_id=job.episode_id)
             return
         await self.store_episode(job, episode, report)
+        if self.config.run.keep_checkpoints == "last":
+            await keep_last_checkpoint(graph.checkpointer, thread_id)
 
     async def store_episode(
         self, job: EpisodeJob, episode: dict[str, Any], report: RunReport

@@ -312,3 +312,20 @@ def test_a_task_that_breaks_closes_the_workers_session(
         )
     assert fresh_worker._current is None  # the next task builds fresh parts
     assert "episode" in run_episode_task({**payload, "job": ["ep-2", 3], "thread_id": "ep-2"})
+
+
+def test_a_worker_prunes_a_finished_episode_with_keep_checkpoints_last(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, fresh_worker: Any
+) -> None:
+    import sqlite3
+
+    from mcu_sim.graphs.ray_backend import run_episode_task
+
+    fake_openai.handler = scripted_answer
+    config = _config(fake_openai, tmp_path, "images.enabled=false", "run.keep_checkpoints=last")
+    run_root = tmp_path / "run"
+    result = run_episode_task(_task_payload(config, run_root, "ep-0", 5))
+    assert "episode" in result
+    with sqlite3.connect(RunDir(run_root).checkpoints) as reader:
+        rows = reader.execute("SELECT thread_id, COUNT(*) FROM checkpoints GROUP BY thread_id")
+        assert dict(rows) == {"ep-0": 1}  # committed when the task ended, final one kept
