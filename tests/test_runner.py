@@ -360,20 +360,28 @@ def test_exit_durability_failure_resumes_at_the_failed_node(
     assert runner.executions["events"] == 1
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_keep_checkpoints_last_leaves_one_checkpoint_per_finished_episode(
-    fake_openai: FakeOpenAIServer, tmp_path: Path
+    fake_openai: FakeOpenAIServer, tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
-    import sqlite3
+    from mcu_sim.graphs.timetravel import history, parse_episode_ref
 
+    extra = []
+    if store == "postgres":
+        os.environ["MCU_TEST_PG_DSN"] = request.getfixturevalue("postgres_dsn")
+        request.addfinalizer(lambda: os.environ.pop("MCU_TEST_PG_DSN", None))
+        extra = ["run.postgres_dsn_env=MCU_TEST_PG_DSN"]
     fake_openai.handler = scripted_answer
-    config = _config(fake_openai, tmp_path, "run.keep_checkpoints=last", sessions=2)
+    config = _config(fake_openai, tmp_path, "run.keep_checkpoints=last", *extra, sessions=2)
     out = tmp_path / "run"
     jobs = plan_jobs(3, 80)
     report, _ = _run(config, out, jobs, max_in_flight=3)
     assert len(report.finished) == 3
-    assert _checkpoints_per_thread(out) == {j.episode_id: 1 for j in jobs}
-    with contextlib.closing(sqlite3.connect(out / "checkpoints.sqlite")) as db:
-        assert db.execute("SELECT COUNT(*) FROM writes").fetchone() == (0,)
+
+    def steps_kept(episode_id: str) -> int:
+        return len(asyncio.run(history(parse_episode_ref(out / episode_id))))
+
+    assert [steps_kept(j.episode_id) for j in jobs] == [1, 1, 1]
     run = RunDir(out)
     written = run.read_episode("ep-00000081")
     # the final state is what remains: a lost episode file is written again from it,
@@ -384,10 +392,10 @@ def test_keep_checkpoints_last_leaves_one_checkpoint_per_finished_episode(
     assert report.finished == ["ep-00000081"] and sum(runner.executions.values()) == 0
     assert len(fake_openai.chat_requests) == calls
     assert run.read_episode("ep-00000081") == written
-    # the setting is operational: the same run directory takes all again, unrefused
-    report, _ = _run(_config(fake_openai, tmp_path, sessions=2), out, plan_jobs(4, 80))
-    assert report.finished == ["ep-00000083"]
-    assert _checkpoints_per_thread(out)["ep-00000083"] > 1
+    # the setting is operational: the same run directory takes `all` again, unrefused
+    keep_all = _config(fake_openai, tmp_path, *extra, sessions=2)
+    report, _ = _run(keep_all, out, plan_jobs(4, 80))
+    assert report.finished == ["ep-00000083"] and steps_kept("ep-00000083") > 1
 
 
 def test_shards_survive_a_crash_between_shard_and_state(tmp_path: Path) -> None:
