@@ -26,7 +26,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from mcu_sim.agents.cache import ResponseCache, cache_key
+from mcu_sim.agents.cache import Encoded, ResponseCache, cache_key, canonical_json
 from mcu_sim.agents.retry import (
     RateLimiter,
     RetryAfterWait,
@@ -184,6 +184,12 @@ def json_schema_of(schema: type[BaseModel]) -> dict[str, Any]:
     return schema.model_json_schema()
 
 
+@functools.lru_cache(maxsize=512)
+def _schema_key_part(schema: type[BaseModel]) -> Encoded:
+    """``schema``'s JSON schema as a cache-key part, encoded once per class."""
+    return Encoded(canonical_json(json_schema_of(schema)))
+
+
 @dataclass
 class RawReply:
     text: str
@@ -301,7 +307,7 @@ class LLMClient:
                 self.adapter.identity(),
                 settings.model_dump(),
                 messages,
-                json_schema,
+                _schema_key_part(schema) if schema else None,
                 prompt_version,
                 request.seed,
                 self.provider.structured_output,

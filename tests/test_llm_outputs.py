@@ -269,6 +269,30 @@ def test_cache_key_is_canonical():
     assert cache_key({"a": 1}, "x") != cache_key({"a": 2}, "x")
 
 
+def test_cache_keys_stay_those_of_earlier_versions_when_parts_come_pre_encoded():
+    """Keys were sha256 of the whole parts list encoded at once; a cache written then must
+    still be hit, whether the schema part is encoded per call or once (Encoded)."""
+    import hashlib
+
+    from mcu_sim.agents.cache import Encoded, canonical_json
+    from mcu_sim.agents.llm import json_schema_of
+
+    schema = json_schema_of(Person)
+    parts = [
+        {"kind": "k", "model": "m"},
+        {"temperature": 0.7},
+        [*USER, {"role": "user", "content": "é"}],
+    ]
+    parts += [schema, "person@3", 7, "json_schema", None]
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    earlier = hashlib.sha256(blob.encode()).hexdigest()
+    assert cache_key(*parts) == earlier
+    parts[3] = Encoded(canonical_json(schema))
+    assert cache_key(*parts) == earlier
+    parts[4] = "person@4"
+    assert cache_key(*parts) != earlier
+
+
 def test_cache_is_shared_safely_between_writers(tmp_path):
     path = tmp_path / "shared.sqlite"
 
