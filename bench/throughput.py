@@ -76,18 +76,24 @@ def steady_cpu_ms_per_call(samples: list[Sample]) -> float:
 
 
 async def measured_run(
-    config: Any, out: Path, episodes: int, in_flight: int, endpoint: Any = None
+    config: Any,
+    out: Path,
+    episodes: int,
+    in_flight: int,
+    endpoint: Any = None,
+    first_seed: int = 1000,
 ) -> dict[str, Any]:
     from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 
-    runner = EpisodeRunner(config, out, max_in_flight=in_flight, use_cache=False)
+    use_cache = config.llm.cache.enabled
+    runner = EpisodeRunner(config, out, max_in_flight=in_flight, use_cache=use_cache)
     samples: list[Sample] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_calls(runner, samples, stop))
     rss_before, cpu_before = rss_mb(), cpu_seconds()
     served_before = endpoint.cpu_seconds() if endpoint is not None else None
     with Timer() as timer:
-        report = await runner.run_jobs(plan_jobs(episodes, 1000))
+        report = await runner.run_jobs(plan_jobs(episodes, first_seed))
     cpu = cpu_seconds() - cpu_before
     served_after = endpoint.cpu_seconds() if endpoint is not None else None
     served_cpu = None
@@ -117,6 +123,7 @@ def run(
     http_client: str = "direct",
     durability: str = "sync",
     event_loop: str = "auto",
+    cache: bool = False,
 ) -> dict:
     from mcu_sim.config import load_config
     from mcu_sim.graphs.event_loop import run_on_loop
@@ -127,11 +134,15 @@ def run(
         # endpoint when a slot frees: the endpoint, not the client, is then the limit
         overrides = bench_overrides(endpoint.url, sessions, in_flight, http_client=http_client)
         options = [f"run.durability={durability}", f"run.event_loop={event_loop}"]
-        config = load_config(None, [*overrides, *options])
         with tempfile.TemporaryDirectory() as tmp:
+            if cache:  # as a default config has it: every answer stored (all misses here)
+                options += ["llm.cache.enabled=true", f"llm.cache.path={tmp}/llm-cache.sqlite"]
+            config = load_config(None, [*overrides, *options])
             # warm-up: imports, the graph, the HTTP client and the SQLite files, off the clock
             # on the loop `mcu run` uses (run.event_loop)
-            run_on_loop(measured_run(config, Path(tmp) / "warmup", 2, 2), event_loop)
+            # (other seeds than the measured episodes', so a cache holds none of their answers)
+            warmup = measured_run(config, Path(tmp) / "warmup", 2, 2, first_seed=10**6)
+            run_on_loop(warmup, event_loop)
             run_dir = Path(tmp) / "run"
             measured = measured_run(config, run_dir, episodes, in_flight, endpoint)
             result = run_on_loop(measured, event_loop)
@@ -172,6 +183,7 @@ def run(
         "http_client": http_client,
         "durability": durability,
         "event_loop": result["event_loop"],
+        "cache": cache,
     }
 
 
@@ -187,6 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         "--durability", choices=["sync", "exit"], default="sync", help="run.durability"
     )
     add_event_loop_option(parser)
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="response cache on, as in a default config (every call a miss that is stored)",
+    )
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -202,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         args.http_client,
         args.durability,
         args.event_loop,
+        args.cache,
     )
     if args.json:
         print(json.dumps(result))
@@ -210,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['episodes']} episodes ({result['failed']} failed), {result['llm_calls']} LLM "
         f"calls in {result['seconds']} s, {in_flight} episodes in flight "
         f"(llm.provider.http_client={result['http_client']}, "
-        f"run.durability={result['durability']}, event loop {result['event_loop']})\n"
+        f"run.durability={result['durability']}, event loop {result['event_loop']}, "
+        f"response cache {'on' if result['cache'] else 'off'})\n"
         f"achieved {result['calls_per_s']} calls/s; capacity C/L = "
         f"{result['capacity_calls_per_s']}/s; ratio {result['ratio']} overall, "
         f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "

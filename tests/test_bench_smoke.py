@@ -50,8 +50,9 @@ def test_throughput_smoke() -> None:
     assert result["steady_cpu_ms_per_call"] > 0 and result["framework_to_endpoint_cpu"] > 0
     assert result["calls_per_s"] == pytest.approx(result["llm_calls"] / result["seconds"], 0.05)
     assert result["event_loop"] == "uvloop"  # run.event_loop=auto, uvloop installed
-    plain = _bench("throughput.py", "--event-loop=asyncio")  # the human-readable form too
-    assert "calls/s" in plain and "event loop asyncio" in plain
+    assert result["cache"] is False
+    plain = _bench("throughput.py", "--event-loop=asyncio", "--cache")  # human-readable too
+    assert "calls/s" in plain and "event loop asyncio, response cache on" in plain
 
 
 def test_graph_floor_smoke() -> None:
