@@ -91,7 +91,14 @@ def close_worker_session() -> None:
         session.close()
 
 
-atexit.register(close_worker_session)
+def _close_at_exit() -> None:
+    """Every task already committed its writes; a close that fails as the process ends
+    (a loop Ray tore down) has nothing left to lose, so it is not shown as an error."""
+    with contextlib.suppress(Exception):
+        close_worker_session()
+
+
+atexit.register(_close_at_exit)
 
 
 def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
