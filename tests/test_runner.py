@@ -142,16 +142,21 @@ class _HoldAtEvents:
         return scripted_answer(body)
 
 
+def _store_overrides(store: str, request: pytest.FixtureRequest) -> list[str]:
+    """Config overrides for checkpoints in ``store``: a throwaway Postgres server's DSN
+    in MCU_TEST_PG_DSN (removed after the test) for "postgres", nothing for SQLite."""
+    if store != "postgres":
+        return []
+    os.environ["MCU_TEST_PG_DSN"] = request.getfixturevalue("postgres_dsn")
+    request.addfinalizer(lambda: os.environ.pop("MCU_TEST_PG_DSN", None))
+    return ["run.postgres_dsn_env=MCU_TEST_PG_DSN"]
+
+
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_interrupted_at_a_node_resumes_without_redoing_finished_nodes(
     fake_openai: FakeOpenAIServer, tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
-    extra = []
-    if store == "postgres":
-        dsn = request.getfixturevalue("postgres_dsn")
-        os.environ["MCU_TEST_PG_DSN"] = dsn
-        request.addfinalizer(lambda: os.environ.pop("MCU_TEST_PG_DSN", None))
-        extra = ["run.postgres_dsn_env=MCU_TEST_PG_DSN"]
+    extra = _store_overrides(store, request)
     hold = _HoldAtEvents()
     fake_openai.handler = hold
     config = _config(fake_openai, tmp_path, *extra, sessions=2)
@@ -366,11 +371,7 @@ def test_keep_checkpoints_last_leaves_one_checkpoint_per_finished_episode(
 ) -> None:
     from mcu_sim.graphs.timetravel import history, parse_episode_ref
 
-    extra = []
-    if store == "postgres":
-        os.environ["MCU_TEST_PG_DSN"] = request.getfixturevalue("postgres_dsn")
-        request.addfinalizer(lambda: os.environ.pop("MCU_TEST_PG_DSN", None))
-        extra = ["run.postgres_dsn_env=MCU_TEST_PG_DSN"]
+    extra = _store_overrides(store, request)
     fake_openai.handler = scripted_answer
     config = _config(fake_openai, tmp_path, "run.keep_checkpoints=last", *extra, sessions=2)
     out = tmp_path / "run"
