@@ -55,6 +55,17 @@ def test_throughput_smoke() -> None:
     assert "calls/s" in plain and "event loop asyncio, response cache on" in plain
 
 
+def test_ab_smoke() -> None:
+    result = _json("ab.py")  # --smoke: HEAD (a git archive) against this tree
+    assert result["rounds"] == 2 and result["failed"] == 0 and result["base"] == "HEAD"
+    assert result["a_ms_per_call_median"] > 0 and result["b_ms_per_call_median"] > 0
+    low, high = result["b_over_a_range"]
+    assert 0 < low <= result["b_over_a_median"] <= high
+    packages = result["packages"]
+    assert Path(packages["B"]) == BENCH.parent  # this tree
+    assert Path(packages["A"]) != BENCH.parent and Path(packages["A"]).name == "mcu_sim"
+
+
 def test_graph_floor_smoke() -> None:
     result = _json("graph_floor.py")
     per_step = result["cpu_ms_per_step"]
