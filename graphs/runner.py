@@ -348,7 +348,7 @@ class EpisodeRunner:
     async def _execute(self, jobs: list[EpisodeJob], report: RunReport) -> None:
         """Local backend: one event loop, ``max_in_flight`` episodes at a time."""
         self._client()
-        async with checkpointer_for(self.config, self.run.checkpoints) as saver:
+        async with checkpointer_for(self.config, self.run.checkpoints, single_writer=True) as saver:
             graph = compile_graph(saver, self.graph_factory)
             shared = postgres_dsn(self.config) is not None
 

@@ -91,3 +91,32 @@ async def test_pending_writes_are_committed_with_the_next_checkpoint_or_soon(
     finally:
         await saver.conn.close()
     assert len(_rows(path)["writes"]) == 3  # close committed the last one
+
+
+async def test_a_single_writer_groups_checkpoint_commits(tmp_path: Path) -> None:
+    """With group_commit (the local runner, the file's only writer) a checkpoint is
+    committed within COMMIT_DELAY_S, with the others of that moment; without it, at once."""
+    import asyncio
+
+    from mcu_sim.graphs.checkpoints import COMMIT_DELAY_S
+
+    grouped_path, plain_path = tmp_path / "grouped.sqlite", tmp_path / "plain.sqlite"
+    grouped = await open_checkpointer(grouped_path, group_commit=True)
+    plain = await open_checkpointer(plain_path)
+    try:
+        await plain.aput(THREAD, _checkpoint(), {"source": "loop", "step": 1}, {})
+        assert len(_rows(plain_path)["checkpoints"]) == 1  # at once
+        first = await grouped.aput(THREAD, _checkpoint(), {"source": "loop", "step": 1}, {})
+        await grouped.aput_writes(first, [("notes", ["a"])], "task-1")
+        later = {**_checkpoint(), "id": "1f0a0000-0000-6000-8000-000000000002"}
+        await grouped.aput(first, later, {"source": "loop", "step": 2}, {})
+        assert _rows(grouped_path)["checkpoints"] == []  # one open transaction for all three
+        await asyncio.sleep(COMMIT_DELAY_S * 5)
+        rows = _rows(grouped_path)
+        assert len(rows["checkpoints"]) == 2 and len(rows["writes"]) == 1
+        third = {**_checkpoint(), "id": "1f0a0000-0000-6000-8000-000000000003"}
+        await grouped.aput(first, third, {"source": "loop", "step": 3}, {})
+    finally:
+        await grouped.conn.close()
+        await plain.conn.close()
+    assert len(_rows(grouped_path)["checkpoints"]) == 3  # close committed the last one
