@@ -287,6 +287,15 @@ async def keep_last_checkpoint(saver: Any, thread_id: str) -> bool:
         return False
 
 
+async def threads_with_checkpoints(saver: Any) -> set[str] | None:
+    """The ids of every thread with a checkpoint in our SQLite saver's file, read once per
+    run so a new episode need not read its (empty) state; None for other savers."""
+    sqlite = getattr(getattr(saver, "conn", None), "sqlite", None)
+    if sqlite is None:
+        return None
+    return {row[0] for row in sqlite.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+
+
 async def open_checkpointer(
     path: Path,
     inline: bool = True,

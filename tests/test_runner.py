@@ -399,6 +399,40 @@ def test_keep_checkpoints_last_leaves_one_checkpoint_per_finished_episode(
     assert report.finished == ["ep-00000083"] and steps_kept("ep-00000083") > 1
 
 
+def test_a_new_episode_starts_without_reading_its_state(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner reads which threads have checkpoints once; only those have their state
+    read before they run (a new thread's empty snapshot cost about 3 % of the CPU)."""
+    from mcu_sim.graphs import runner as runner_module
+
+    reads: list[str] = []
+    compile_graph = runner_module.compile_graph
+
+    def counting_compile(saver: Any, factory: Any = None) -> Any:
+        graph = compile_graph(saver, factory)
+        read_state = graph.aget_state
+
+        async def counted(config: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            reads.append(config["configurable"]["thread_id"])
+            return await read_state(config, *args, **kwargs)
+
+        graph.aget_state = counted
+        return graph
+
+    monkeypatch.setattr(runner_module, "compile_graph", counting_compile)
+    fake_openai.handler = scripted_answer
+    config = _config(fake_openai, tmp_path)
+    out = tmp_path / "run"
+    report, _ = _run(config, out, plan_jobs(3, 90))
+    assert len(report.finished) == 3 and reads == []
+    # a thread with checkpoints is read first: its lost file is written again from them
+    RunDir(out).episode_path("ep-00000091").unlink()
+    report, runner = _run(config, out, plan_jobs(3, 90))
+    assert report.finished == ["ep-00000091"] and reads == ["ep-00000091"]
+    assert sum(runner.executions.values()) == 0
+
+
 def test_shards_survive_a_crash_between_shard_and_state(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
     run.create()
