@@ -158,7 +158,7 @@ class InlineSqliteConnection:
         ``COMMIT_DELAY_S`` together with every other write of those milliseconds.
 
         Group commit is for a process that is the file's only writer (the local runner,
-        under its run lock): a commit per checkpoint was about 5 % of the framework's CPU
+        under its run lock): a commit per checkpoint was about 4 % of the framework's CPU
         (``bench/ab.py``). A kill before the commit loses those last few milliseconds of
         steps, which resume redoes, as it redoes the steps in progress; never a finished
         episode (its file is the record). Several processes sharing the file (Ray workers)
@@ -258,6 +258,19 @@ _PRUNE = (
 _NEWEST = "SELECT MAX(checkpoint_id) FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ''"
 
 
+def inline_connection(saver: Any) -> InlineSqliteConnection | None:
+    """``saver``'s connection when it is our inline SQLite one, else None (Postgres,
+    aiosqlite)."""
+    conn = getattr(saver, "conn", None)
+    return conn if isinstance(conn, InlineSqliteConnection) else None
+
+
+async def prune_finished(saver: Any, thread_id: str, config: Config) -> None:
+    """What ``run.keep_checkpoints`` asks once an episode is finished (both backends)."""
+    if config.run.keep_checkpoints == "last":
+        await keep_last_checkpoint(saver, thread_id)
+
+
 async def keep_last_checkpoint(saver: Any, thread_id: str) -> bool:
     """Delete a finished episode's checkpoints and pending writes except its newest root
     checkpoint (``run.keep_checkpoints: last``): subgraph namespaces go too. The final
@@ -269,16 +282,16 @@ async def keep_last_checkpoint(saver: Any, thread_id: str) -> bool:
     Returns whether it pruned. A failure is logged, never raised: the episode is written,
     only its history stays."""
     try:
-        sqlite = getattr(getattr(saver, "conn", None), "sqlite", None)
-        if sqlite is None:
+        conn = inline_connection(saver)
+        if conn is None:
             await saver.aprune([thread_id], strategy="keep_latest")
             return True
-        newest = sqlite.execute(_NEWEST, (thread_id,)).fetchone()
+        newest = conn.sqlite.execute(_NEWEST, (thread_id,)).fetchone()
         if not newest or newest[0] is None:
             return False
         for table in ("writes", "checkpoints"):
-            sqlite.execute(_PRUNE.format(table=table), (thread_id, newest[0]))
-        saver.conn.commit_soon()
+            conn.sqlite.execute(_PRUNE.format(table=table), (thread_id, newest[0]))
+        conn.commit_soon()
         return True
     except Exception as exc:  # NotImplementedError from a saver without pruning, a lock
         log.warning(
@@ -287,13 +300,13 @@ async def keep_last_checkpoint(saver: Any, thread_id: str) -> bool:
         return False
 
 
-async def threads_with_checkpoints(saver: Any) -> set[str] | None:
+def threads_with_checkpoints(saver: Any) -> set[str] | None:
     """The ids of every thread with a checkpoint in our SQLite saver's file, read once per
     run so a new episode need not read its (empty) state; None for other savers."""
-    sqlite = getattr(getattr(saver, "conn", None), "sqlite", None)
-    if sqlite is None:
+    conn = inline_connection(saver)
+    if conn is None:
         return None
-    return {row[0] for row in sqlite.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+    return {row[0] for row in conn.sqlite.execute("SELECT DISTINCT thread_id FROM checkpoints")}
 
 
 async def open_checkpointer(

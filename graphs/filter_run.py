@@ -19,7 +19,7 @@ from mcu_sim.graphs.quality import filter_settings
 from mcu_sim.graphs.run_manifest import run_lock
 from mcu_sim.personas.schema import Episode
 
-OVER_MATCHED = "over_matched_image"  # the rule name graphs.filters.over_matched writes
+OVER_MATCHED = "over_matched_image"  # the rule graphs.filters.OverMatchedCounter writes
 
 
 def clip_similarity(config: Any, run_root: Path) -> ImageSimilarity | None:

@@ -313,12 +313,6 @@ class OverMatchedCounter:
         return out
 
 
-def over_matched(episodes: Iterable[Episode], settings: FilterSettings) -> dict[str, list[Removal]]:
-    """:class:`OverMatchedCounter`'s marks for ``episodes`` in order, by episode id."""
-    counter = OverMatchedCounter(settings)
-    return {e.episode_id: m for e in episodes if (m := counter.marks(e))}
-
-
 def iter_filter_run(
     episodes: Iterable[Episode],
     settings: FilterSettings,

@@ -72,7 +72,7 @@ def run_episode_task(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str, Any]:
-    from mcu_sim.graphs.checkpoints import keep_last_checkpoint
+    from mcu_sim.graphs.checkpoints import prune_finished
     from mcu_sim.graphs.context import EpisodeContext
     from mcu_sim.graphs.runner import drive_episode, failure_record, next_nodes
     from mcu_sim.graphs.scrub import Scrubber
@@ -103,8 +103,8 @@ async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str,
             should_stop=lambda: _drain(after_step, pending), durability=config.run.durability,
         )  # fmt: skip
         result = {"episode": episode} if episode is not None else {"stopped": True}
-        if episode is not None and config.run.keep_checkpoints == "last":
-            await keep_last_checkpoint(session.saver, payload["thread_id"])  # the final one stays
+        if episode is not None:  # the final checkpoint stays: safe before the driver writes
+            await prune_finished(session.saver, payload["thread_id"], config)
     except Exception as exc:
         failed_at = await next_nodes(graph, payload["thread_id"])
         result = {"failure": failure_record(job, exc, failed_at, Scrubber.for_config(config))}

@@ -25,9 +25,9 @@ from mcu_sim.agents.llm import LLMClient, LLMOutputError, Usage, build_client
 from mcu_sim.config import Config, ConfigError
 from mcu_sim.graphs.checkpoints import (  # noqa: F401 - open_checkpointer re-exported
     checkpointer_for,
-    keep_last_checkpoint,
     open_checkpointer,
     postgres_dsn,
+    prune_finished,
     thread_id_for,
     threads_with_checkpoints,
 )
@@ -125,7 +125,7 @@ async def drive_episode(
 
     ``fresh``: the caller knows the thread has no checkpoint yet (the runner reads the
     thread ids once per run), so its state is not read first; reading a state builds
-    LangGraph's whole snapshot, about 3 % of a fresh run's CPU (``bench/ab.py``).
+    LangGraph's whole snapshot, about 2-3 % of a fresh run's CPU (``bench/ab.py``).
 
     With ``durability="sync"`` (``run.durability``) a step counts as done only once its
     checkpoint is written, so an interruption redoes at most the steps in progress. With
@@ -360,7 +360,7 @@ class EpisodeRunner:
         async with checkpointer_for(self.config, self.run.checkpoints, single_writer=True) as saver:
             graph = compile_graph(saver, self.graph_factory)
             shared = postgres_dsn(self.config) is not None
-            started = await threads_with_checkpoints(saver)  # None: unknown, read each state
+            started = threads_with_checkpoints(saver)  # None: unknown, read each state
 
             async def one(job: EpisodeJob) -> None:
                 thread = thread_id_for(self.run_id, job.episode_id, shared)
@@ -403,8 +403,7 @@ class EpisodeRunner:
             self._emit("stopped", episode_id=job.episode_id)
             return
         await self.store_episode(job, episode, report)
-        if self.config.run.keep_checkpoints == "last":
-            await keep_last_checkpoint(graph.checkpointer, thread_id)
+        await prune_finished(graph.checkpointer, thread_id, self.config)
 
     async def store_episode(
         self, job: EpisodeJob, episode: dict[str, Any], report: RunReport
