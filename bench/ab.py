@@ -155,14 +155,13 @@ def compare(a: Side, b: Side, rounds: int, episodes: int, quiet: bool) -> dict[s
         second.batch(episodes)
         ra, rb = a.results[-1], b.results[-1]
         ratios.append(ms_per_call(rb) / ms_per_call(ra))
-        if normalised(ra) and normalised(rb):
+        shown = f"round {number}: A {ms_per_call(ra):.3f} ms/call, B {ms_per_call(rb):.3f}; "
+        shown += f"B/A {ratios[-1]:.3f}"
+        if normalised(ra) and normalised(rb):  # no endpoint CPU where /proc is missing
             normal.append(normalised(rb) / normalised(ra))
+            shown += f", normalised {normal[-1]:.3f}"
         if not quiet:
-            print(
-                f"round {number}: A {ms_per_call(ra):.3f} ms/call, B {ms_per_call(rb):.3f}; "
-                f"B/A {ratios[-1]:.3f}" + (f", normalised {normal[-1]:.3f}" if normal else ""),
-                flush=True,
-            )
+            print(shown, flush=True)
     return {
         "rounds": rounds,
         "episodes_per_batch": episodes,
