@@ -91,6 +91,11 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def system_cpu_seconds() -> float:
+    """The kernel's part of :func:`cpu_seconds` (sockets, files, SQLite's writes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def rss_mb() -> float:
     """Resident set size now, from /proc (0 where /proc is missing)."""
     try:

@@ -33,6 +33,7 @@ from _common import (
     peak_rss_mb,
     rss_mb,
     start_endpoint,
+    system_cpu_seconds,
 )
 
 Sample = tuple[float, int, float]  # (wall clock, LLM calls so far, process CPU seconds)
@@ -90,11 +91,12 @@ async def measured_run(
     samples: list[Sample] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_calls(runner, samples, stop))
-    rss_before, cpu_before = rss_mb(), cpu_seconds()
+    rss_before, cpu_before, system_before = rss_mb(), cpu_seconds(), system_cpu_seconds()
     served_before = endpoint.cpu_seconds() if endpoint is not None else None
     with Timer() as timer:
         report = await runner.run_jobs(plan_jobs(episodes, first_seed))
     cpu = cpu_seconds() - cpu_before
+    system_cpu = system_cpu_seconds() - system_before
     served_after = endpoint.cpu_seconds() if endpoint is not None else None
     served_cpu = None
     if served_before is not None and served_after is not None:
@@ -107,6 +109,7 @@ async def measured_run(
         "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "seconds": timer.seconds,
         "cpu_s": cpu,
+        "system_cpu_s": system_cpu,
         "rss_before_mb": rss_before,
         "endpoint_cpu_s": served_cpu,
         "steady_calls_per_s": steady_rate(samples),
@@ -173,6 +176,9 @@ def run(
         if endpoint_cpu
         else None,
         "cpu_ms_per_call": round(1000 * result["cpu_s"] / max(calls, 1), 3),
+        "system_cpu_share": round(result["system_cpu_s"] / result["cpu_s"], 3)
+        if result["cpu_s"]
+        else None,
         "steady_cpu_ms_per_call": round(result["steady_cpu_ms_per_call"], 3),
         "cpu_busy_fraction": round(result["cpu_s"] / result["seconds"], 3),
         "peak_rss_mb": round(peak, 1),
@@ -185,6 +191,10 @@ def run(
         "event_loop": result["event_loop"],
         "cache": cache,
     }
+
+
+def _percent(share: float | None) -> str:
+    return "?" if share is None else f"{100 * share:.0f} %"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "
         f"once)\n"
         f"framework CPU {result['cpu_ms_per_call']} ms per LLM call overall, "
-        f"{result['steady_cpu_ms_per_call']} ms steady (busy "
+        f"{result['steady_cpu_ms_per_call']} ms steady ({_percent(result['system_cpu_share'])} "
+        f"of it in the kernel; busy "
         f"{100 * result['cpu_busy_fraction']:.0f} % of one core; the endpoint process used "
         f"{result['endpoint_cpu_ms_per_call']} ms per call; framework/endpoint CPU "
         f"{result['framework_to_endpoint_cpu']})\n"

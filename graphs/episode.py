@@ -17,6 +17,7 @@ from mcu_sim.agents.llm import LLMTransportError
 from mcu_sim.graphs import aligner, nodes, quality
 from mcu_sim.graphs.context import EpisodeContext, derive_seed
 from mcu_sim.graphs.filters import filter_episode
+from mcu_sim.graphs.lean_steps import inline_route, lean_graph
 from mcu_sim.graphs.state import EpisodeState, merge_updates, node_reads
 from mcu_sim.personas.schema import Episode
 
@@ -136,13 +137,17 @@ def build_episode_graph() -> StateGraph:
     graph.add_edge(START, "demographics")
     for before, after in itertools.pairwise(NODE_ORDER[:7]):
         graph.add_edge(before, after)
-    graph.add_conditional_edges("device_images", aligner.fan_out_album, ["align_album", "session"])
+    graph.add_conditional_edges(
+        "device_images", inline_route(aligner.fan_out_album), ["align_album", "session"]
+    )
     graph.add_edge("align_album", "session")
-    graph.add_conditional_edges("session", after_session, ["session", "align_sharing", "filter"])
+    graph.add_conditional_edges(
+        "session", inline_route(after_session), ["session", "align_sharing", "filter"]
+    )
     graph.add_edge("align_sharing", "filter")
     graph.add_edge("filter", END)
     return graph
 
 
 def compile_episode_graph(checkpointer: Any = None) -> Any:
-    return build_episode_graph().compile(checkpointer=checkpointer)
+    return lean_graph(build_episode_graph().compile(checkpointer=checkpointer))

@@ -212,12 +212,13 @@ async def next_nodes(graph: Any, thread_id: str) -> list[str]:
 
 
 def compile_graph(checkpointer: Any, graph_factory: Callable[[], Any] | None = None) -> Any:
-    """The episode graph (or ``graph_factory()``'s) compiled on ``checkpointer``."""
-    if graph_factory is not None:
-        return graph_factory().compile(checkpointer=checkpointer)
-    from mcu_sim.graphs.episode import build_episode_graph
+    """The episode graph (or ``graph_factory()``'s) compiled on ``checkpointer``, its nodes
+    run in place when nothing listens (:mod:`mcu_sim.graphs.lean_steps`)."""
+    from mcu_sim.graphs.lean_steps import lean_graph
 
-    return build_episode_graph().compile(checkpointer=checkpointer)
+    if graph_factory is None:
+        from mcu_sim.graphs.episode import build_episode_graph as graph_factory
+    return lean_graph(graph_factory().compile(checkpointer=checkpointer))
 
 
 # ---------------------------------------------------------------- the runner

@@ -1,0 +1,179 @@
+"""Nodes and routes run in place (graphs/lean_steps.py): the same checkpoints and episode
+as LangGraph's own node sequence, fewer tasks, no thread for a route, traces unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any, TypedDict
+
+import pytest
+from langchain_core.callbacks import AsyncCallbackHandler
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_config
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
+
+from mcu_sim.config import load_config
+from mcu_sim.graphs import lean_steps
+from mcu_sim.graphs.checkpoints import open_checkpointer
+from mcu_sim.graphs.lean_steps import DirectNodeSeq, inline_route, lean_graph
+from mcu_sim.graphs.runner import EpisodeRunner, compile_graph, plan_jobs
+from mcu_sim.testing.fake_openai import client_for
+
+
+class Counter(TypedDict, total=False):
+    n: int
+    seen: list[str]
+
+
+def _tiny_graph(route: Any) -> Any:
+    async def bump(state: Counter) -> dict[str, Any]:
+        thread_id = get_config()["configurable"].get("thread_id", "-")  # the node sees its config
+        return {"n": state.get("n", 0) + 1, "seen": [*state.get("seen", []), thread_id]}
+
+    graph = StateGraph(Counter)
+    graph.add_node("bump", bump)
+    graph.add_edge(START, "bump")
+    graph.add_conditional_edges("bump", route, ["bump", END])
+    return graph
+
+
+def _until_three(state: Counter) -> str:
+    return "bump" if state["n"] < 3 else END
+
+
+def _count_tasks(coroutine: Any) -> tuple[Any, int]:
+    async def counted() -> tuple[Any, int]:
+        loop = asyncio.get_running_loop()
+        made = [0]
+
+        def factory(loop: Any, coro: Any, context: Any = None) -> asyncio.Task:
+            made[0] += 1
+            return asyncio.Task(coro, loop=loop, context=context)
+
+        loop.set_task_factory(factory)
+        return await coroutine, made[0]
+
+    return asyncio.run(counted())
+
+
+def test_lean_graph_gives_the_same_result_with_fewer_tasks() -> None:
+    config = {"configurable": {"thread_id": "t1"}}
+    plain = _tiny_graph(_until_three).compile(checkpointer=InMemorySaver())
+    lean = lean_graph(_tiny_graph(inline_route(_until_three)).compile(checkpointer=InMemorySaver()))
+    assert isinstance(lean.nodes["bump"].node, DirectNodeSeq)
+    plain_result, plain_tasks = _count_tasks(plain.ainvoke({"n": 0}, config))
+    lean_result, lean_tasks = _count_tasks(lean.ainvoke({"n": 0}, config))
+    assert plain_result == lean_result == {"n": 3, "seen": ["t1"] * 3}
+    assert lean_tasks < plain_tasks  # measured: one task per step saved, and two per route
+    assert lean_graph(lean) is lean and isinstance(lean.nodes["bump"].node, DirectNodeSeq)
+
+
+def test_an_inline_route_runs_on_the_loop_thread_a_plain_one_in_a_pool() -> None:
+    threads: list[int] = []
+
+    def route(state: Counter) -> str:
+        threads.append(threading.get_ident())
+        return _until_three(state)
+
+    async def run(route_like: Any) -> None:
+        graph = lean_graph(_tiny_graph(route_like).compile())
+        await graph.ainvoke({"n": 0})
+
+    asyncio.run(run(route))
+    assert threads and all(t != threading.get_ident() for t in threads)  # LangGraph's pool
+    threads.clear()
+    asyncio.run(run(inline_route(route)))
+    assert threads == [threading.get_ident()] * 3
+
+
+def test_a_listening_handler_still_sees_every_node() -> None:
+    class Names(AsyncCallbackHandler):
+        def __init__(self) -> None:
+            self.started: list[str] = []
+
+        async def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+            self.started.append(kwargs.get("name") or "")
+
+    handler = Names()
+    graph = lean_graph(_tiny_graph(inline_route(_until_three)).compile())
+    result = asyncio.run(graph.ainvoke({"n": 0}, {"callbacks": [handler]}))
+    assert result["n"] == 3
+    assert handler.started.count("bump") == 3  # the original sequence ran, traced
+
+
+def test_interrupt_inside_a_lean_node_pauses_and_resumes() -> None:
+    async def ask(state: Counter) -> dict[str, Any]:
+        answer = interrupt("how many?")
+        return {"n": int(answer)}
+
+    graph = StateGraph(Counter)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "ask")
+    graph.add_edge("ask", END)
+    compiled = lean_graph(graph.compile(checkpointer=InMemorySaver()))
+    assert isinstance(compiled.nodes["ask"].node, DirectNodeSeq)
+    config = {"configurable": {"thread_id": "q"}}
+
+    async def both() -> tuple[Any, Any]:
+        first = await compiled.ainvoke({"n": 0}, config)
+        second = await compiled.ainvoke(Command(resume="7"), config)
+        return first, second
+
+    first, second = asyncio.run(both())
+    assert first["__interrupt__"][0].value == "how many?"
+    assert second == {"n": 7}
+
+
+def _history(run_dir: Path) -> list[tuple[Any, ...]]:
+    """Every checkpoint of the run's one thread: step, source, next nodes, what each task
+    wrote and the state's values."""
+
+    async def read() -> list[tuple[Any, ...]]:
+        saver = await open_checkpointer(run_dir / "checkpoints.sqlite")
+        try:
+            graph = compile_graph(saver)
+            config = {"configurable": {"thread_id": "ep-00000021"}}
+            return [
+                (
+                    s.metadata["step"],
+                    s.metadata["source"],
+                    s.next,
+                    [(t.name, sorted((t.result or {}).keys())) for t in s.tasks],
+                    s.values,
+                )
+                async for s in graph.aget_state_history(config)
+            ]
+        finally:
+            await saver.conn.close()
+
+    return asyncio.run(read())
+
+
+def test_the_episode_graph_checkpoints_the_same_lean_or_not(
+    fake_openai, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(
+        None, ["images.enabled=false", "episode.sessions_min=2", "episode.sessions_max=2"]
+    )
+
+    def run(name: str) -> Path:
+        out = tmp_path / name
+        client = client_for(fake_openai, tmp_path / f"{name}-cache.sqlite")
+        report = asyncio.run(EpisodeRunner(config, out, llm=client).run_jobs(plan_jobs(1, 21)))
+        assert report.finished == ["ep-00000021"]
+        return out
+
+    lean_run = run("lean")
+    lean_calls = len(fake_openai.chat_requests)
+    with monkeypatch.context() as patch:
+        patch.setattr(lean_steps, "lean_graph", lambda graph: graph)
+        plain_run = run("plain")
+    assert len(fake_openai.chat_requests) == 2 * lean_calls  # both asked the endpoint
+    episode = "episodes/ep-00000021.json"
+    assert (lean_run / episode).read_bytes() == (plain_run / episode).read_bytes()
+    lean_history, plain_history = _history(lean_run), _history(plain_run)
+    assert len(lean_history) == len(plain_history) >= 12
+    assert lean_history == plain_history
