@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 
-def connect_wal(path: str | Path, timeout_s: float = 30.0) -> sqlite3.Connection:
+def connect_wal(
+    path: str | Path, timeout_s: float = 30.0, page_size: int | None = None
+) -> sqlite3.Connection:
     """A connection in WAL mode that waits up to ``timeout_s`` for other writers.
+
+    ``page_size`` applies to a database this connection creates (SQLite fixes it when the
+    first page is written, and a WAL database keeps it); an existing one keeps its own.
 
     Switching a new database to WAL needs an exclusive lock, and SQLite answers "database is
     locked" at once (without its busy handler) when another connection is switching it at the
@@ -23,6 +28,8 @@ def connect_wal(path: str | Path, timeout_s: float = 30.0) -> sqlite3.Connection
     """
     conn = sqlite3.connect(str(path), timeout=timeout_s, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    if page_size is not None:
+        conn.execute(f"PRAGMA page_size={int(page_size)}")
     deadline = time.monotonic() + timeout_s
     while True:
         try:

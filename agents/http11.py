@@ -13,6 +13,7 @@ proxied URL through aiohttp.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections import deque
@@ -217,13 +218,18 @@ class _Connection(asyncio.Protocol):
 
 def _request_bytes(target: str, host: str, headers: dict[str, str], body: bytes) -> bytes:
     """A POST of ``body``; the framing headers are ours, whatever ``headers`` says."""
+    head = _request_head(target, host, tuple(headers.items()))
+    return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+
+
+@functools.lru_cache(maxsize=64)
+def _request_head(target: str, host: str, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The request line and every header but ``Content-Length``, checked once: an LLM
+    client sends the same ones on every call."""
     lines = [f"POST {target} HTTP/1.1", f"Host: {host}"]
-    fixed = {
-        "content-length": str(len(body)),
-        "accept-encoding": "identity",
-        "connection": "keep-alive",
-    }
-    given = {name.lower(): (name, value) for name, value in headers.items()}
+    fixed = {"accept-encoding": "identity", "connection": "keep-alive"}
+    given = {name.lower(): (name, value) for name, value in headers}
+    given.pop("content-length", None)  # ours, added per request
     for key, value in fixed.items():
         given[key] = (key.title(), value)
     given.setdefault("user-agent", ("User-Agent", "mcu-sim"))
@@ -234,7 +240,7 @@ def _request_bytes(target: str, host: str, headers: dict[str, str], body: bytes)
         if not (name.isascii() and value.isascii()):
             raise ValueError(f"the {name.strip()!r} header holds a character outside ASCII")
         lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
 class Http11Client:

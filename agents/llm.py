@@ -389,7 +389,8 @@ class LLMClient:
         messages = list(request.messages)
         text, last_error = "", ""
         for attempt in range(self.config.repair_turns + 1):
-            reply = await self._send_with_retries(replace(request, messages=messages))
+            sent = request if attempt == 0 else replace(request, messages=messages)
+            reply = await self._send_with_retries(sent)
             total = total + self._usage_of(reply, request.settings)
             text = reply.text
             try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from langgraph.checkpoint.base import empty_checkpoint
 
-from mcu_sim.graphs.checkpoints import open_checkpointer
+from mcu_sim.graphs.checkpoints import PAGE_SIZE, open_checkpointer
 
 THREAD = {"configurable": {"thread_id": "ep-00000001", "checkpoint_ns": ""}}
 
@@ -120,3 +120,26 @@ async def test_a_single_writer_groups_checkpoint_commits(tmp_path: Path) -> None
         await grouped.conn.close()
         await plain.conn.close()
     assert len(_rows(grouped_path)["checkpoints"]) == 3  # close committed the last one
+
+
+def _page_size(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("PRAGMA page_size").fetchone()[0]
+
+
+async def test_a_new_database_gets_larger_pages_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as db:  # a file made before: SQLite's default pages, WAL
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE kept (x)")
+    before = _page_size(old)
+    for path in (tmp_path / "new.sqlite", old):
+        saver = await open_checkpointer(path)
+        try:
+            await _write(saver)
+            assert await saver.aget_tuple(THREAD) is not None
+        finally:
+            await saver.conn.close()
+    assert _page_size(tmp_path / "new.sqlite") == PAGE_SIZE != before
+    assert _page_size(old) == before  # readable and written as it was
+    assert len(_rows(old)["writes"]) == 3
