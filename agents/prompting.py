@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 import jinja2
+import jinja2.meta
 
 VERSION_PATTERN = re.compile(r"\{#\s*version:\s*([\w.\-]+)\s*#\}")
 SEPARATOR = "---user---"
@@ -34,13 +35,26 @@ class Prompt:
     version: str
     system: jinja2.Template
     user: jinja2.Template
+    # the text of a part that uses no variable (most system parts), rendered once: Jinja
+    # makes a new context for every render, which cost more than the text itself
+    fixed_system: str | None = None
+    fixed_user: str | None = None
 
     def render(self, **variables: Any) -> list[dict[str, str]]:
         """The chat messages for these variables; a missing variable is an error."""
-        return [
-            {"role": "system", "content": self.system.render(**variables).strip()},
-            {"role": "user", "content": self.user.render(**variables).strip()},
-        ]
+        system = self.fixed_system
+        if system is None:
+            system = self.system.render(**variables).strip()
+        user = self.fixed_user
+        if user is None:
+            user = self.user.render(**variables).strip()
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def _fixed_text(source: str, template: jinja2.Template) -> str | None:
+    if jinja2.meta.find_undeclared_variables(_env.parse(source)):
+        return None
+    return template.render().strip()
 
 
 @cache
@@ -53,9 +67,13 @@ def load_prompt(name: str) -> Prompt:
         raise ValueError(f"prompt {name}.j2 has no '{SEPARATOR}' line")
     system, user = text.split(SEPARATOR, 1)
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    system = VERSION_PATTERN.sub("", system, count=1)
+    system_template, user_template = _env.from_string(system), _env.from_string(user)
     return Prompt(
         name=name,
         version=f"{match.group(1)}+{digest}",
-        system=_env.from_string(VERSION_PATTERN.sub("", system, count=1)),
-        user=_env.from_string(user),
+        system=system_template,
+        user=user_template,
+        fixed_system=_fixed_text(system, system_template),
+        fixed_user=_fixed_text(user, user_template),
     )

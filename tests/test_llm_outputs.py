@@ -335,3 +335,21 @@ def test_extract_json_without_json_raises() -> None:
 
     with pytest.raises(ValueError, match="no JSON object found"):
         extract_json("no braces at all")
+
+
+def test_a_prompt_part_without_variables_is_rendered_once_and_the_same() -> None:
+    from importlib import resources
+
+    from mcu_sim.agents.prompting import SEPARATOR, VERSION_PATTERN, _env, load_prompt
+
+    prompt = load_prompt("narrative")
+    text = resources.files("mcu_sim.agents").joinpath("prompts", "narrative.j2").read_text()
+    system_source = text.split(SEPARATOR, 1)[0]
+    fresh = _env.from_string(VERSION_PATTERN.sub("", system_source, count=1)).render().strip()
+    assert prompt.fixed_system == fresh != ""
+    assert prompt.fixed_user is None  # the user part has variables: rendered per call
+    messages = prompt.render(sentence_form="Ada keeps bees.")
+    assert messages[0] == {"role": "system", "content": fresh}
+    assert messages[1]["content"].startswith("Ada keeps bees.")
+    with pytest.raises(Exception, match="undefined"):  # a missing variable is still an error
+        prompt.render()
