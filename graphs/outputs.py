@@ -400,6 +400,12 @@ class ShardWriter:
             line = json.dumps(episode, ensure_ascii=False, separators=(",", ":")) + "\n"
             yield line.encode("utf-8")
 
+    def fills_a_shard(self) -> bool:
+        """Whether the next :meth:`add` of a new episode writes a full shard."""
+        with self._lock:
+            _, ids = self._open_shard()
+            return len(self.pending) + 1 >= self.size - len(ids)
+
     def add(self, episode_id: str) -> list[Path]:
         """Queue a finished episode; write every shard that became full. Returns those."""
         written = []

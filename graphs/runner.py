@@ -32,6 +32,7 @@ from mcu_sim.graphs.checkpoints import (  # noqa: F401 - open_checkpointer re-ex
     threads_with_checkpoints,
 )
 from mcu_sim.graphs.context import EpisodeContext
+from mcu_sim.graphs.episode_store import EpisodeWriter
 from mcu_sim.graphs.gc_tuning import tuned_gc
 from mcu_sim.graphs.outputs import RunDir, ShardWriter
 from mcu_sim.graphs.run_manifest import (  # noqa: F401 - re-exported
@@ -258,6 +259,7 @@ class EpisodeRunner:
         self.run_id = ""
         self.fingerprint: str | None = None
         self.shards: ShardWriter | None = None
+        self.episodes: EpisodeWriter | None = None
         self._budget_hit = asyncio.Event()
         self._usage_start = Usage()
         self.scrubber = Scrubber.for_config(config)
@@ -310,6 +312,7 @@ class EpisodeRunner:
         self.run_id = manifest["run_id"]
         self.fingerprint = manifest["config_fingerprint"]
         self.shards = ShardWriter(self.run, self.shard_size)
+        self.episodes = EpisodeWriter(self.run, self.shards, self.scrubber)
         await asyncio.to_thread(self._prepare_files)
         todo = []
         for job in jobs:
@@ -413,7 +416,8 @@ class EpisodeRunner:
         fails (disk full, a bad path) is that episode's failure, not the run's: the graph
         is finished, so ``retry-failed`` only writes it again."""
         try:
-            shards = await asyncio.to_thread(self._write_episode, episode)
+            assert self.episodes is not None
+            shards = await self.episodes.write(episode)
         except Exception as exc:
             await self.store_failure(job, exc, [STORE_STEP], report)
             return
@@ -421,11 +425,6 @@ class EpisodeRunner:
         self._emit("done", episode_id=episode["episode_id"])
         for path in shards:
             self._emit("shard", path=str(path))
-
-    def _write_episode(self, episode: dict[str, Any]) -> list[Path]:
-        self.run.write_episode(self.scrubber.data(episode))
-        assert self.shards is not None
-        return self.shards.add(episode["episode_id"])
 
     async def store_failure(
         self, job: EpisodeJob, exc: BaseException, failed_at: list[str], report: RunReport

@@ -1,0 +1,77 @@
+"""Episode files are written on the loop while writes are quick, then on a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcu_sim.graphs import episode_store
+from mcu_sim.graphs.episode_store import EpisodeWriter
+from mcu_sim.graphs.outputs import RunDir, ShardWriter
+from mcu_sim.graphs.scrub import Scrubber
+
+
+class ThreadNotingRun(RunDir):
+    """A real run directory that also notes which thread wrote each episode."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writers: list[int] = []
+
+    def write_episode(self, episode: dict[str, Any]) -> Path:
+        self.writers.append(threading.get_ident())
+        return super().write_episode(episode)
+
+
+def _episode(number: int) -> dict[str, Any]:
+    return {
+        "episode_id": f"ep-{number:08d}",
+        "seed": number,
+        "demographics": {"name": "Ada", "note": "key-1234567890"},
+    }
+
+
+def _writer(tmp_path: Path, shard_size: int) -> tuple[EpisodeWriter, ThreadNotingRun]:
+    run = ThreadNotingRun(tmp_path / "run")
+    run.create()
+    shards = ShardWriter(run, shard_size)
+    shards.load()
+    return EpisodeWriter(run, shards, Scrubber(["key-1234567890"])), run
+
+
+def test_quick_writes_stay_on_the_loop_and_a_full_shard_goes_to_a_thread(tmp_path: Path) -> None:
+    writer, run = _writer(tmp_path, shard_size=3)
+
+    async def write_all() -> tuple[int, list[list[Path]]]:
+        return threading.get_ident(), [await writer.write(_episode(n)) for n in range(1, 5)]
+
+    loop_thread, written = asyncio.run(write_all())
+    assert [len(paths) for paths in written] == [0, 0, 1, 0]  # the third filled shard 0
+    assert run.writers[0] == run.writers[1] == run.writers[3] == loop_thread
+    assert run.writers[2] != loop_thread
+    assert writer.inline
+    assert run.finished_ids() == [f"ep-{n:08d}" for n in range(1, 5)]
+    assert "key-1234567890" not in (run.episodes / "ep-00000001.json").read_text()
+    assert written[2][0].read_text().count("\n") == 3
+
+
+def test_a_slow_write_sends_the_rest_of_the_run_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, run = _writer(tmp_path, shard_size=100)
+    monkeypatch.setattr(episode_store, "INLINE_LIMIT_S", 0.0)  # every write counts as slow
+
+    async def write_all() -> int:
+        for number in range(1, 4):
+            await writer.write(_episode(number))
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(write_all())
+    assert run.writers[0] == loop_thread  # the slow one, measured on the loop
+    assert all(ident != loop_thread for ident in run.writers[1:])
+    assert not writer.inline
+    assert len(run.finished_ids()) == 3
