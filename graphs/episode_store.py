@@ -5,9 +5,9 @@ An episode's file write (a temp file, fsync, rename, its index line) takes well 
 millisecond on a local disk. Handed to a thread, the hand-off and the GIL passing back and
 forth around each system call cost about as much again, a few percent of the framework's
 CPU (``bench/ab.py``). A slow disk (a network file system, a busy volume) must not hold up
-every episode in flight, so the first write that takes longer than
-:data:`INLINE_LIMIT_S` sends this and every later write to a thread; so does a write that
-completes a shard (a thousand episodes in one file).
+every episode in flight: once a write has taken longer than :data:`INLINE_LIMIT_S`, every
+later one goes to a thread, and so does any write that completes a shard (a thousand
+episodes in one file).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ set it lists is always complete, old or new.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -298,8 +299,10 @@ def shard_name(number: int, generation: int = 0) -> str:
     return f"shard-{number:05d}.jsonl"
 
 
+@functools.lru_cache(maxsize=4096)
 def shard_key(name: str) -> tuple[int, int] | None:
-    """``(generation, number)`` of a shard file name, None for any other name."""
+    """``(generation, number)`` of a shard file name, None for any other name (cached: the
+    writer looks up its last shard among all of them for every episode)."""
     match = _SHARD_NAME.match(name)
     if match is None:
         return None
@@ -436,7 +439,7 @@ class ShardWriter:
 
 
 def _shard_order(name: str | Path) -> tuple[int, int]:
-    return shard_key(Path(name).name) or (-1, -1)
+    return shard_key(name.name if isinstance(name, Path) else name) or (-1, -1)
 
 
 def _ids_in_file(path: Path) -> list[str]:

@@ -67,7 +67,8 @@ def test_lean_graph_gives_the_same_result_with_fewer_tasks() -> None:
     plain_result, plain_tasks = _count_tasks(plain.ainvoke({"n": 0}, config))
     lean_result, lean_tasks = _count_tasks(lean.ainvoke({"n": 0}, config))
     assert plain_result == lean_result == {"n": 3, "seen": ["t1"] * 3}
-    assert lean_tasks < plain_tasks  # measured: one task per step saved, and two per route
+    # measured 23 against 11 here: each of the 3 steps and 3 routes saves two tasks
+    assert lean_tasks + 2 * (3 + 3) <= plain_tasks
     assert lean_graph(lean) is lean and isinstance(lean.nodes["bump"].node, DirectNodeSeq)
 
 
