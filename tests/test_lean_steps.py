@@ -67,8 +67,9 @@ def test_lean_graph_gives_the_same_result_with_fewer_tasks() -> None:
     plain_result, plain_tasks = _count_tasks(plain.ainvoke({"n": 0}, config))
     lean_result, lean_tasks = _count_tasks(lean.ainvoke({"n": 0}, config))
     assert plain_result == lean_result == {"n": 3, "seen": ["t1"] * 3}
-    # measured 23 against 11 here: each of the 3 steps and 3 routes saves two tasks
-    assert lean_tasks + 2 * (3 + 3) <= plain_tasks
+    # measured 23 against 11 (LangGraph 1.2): two tasks saved by each of the 3 steps and 3
+    # routes; at least one each, so a LangGraph that makes one task fewer still passes
+    assert lean_tasks + 3 + 3 <= plain_tasks
     assert lean_graph(lean) is lean and isinstance(lean.nodes["bump"].node, DirectNodeSeq)
 
 
