@@ -90,6 +90,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._buffer = bytearray()
         self._answer: asyncio.Future[HTTPResponse] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._head: _Head | None = None
         self._chunks: list[bytes] = []
         self._body_bytes = 0  # of the chunks so far
@@ -98,6 +100,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         if self._answer is None or self._answer.done():
@@ -119,21 +122,37 @@ class _Connection(asyncio.Protocol):
         self._finish_at_close(exc)
 
     # -- requests
-    def send(self, request: bytes) -> asyncio.Future[HTTPResponse]:
-        assert self.transport is not None
-        self._answer = asyncio.get_running_loop().create_future()
+    def send(self, request: bytes, deadline: float) -> asyncio.Future[HTTPResponse]:
+        """Write ``request``; the answer, or ``TimeoutError`` at ``deadline`` (loop time).
+
+        One timer on the loop per request: ``asyncio.timeout`` around the await cost
+        several times as much (a context manager, the current task, a reschedule)."""
+        assert self.transport is not None and self._loop is not None
+        answer = self._answer = self._loop.create_future()
         self._head, self._chunks, self._body_bytes, self._received = None, [], 0, 0
         self._buffer.clear()
+        self._timer = self._loop.call_at(deadline, self._time_out)
         self.transport.write(request)
-        return self._answer
+        return answer
+
+    def _time_out(self) -> None:
+        self._timer = None
+        self._fail(TimeoutError("no answer in time"))
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.abort()
 
@@ -211,6 +230,7 @@ class _Connection(asyncio.Protocol):
     def _resolve(self, body: bytes) -> None:
         head = self._head
         assert head is not None and self._answer is not None
+        self._stop_timer()
         if not head.keep_alive:
             self.close()
         self._answer.set_result(HTTPResponse(head.status, head.headers, body))
@@ -266,17 +286,20 @@ class Http11Client:
             host = f"{host}:{port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         request = _request_bytes(target, host, headers, body)
-        async with asyncio.timeout(self.timeout_s):
-            return await self._exchange(key, request)
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        return await self._exchange(key, request, deadline)
 
-    async def _exchange(self, key: tuple[str, str, int], request: bytes) -> HTTPResponse:
+    async def _exchange(
+        self, key: tuple[str, str, int], request: bytes, deadline: float
+    ) -> HTTPResponse:
         while True:
             connection = self._take_idle(key)
             reused = connection is not None
             if connection is None:
-                connection = await self._connect(key)
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._connect(key)
             try:
-                answer = await connection.send(request)
+                answer = await connection.send(request, deadline)
             except _Stale:
                 self._open.discard(connection)
                 if reused:

@@ -145,6 +145,20 @@ async def test_a_timeout_drops_the_connection_and_the_next_call_works(server, cl
     assert answer.status == 200 and client.connections_made == 2
 
 
+async def test_an_answered_request_leaves_no_timer_on_the_loop(server, client) -> None:
+    """The per-request timer goes when the answer comes: a kept connection holds none, and
+    an answer slower than the old deadline's distance is not cut by a stale timer."""
+    url, script = server
+    script.answers = [(OK, False), (OK, False)]
+    client.timeout_s = 0.25
+    assert (await client.post(url, {}, b"{}")).status == 200
+    (connection,) = [c for idle in client._idle.values() for c in idle]
+    assert connection._timer is None
+    await asyncio.sleep(0.3)  # past the first request's deadline: a stale timer would cut it
+    assert (await client.post(url, {}, b"{}")).status == 200
+    assert client.connections_made == 1
+
+
 async def test_a_header_that_would_break_the_request_is_refused_without_its_value(
     client,
 ) -> None:

@@ -353,3 +353,54 @@ def test_a_prompt_part_without_variables_is_rendered_once_and_the_same() -> None
     assert messages[1]["content"].startswith("Ada keeps bees.")
     with pytest.raises(Exception, match="undefined"):  # a missing variable is still an error
         prompt.render()
+
+
+class _Anything:
+    """A template value that has every attribute and item, iterates twice and prints."""
+
+    def __init__(self, depth: int = 0) -> None:
+        self.depth = depth
+
+    def __getattr__(self, name: str) -> _Anything:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Anything(self.depth + 1)
+
+    def __getitem__(self, key: object) -> _Anything:
+        return _Anything(self.depth + 1)
+
+    def __iter__(self):
+        inner = [_Anything(self.depth + 1), _Anything(self.depth + 2)]
+        return iter(inner if self.depth < 3 else [])
+
+    def __len__(self) -> int:
+        return 2
+
+    def __str__(self) -> str:
+        return f"value{self.depth}"
+
+
+def test_every_prompt_renders_the_same_through_the_quick_path_as_through_render() -> None:
+    from importlib import resources
+
+    import jinja2.meta
+
+    from mcu_sim.agents.prompting import SEPARATOR, _env, _render, load_prompt
+
+    folder = resources.files("mcu_sim.agents").joinpath("prompts")
+    names = sorted(p.name.removesuffix(".j2") for p in folder.iterdir() if p.name.endswith(".j2"))
+    assert len(names) >= 10
+    rendered = 0
+    for name in names:
+        prompt = load_prompt(name)
+        sources = folder.joinpath(f"{name}.j2").read_text().split(SEPARATOR, 1)
+        for template, source in zip((prompt.system, prompt.user), sources, strict=True):
+            wanted = jinja2.meta.find_undeclared_variables(_env.parse(source))
+            variables = {v: _Anything() for v in wanted}
+            quick = _env.concat(template.root_render_func(template.new_context(variables)))
+            assert quick.strip() == template.render(**variables).strip() != ""
+            assert _render(template, variables) == quick.strip()
+            rendered += bool(wanted)
+        with pytest.raises(jinja2.UndefinedError):
+            _render(prompt.user, {})
+    assert rendered >= 10  # templates with variables were compared, not only fixed text

@@ -390,3 +390,36 @@ def test_demographic_sentence_reads_as_english() -> None:
     assert samplers.demographic_sentence(old).startswith("I am an 80-year-old female.")
     american = DEMO.model_copy(update={"birthplace": "United States of America"})
     assert "born in the United States of America" in samplers.demographic_sentence(american)
+
+
+def test_the_nodes_validate_one_demographics_dict_once_and_a_new_one_again(monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from mcu_sim.graphs import nodes
+    from mcu_sim.personas.schema import Demographics
+
+    calls = []
+    real = Demographics.model_validate.__func__
+
+    def counting(cls, data, *args, **kwargs):
+        calls.append(data)
+        return real(cls, data, *args, **kwargs)
+
+    monkeypatch.setattr(Demographics, "model_validate", classmethod(counting))
+    raw = {
+        "age_group": "25-34",
+        "age": 30,
+        "gender": "female",
+        "birthplace": "Lyon",
+        "residence": "Oslo",
+        "name": "Ines",
+    }
+    first = nodes._demo({"demographics": raw})
+    assert nodes._demo({"demographics": raw}) is first and len(calls) == 1
+    same_content = dict(raw)  # a new dict (a checkpoint read, an edit): validated again
+    assert nodes._demo({"demographics": same_content}) == first and len(calls) == 2
+    with pytest.raises(ValidationError):
+        nodes._demo({"demographics": {**raw, "age": 400}})
+    for _ in range(nodes._DEMOGRAPHICS_KEPT + 5):  # bounded: old entries go
+        nodes._demo({"demographics": dict(raw)})
+    assert len(nodes._DEMOGRAPHICS_SEEN) <= nodes._DEMOGRAPHICS_KEPT
