@@ -333,3 +333,36 @@ def test_json_document_matches_the_standard_library_and_falls_back_for_what_orjs
     beyond_64_bits = {"seed": 2**70, "x": [1]}
     text = json_document(beyond_64_bits).decode("utf-8")
     assert json.loads(text) == beyond_64_bits and text.endswith("\n")
+
+
+def test_the_shard_writer_continues_at_the_highest_numbered_shard_after_a_reload(
+    tmp_path: Path,
+) -> None:
+    """Eleven full shards and a partial twelfth: names sort differently as text and as
+    numbers past shard 9 in some tools, so the writer's last shard must follow numbers."""
+    from mcu_sim.graphs.outputs import atomic_write_text
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    writer = ShardWriter(run, 2)
+    writer.load()
+    for i in range(23):
+        atomic_write_text(run.episode_path(f"e{i:02d}"), json.dumps({"episode_id": f"e{i:02d}"}))
+        writer.add(f"e{i:02d}")
+    writer.flush()
+    again = ShardWriter(run, 2)
+    again.load()
+    assert (
+        again._last_shard()
+        == max(again.shards, key=lambda n: int(n[6:11]))
+        == ("shard-00011.jsonl")
+    )
+    assert again.shards["shard-00011.jsonl"] == ["e22"]
+    atomic_write_text(run.episode_path("e23"), json.dumps({"episode_id": "e23"}))
+    assert again.fills_a_shard()
+    (written,) = again.add("e23")
+    assert written.name == "shard-00011.jsonl" and again.shards[written.name] == ["e22", "e23"]
+    atomic_write_text(run.episode_path("e24"), json.dumps({"episode_id": "e24"}))
+    again.add("e24")
+    again.flush()
+    assert again._last_shard() == "shard-00012.jsonl"
