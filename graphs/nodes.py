@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections import OrderedDict
-from typing import Any
+from typing import Any, TypeVar
 
 from langgraph.runtime import Runtime
+from pydantic import BaseModel
 
 from mcu_sim.agents import commonsense, device, dialogue, events, narrative, persona, summarizer
 from mcu_sim.agents.llm import Completion
@@ -50,26 +51,33 @@ def _count(runtime: Ctx, node: str) -> EpisodeContext:
     return runtime.context
 
 
-# the validated person of each demographics dict lately read, keyed by the dict's id and
-# holding the dict itself, so an id is never reused while its entry lives: five nodes of an
-# episode read the same dict, and validating it each time was 1 % of the CPU per call
-_DEMOGRAPHICS_SEEN: OrderedDict[int, tuple[dict[str, Any], Demographics]] = OrderedDict()
-_DEMOGRAPHICS_KEPT = 1024  # more than the episodes a runner has in flight
+# Models validated from state values lately read, keyed by the model class and the value's
+# id, each entry holding the value itself so an id is never reused while its entry lives.
+# Several nodes of an episode read the same dicts (the person in five, the event graph and
+# the album in every session); validating them each time was 1-2 % of the CPU per call.
+_VALIDATED: OrderedDict[tuple[type, int], tuple[Any, Any]] = OrderedDict()
+_VALIDATED_KEPT = 8192  # the values of more episodes than a runner has in flight
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _validated(model: type[ModelT], raw: Any) -> ModelT:
+    """``model.model_validate(raw)``, once per state value: nodes never change a state value
+    in place (a checkpoint read or an edit makes a new one), and callers only read the
+    model they get."""
+    key = (model, id(raw))
+    seen = _VALIDATED.get(key)
+    if seen is not None and seen[0] is raw:
+        return seen[1]
+    checked = model.model_validate(raw)
+    _VALIDATED[key] = (raw, checked)
+    if len(_VALIDATED) > _VALIDATED_KEPT:
+        _VALIDATED.popitem(last=False)
+    return checked
 
 
 def _demo(state: EpisodeState) -> Demographics:
-    """The episode's person, validated (once per demographics dict: nodes never change a
-    state value in place, and a checkpoint read or an edit makes a new dict). Callers
-    only read it."""
-    raw = state["demographics"]
-    seen = _DEMOGRAPHICS_SEEN.get(id(raw))
-    if seen is not None and seen[0] is raw:
-        return seen[1]
-    person = Demographics.model_validate(raw)
-    _DEMOGRAPHICS_SEEN[id(raw)] = (raw, person)
-    if len(_DEMOGRAPHICS_SEEN) > _DEMOGRAPHICS_KEPT:
-        _DEMOGRAPHICS_SEEN.popitem(last=False)
-    return person
+    return _validated(Demographics, state["demographics"])
 
 
 @node_reads("seed")
@@ -240,10 +248,10 @@ def _stark_date(iso: str) -> str:
 
 def _session_variables(state: EpisodeState, index: int) -> dict[str, Any]:
     demo = _demo(state)
-    chronology = EventGraph.model_validate(state["events"]).chronological()
+    chronology = _validated(EventGraph, state["events"]).chronological()
     event = chronology[index - 1]
     album = [
-        DeviceImage.model_validate(d)
+        _validated(DeviceImage, d)
         for d in sorted(state.get("device_images", []), key=lambda d: d["id"])
         if d["added_in_session"] < index
     ]
@@ -325,7 +333,7 @@ async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     requests = sharing_requests(turns, index)
     by_turn = {r["turn_id"]: r["id"] for r in requests}
     turns = [t.model_copy(update={"request_id": by_turn.get(t.id)}) for t in turns]
-    album = [DeviceImage.model_validate(d) for d in state.get("device_images", [])]
+    album = [_validated(DeviceImage, d) for d in state.get("device_images", [])]
     new_images = dialogue.grow_album(turns, album, index)
     session = {
         "index": index,

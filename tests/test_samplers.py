@@ -396,7 +396,7 @@ def test_the_nodes_validate_one_demographics_dict_once_and_a_new_one_again(monke
     from pydantic import ValidationError
 
     from mcu_sim.graphs import nodes
-    from mcu_sim.personas.schema import Demographics
+    from mcu_sim.personas.schema import Demographics, DeviceImage
 
     calls = []
     real = Demographics.model_validate.__func__
@@ -420,6 +420,8 @@ def test_the_nodes_validate_one_demographics_dict_once_and_a_new_one_again(monke
     assert nodes._demo({"demographics": same_content}) == first and len(calls) == 2
     with pytest.raises(ValidationError):
         nodes._demo({"demographics": {**raw, "age": 400}})
-    for _ in range(nodes._DEMOGRAPHICS_KEPT + 5):  # bounded: old entries go
+    with pytest.raises(ValidationError):  # the same dict read as another model is checked
+        nodes._validated(DeviceImage, raw)
+    for _ in range(nodes._VALIDATED_KEPT + 5):  # bounded: old entries go
         nodes._demo({"demographics": dict(raw)})
-    assert len(nodes._DEMOGRAPHICS_SEEN) <= nodes._DEMOGRAPHICS_KEPT
+    assert len(nodes._VALIDATED) <= nodes._VALIDATED_KEPT
