@@ -69,8 +69,9 @@ def start_endpoint(
     return Endpoint(process, json.loads(line)["url"])
 
 
-def bench_overrides(url: str, sessions: int, concurrency: int, **provider: Any) -> list[str]:
-    """Config overrides for a run against the bench endpoint (images off, no cache)."""
+def bench_overrides(url: str, sessions: int | None, concurrency: int, **provider: Any) -> list[str]:
+    """Config overrides for a run against the bench endpoint (images off, no cache).
+    ``sessions=None`` keeps the config's own range of sessions per episode."""
     overrides = [
         "images.enabled=false",
         "llm.provider.kind=openai_compatible",
@@ -78,9 +79,9 @@ def bench_overrides(url: str, sessions: int, concurrency: int, **provider: Any) 
         "llm.provider.model=fake-model",
         f"llm.provider.max_concurrency={concurrency}",
         "llm.cache.enabled=false",
-        f"episode.sessions_min={sessions}",
-        f"episode.sessions_max={sessions}",
     ]
+    if sessions is not None:
+        overrides += [f"episode.sessions_min={sessions}", f"episode.sessions_max={sessions}"]
     overrides += [f"llm.provider.{k}={v}" for k, v in provider.items()]
     return overrides
 

@@ -1,6 +1,7 @@
 """Throughput of the local runner against the bench endpoint (latency L, capacity C).
 
     python bench/throughput.py                       # 200 episodes, L=0.2 s, C=16
+    python bench/throughput.py --sessions 2          # shorter episodes than the default's
     python bench/throughput.py --latency 1 --capacity 64 --episodes 400
     python bench/throughput.py --smoke               # CI: a few episodes
 
@@ -104,8 +105,10 @@ async def measured_run(
     stop.set()
     await sampler
     samples.append((time.perf_counter(), report.usage.calls, cpu_seconds()))
+    sessions = [len(runner.run.read_episode(i)["sessions"]) for i in report.finished]
     return {
         "report": report,
+        "sessions_per_episode": sum(sessions) / len(sessions) if sessions else 0.0,
         "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "seconds": timer.seconds,
         "cpu_s": cpu,
@@ -122,7 +125,7 @@ def run(
     latency: float,
     capacity: int,
     in_flight: int,
-    sessions: int,
+    sessions: int | None,
     http_client: str = "direct",
     durability: str = "sync",
     event_loop: str = "auto",
@@ -164,6 +167,8 @@ def run(
         "llm_calls": calls,
         "seconds": round(result["seconds"], 2),
         "calls_per_s": round(calls / result["seconds"], 1),
+        "sessions_per_episode": round(result["sessions_per_episode"], 2),
+        "calls_per_episode": round(calls / max(len(report.finished), 1), 2),
         "capacity_calls_per_s": round(capacity_rate, 1),
         "ratio": round(calls / result["seconds"] / capacity_rate, 3),
         "steady_ratio": round(result["steady_calls_per_s"] / capacity_rate, 3),
@@ -203,7 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="L, seconds per request")
     parser.add_argument("--capacity", type=int, default=16, help="C, requests served at once")
     parser.add_argument("--in-flight", type=int, help="episodes at once (default 2C)")
-    parser.add_argument("--sessions", type=int, default=2)
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        help="sessions per episode (default: the config's own range, 4-6, as `mcu run` has it)",
+    )
     add_http_client_option(parser, "direct")
     parser.add_argument(
         "--durability", choices=["sync", "exit"], default="sync", help="run.durability"
@@ -218,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.episodes, args.latency, args.capacity, args.sessions = 6, 0.02, 4, 1
+        args.episodes, args.latency, args.capacity = 6, 0.02, 4
+        args.sessions = args.sessions or 1
     in_flight = args.in_flight or 2 * args.capacity
     result = run(
         args.episodes,
@@ -239,7 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         f"calls in {result['seconds']} s, {in_flight} episodes in flight "
         f"(llm.provider.http_client={result['http_client']}, "
         f"run.durability={result['durability']}, event loop {result['event_loop']}, "
-        f"response cache {'on' if result['cache'] else 'off'})\n"
+        f"response cache {'on' if result['cache'] else 'off'}); "
+        f"{result['sessions_per_episode']} sessions and {result['calls_per_episode']} LLM calls "
+        f"per episode\n"
         f"achieved {result['calls_per_s']} calls/s; capacity C/L = "
         f"{result['capacity_calls_per_s']}/s; ratio {result['ratio']} overall, "
         f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "

@@ -51,8 +51,11 @@ def test_throughput_smoke() -> None:
     assert result["calls_per_s"] == pytest.approx(result["llm_calls"] / result["seconds"], 0.05)
     assert result["event_loop"] == "uvloop"  # run.event_loop=auto, uvloop installed
     assert result["cache"] is False
-    plain = _bench("throughput.py", "--event-loop=asyncio", "--cache")  # human-readable too
+    assert result["sessions_per_episode"] == 1.0  # --smoke: one session each
+    assert result["calls_per_episode"] == pytest.approx(result["llm_calls"] / 6)
+    plain = _bench("throughput.py", "--event-loop=asyncio", "--cache", "--sessions=2")
     assert "calls/s" in plain and "event loop asyncio, response cache on" in plain
+    assert "; 2.0 sessions and" in plain  # human-readable too, with --sessions kept
 
 
 def test_ab_smoke() -> None:
