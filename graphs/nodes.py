@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections import OrderedDict
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from langgraph.runtime import Runtime
 from pydantic import BaseModel
@@ -246,6 +246,15 @@ def _stark_date(iso: str) -> str:
     return dt.date.fromisoformat(iso).strftime(DATE_FORMAT)
 
 
+class PastSession(NamedTuple):
+    """An earlier session as the dialogue prompt lists it. A tuple with attributes, not a
+    dict: Jinja looks ``item.date`` up as an attribute first, and a dict's miss raised and
+    caught an AttributeError per lookup, a third of that prompt's render."""
+
+    date: str
+    event: str
+
+
 def _session_variables(state: EpisodeState, index: int) -> dict[str, Any]:
     demo = _demo(state)
     chronology = _validated(EventGraph, state["events"]).chronological()
@@ -272,10 +281,7 @@ def _session_variables(state: EpisodeState, index: int) -> dict[str, Any]:
         last = dt.date.fromisoformat(past[-1]["date"])
         variables.update(
             history=[
-                {
-                    "date": dt.date.fromisoformat(s["date"]).strftime(DATE_FORMAT),
-                    "event": s["event"],
-                }
+                PastSession(dt.date.fromisoformat(s["date"]).strftime(DATE_FORMAT), s["event"])
                 for s in past
             ],
             last_date=last.strftime(DATE_FORMAT),

@@ -87,6 +87,8 @@ def test_full_episode_structure(fake_openai, tmp_path: Path) -> None:
     last_user = dialogue_prompts[-1]["messages"][-1]["content"]
     first_date = episode.sessions[0].date.strftime("%Y.%m.%d")
     assert first_date in last_user and "after the last conversation" in last_user
+    for earlier in episode.sessions[:2]:  # one history line per earlier session
+        assert f"- {earlier.date.strftime('%Y.%m.%d')}: {earlier.event}\n" in last_user
     # a photo added in session n is on the phone the next session's prompt shows, not before
     for photo in grown:
         listed = f"{photo.id}: {photo.description}"
