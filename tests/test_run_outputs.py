@@ -366,3 +366,25 @@ def test_the_shard_writer_continues_at_the_highest_numbered_shard_after_a_reload
     again.add("e24")
     again.flush()
     assert again._last_shard() == "shard-00012.jsonl"
+
+
+def test_a_shard_line_holds_the_episode_file_exactly_in_one_compact_line() -> None:
+    from mcu_sim.graphs.outputs import shard_line
+
+    data = {
+        "episode_id": "ep-1",
+        "text": "Zoë said “hi” 👋\nthen left",
+        "usage": {"cost_usd": 1.5e-07, "tokens": 123},
+        "big": 123456789012345678901234567890,  # beyond 64 bits: must keep every digit
+        "nested": [{"b": 2, "a": [1, None, True]}],
+    }
+    for document in (json_document(data), json_document({**data, "big": 7})):
+        line = shard_line(document)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert json.loads(line) == json.loads(document)
+        assert "Zoë".encode() in line and b"\\u" not in line  # UTF-8 as is, not escaped
+        keys = list(json.loads(line))
+        assert keys == list(json.loads(document)) == sorted(keys)
+    assert json.loads(shard_line(json_document(data)))["big"] == 123456789012345678901234567890
+    with pytest.raises(ValueError):
+        shard_line(b'{"episode_id": "cut')
