@@ -236,6 +236,22 @@ class _Connection(asyncio.Protocol):
         self._answer.set_result(HTTPResponse(head.status, head.headers, body))
 
 
+@functools.lru_cache(maxsize=64)
+def _route(url: str) -> tuple[tuple[str, str, int], str, str]:
+    """(pool key, Host header, request target) of ``url``, worked out once per URL: a
+    client posts to the same one on every call."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    default_port = 443 if parts.scheme == "https" else 80
+    port = parts.port or default_port
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6
+    if port != default_port:
+        host = f"{host}:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (parts.scheme, parts.hostname, port), host, target
+
+
 def _request_bytes(target: str, host: str, headers: dict[str, str], body: bytes) -> bytes:
     """A POST of ``body``; the framing headers are ours, whatever ``headers`` says."""
     head = _request_head(target, host, tuple(headers.items()))
@@ -275,16 +291,7 @@ class Http11Client:
         self.connections_made = 0  # for tests and benchmarks: how often the pool connected
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> HTTPResponse:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        default_port = 443 if parts.scheme == "https" else 80
-        port = parts.port or default_port
-        key = (parts.scheme, parts.hostname, port)
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6
-        if port != default_port:
-            host = f"{host}:{port}"
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        key, host, target = _route(url)
         request = _request_bytes(target, host, headers, body)
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         return await self._exchange(key, request, deadline)

@@ -338,7 +338,12 @@ async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     )
     requests = sharing_requests(turns, index)
     by_turn = {r["turn_id"]: r["id"] for r in requests}
-    turns = [t.model_copy(update={"request_id": by_turn.get(t.id)}) for t in turns]
+    turns = [  # a copy only for the few turns whose request id changes (sharing moments)
+        t
+        if t.request_id == by_turn.get(t.id)
+        else t.model_copy(update={"request_id": by_turn.get(t.id)})
+        for t in turns
+    ]
     album = [_validated(DeviceImage, d) for d in state.get("device_images", [])]
     new_images = dialogue.grow_album(turns, album, index)
     session = {
