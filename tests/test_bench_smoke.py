@@ -5,6 +5,7 @@ or corrupted (counts, never times)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +17,21 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 pytestmark = pytest.mark.slow
 
 
-def _bench(script: str, *args: str) -> str:
+def _bench(script: str, *args: str, timeout: float = 180) -> str:
     done = subprocess.run(
         [sys.executable, str(BENCH / script), "--smoke", *args],
         cwd=BENCH,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
-def _json(script: str, *args: str) -> dict[str, Any]:
-    return json.loads(_bench(script, "--json", *args).strip().splitlines()[-1])
+def _json(script: str, *args: str, timeout: float = 180) -> dict[str, Any]:
+    lines = _bench(script, "--json", *args, timeout=timeout).strip().splitlines()
+    return json.loads(lines[-1])
 
 
 def test_endpoint_smoke() -> None:
@@ -120,3 +122,16 @@ def test_qa_scorers_smoke(tmp_path: Path) -> None:
         sum(rows[n]["ms_per_image"] for n in ("clip", "aesthetic", "nsfw.open_nsfw"))
     )
     assert "ms/image" in out.splitlines()[0]
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions_smoke() -> None:
+    result = _json("instructions.py", timeout=600)  # two runs under callgrind, ~1.5 min
+    figures = result["this_tree"]
+    small, large = figures["calls"]
+    assert 0 < small < large  # the larger batch made more calls: the difference is per call
+    low, high = figures["instructions"]
+    assert 0 < low < high
+    assert figures["instructions_per_call"] == round((high - low) / (large - small))
+    assert 10**5 < figures["instructions_per_call"] < 10**8  # a call, not a run or a no-op
+    assert Path(figures["package"]) == BENCH.parent and result["base_revision"] is None
