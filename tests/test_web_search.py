@@ -327,6 +327,35 @@ def test_slow_and_compressed_bodies_are_refused(site: Site) -> None:
         fetch_image(f"{site.base}/gzipped.jpg", policy)
 
 
+def test_a_dns_lookup_that_hangs_ends_at_the_fetch_deadline(site: Site, monkeypatch) -> None:
+    """The system resolver has no timeout of ours: a lookup that never answers (a dead DNS
+    server, simulated here by the resolver call itself) must not outlive the fetch limit."""
+    import socket
+    import time
+
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def stuck(host, *args, **kwargs):
+        if host == "images.example":
+            release.wait(5)
+        return real("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    started = time.monotonic()
+    try:
+        with pytest.raises(
+            FetchError, match=r"no DNS answer for images\.example within 0\.[0-9]+ s"
+        ):
+            fetch_image("http://images.example/good1.jpg", FetchPolicy(timeout_s=0.4))
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+    port = site.base.rsplit(":", 1)[1]  # an answering resolver: the fetch goes through
+    fetched = fetch_image(f"http://localhost:{port}/good1.jpg", FetchPolicy(allow_loopback=True))
+    assert fetched.data == GOOD_1 and site.requests
+
+
 def test_https_verifies_the_certificate(tls_site: tuple[Site, Path]) -> None:
     site, pem = tls_site
     trusted = FetchPolicy(allow_loopback=True, ca_certs=str(pem), timeout_s=5)

@@ -14,13 +14,16 @@ Web search results are URLs chosen by strangers. Before any byte is requested:
 While downloading: status 200, ``Content-Type: image/*`` (not SVG), no compressed
 transfer encoding (a gzip bomb would pass a byte cap on the wire), ``Content-Length`` and
 the streamed body both capped at ``max_bytes``, and one deadline of ``timeout_s`` for the
-whole fetch, redirects included (DNS lookups keep the system resolver's own timeout).
+whole fetch, redirects included, DNS lookups too (a lookup runs on a small thread pool and
+is given up at the deadline; the resolver thread ends on its own timeout).
 Afterwards Pillow decodes the bytes fully with a pixel cap (decompression bombs).
 Environment proxies are deliberately not used for image downloads.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import hashlib
 import ipaddress
 import socket
@@ -127,13 +130,36 @@ def _target(url: str) -> tuple[str, str, int, str, str]:
     return scheme, host, port, host_header, path
 
 
-def resolve_public(url: str, host: str, port: int, allow_loopback: bool) -> str:
-    """Resolve ``host``; every address must pass :func:`address_problem`. Returns one to use."""
+def _lookup(host: str, port: int, timeout_s: float | None) -> list[Any]:
+    """``socket.getaddrinfo`` given up after ``timeout_s`` (the system resolver has no
+    timeout of ours: a dead DNS server can hold a lookup for tens of seconds)."""
+    if timeout_s is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        return lookup.result(timeout=max(timeout_s, 0.0))
+    except concurrent.futures.TimeoutError:
+        lookup.cancel()  # if still queued; a running lookup ends on the resolver's timeout
+        raise TimeoutError from None
+
+
+@functools.cache
+def _resolver() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mcu-dns")
+
+
+def resolve_public(
+    url: str, host: str, port: int, allow_loopback: bool, timeout_s: float | None = None
+) -> str:
+    """Resolve ``host`` (within ``timeout_s`` when given); every address must pass
+    :func:`address_problem`. Returns one to use."""
     try:
         addresses: list[IPAddress] = [ipaddress.ip_address(host)]
     except ValueError:
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = _lookup(host, port, timeout_s)
+        except TimeoutError:
+            raise FetchError(url, f"no DNS answer for {host} within {timeout_s:.3g} s") from None
         except (socket.gaierror, UnicodeError) as exc:
             raise FetchError(url, f"cannot resolve {host}: {exc}") from exc
         addresses = []
@@ -157,7 +183,7 @@ def _open(url: str, policy: FetchPolicy, deadline: float) -> tuple[Any, Any]:
     import urllib3
 
     scheme, host, port, host_header, path = _target(url)
-    address = resolve_public(url, host, port, policy.allow_loopback)
+    address = resolve_public(url, host, port, policy.allow_loopback, deadline - time.monotonic())
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise FetchError(url, f"took longer than {policy.timeout_s:g} s")
