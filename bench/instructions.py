@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from _common import HERE, bench_overrides, start_endpoint
+from ab import _run_on_loop, base_tree
 
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
 def worker(url: str, episodes: int, sessions: int | None, in_flight: int) -> None:
     """Warm up (2 episodes), run ``episodes``, print the run's LLM calls as JSON."""
-    import asyncio
-
     from mcu_sim.config import load_config
     from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 
@@ -53,12 +52,7 @@ def worker(url: str, episodes: int, sessions: int | None, in_flight: int) -> Non
     import mcu_sim
 
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            import uvloop
-
-            calls = uvloop.run(main(Path(tmp)))
-        except ImportError:
-            calls = asyncio.run(main(Path(tmp)))
+        calls = _run_on_loop(main(Path(tmp)), getattr(config.run, "event_loop", "auto"))
     print(json.dumps({"calls": calls, "package": str(Path(mcu_sim.__file__).parent)}))
 
 
@@ -126,8 +120,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result: dict[str, Any] = {"this_tree": measure(None, endpoint.url, args)}
         if args.base:
-            from ab import base_tree
-
             with tempfile.TemporaryDirectory() as tmp:
                 result["base"] = measure(base_tree(args.base, Path(tmp)), endpoint.url, args)
             result["b_over_a"] = round(
