@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any, NamedTuple, TypeVar
 
 from langgraph.runtime import Runtime
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from mcu_sim.agents import commonsense, device, dialogue, events, narrative, persona, summarizer
 from mcu_sim.agents.llm import Completion
@@ -276,6 +276,7 @@ def _session_variables(state: EpisodeState, index: int) -> dict[str, Any]:
         "event": event.event,
         "history": [],
         "event_id": event.id,
+        "event_date": event.date,  # for the session record; the prompt has "date"
     }
     if past:
         last = dt.date.fromisoformat(past[-1]["date"])
@@ -314,6 +315,12 @@ def sharing_requests(turns: list[Turn], session_index: int) -> list[dict[str, An
     return requests
 
 
+# session variables kept for the session record, not given to the dialogue prompt
+_NOT_PROMPT_VARIABLES = frozenset({"event_id", "event_date", "experience_op"})
+# one call dumps a session's turns (a model_dump per turn was about 1.5 % of a run's CPU)
+_TURNS: TypeAdapter[list[Turn]] = TypeAdapter(list[Turn])
+
+
 @node_reads("seed", "demographics", "events", "device_images", "sessions")
 async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     """reads: demographics, events, device_images, sessions / writes: one more session,
@@ -329,7 +336,7 @@ async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     episode = ctx.config.episode
     turns, completion, version = await dialogue.generate_session(
         ctx.role("dialogue", state["seed"], index),
-        variables={k: v for k, v in variables.items() if k not in {"event_id", "experience_op"}},
+        variables={k: v for k, v in variables.items() if k not in _NOT_PROMPT_VARIABLES},
         album_ids=album_ids,
         min_sharing=episode.min_sharing_moments,
         max_turns=episode.max_turns,
@@ -348,13 +355,13 @@ async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     new_images = dialogue.grow_album(turns, album, index)
     session = {
         "index": index,
-        "date": dt.datetime.strptime(variables["date"], DATE_FORMAT).date().isoformat(),
+        "date": variables["event_date"].isoformat(),
         "event_id": variables["event_id"],
         "event": variables["event"],
         "time_interval": variables.get("time_interval"),
         "experience_op": variables.get("experience_op"),
         "experience": variables.get("experience") or None,
-        "turns": [t.model_dump(mode="json") for t in turns],
+        "turns": _TURNS.dump_python(turns, mode="json"),
     }
     update: dict[str, Any] = {
         "sessions": [session],

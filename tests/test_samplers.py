@@ -425,3 +425,33 @@ def test_the_nodes_validate_one_demographics_dict_once_and_a_new_one_again(monke
     for _ in range(nodes._VALIDATED_KEPT + 5):  # bounded: old entries go
         nodes._demo({"demographics": dict(raw)})
     assert len(nodes._VALIDATED) <= nodes._VALIDATED_KEPT
+
+
+def test_the_session_node_dumps_turns_as_each_turn_dumps_itself() -> None:
+    """The session record's turns come from one ``TypeAdapter`` call: the same JSON data
+    (key order, None fields, the nested sharing moment) as a ``model_dump`` per turn."""
+    from mcu_sim.graphs import nodes
+    from mcu_sim.personas.schema import SharingInfo, Turn
+
+    turns = [
+        Turn(id=1, speaker="Ines", utterance="I finally ran the marathon!"),
+        Turn(
+            id=2,
+            speaker="Ines",
+            utterance="Look at this",
+            sharing=SharingInfo(
+                rationale="proud of it",
+                image_description="a runner at the finish line",
+                image_source="mobile",
+                keywords=["marathon", "finish"],
+                image_id_from_mobile="new",
+            ),
+            request_id="s1-t2",
+        ),
+        Turn(id=3, speaker="AI", utterance=""),
+    ]
+    dumped = nodes._TURNS.dump_python(turns, mode="json")
+    assert dumped == [t.model_dump(mode="json") for t in turns]
+    assert [list(d) for d in dumped] == [list(t.model_dump(mode="json")) for t in turns]
+    assert dumped[1]["sharing"]["keywords"] == ["marathon", "finish"]
+    assert dumped[0]["sharing"] is None
