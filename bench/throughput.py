@@ -10,8 +10,9 @@ the steady part between 10 % and 90 % of the calls), framework CPU per LLM call 
 process only: the endpoint runs in a subprocess; overall, and in that steady window, which
 leaves out the run's fixed start and end work), peak RSS and RSS per in-flight episode.
 ``--in-flight`` defaults to 2C episodes (and the client may have that many requests out),
-enough to keep C requests busy while episodes are between calls. Figures only; nothing
-is asserted.
+enough to keep C requests busy while episodes are between calls; when calls are fast
+(tens of milliseconds) episodes spend a larger share of their time between calls, so
+saturating the endpoint takes more (4C at L=0.05 s). Figures only; nothing is asserted.
 """
 
 from __future__ import annotations
