@@ -303,7 +303,8 @@ class RunConfig(Strict):
             "`mcu history`, show, fork and replay of any step. last: only the final "
             "checkpoint (the episode can still be rewritten from it); the rest is "
             "deleted once the episode file is written, which keeps the checkpoint "
-            "database a small fraction of its size in long runs."
+            "database a small fraction of its size in long runs, and a task's pending "
+            "writes are not stored once its step's checkpoint holds them (less CPU)."
         ),
     )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(

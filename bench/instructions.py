@@ -4,6 +4,7 @@ does not move.
     python bench/instructions.py                  # this tree: batches of 10 and 30 episodes
     python bench/instructions.py --base HEAD~1    # a base commit too, and B/A
     python bench/instructions.py --smoke          # CI: batches of 1 and 3 one-session episodes
+    python bench/instructions.py --set run.keep_checkpoints=last   # a config override
 
 CPU time on this VM drifts by up to 2x within an hour: ``bench/ab.py`` pairs batches to cope
 and still spreads by a few percent. Instructions repeat: with hash randomisation off
@@ -35,12 +36,15 @@ from ab import _run_on_loop, base_tree
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
-def worker(url: str, episodes: int, sessions: int | None, in_flight: int) -> None:
+def worker(
+    url: str, episodes: int, sessions: int | None, in_flight: int, overrides: list[str]
+) -> None:
     """Warm up (2 episodes), run ``episodes``, print the run's LLM calls as JSON."""
     from mcu_sim.config import load_config
     from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 
-    config = load_config(None, bench_overrides(url, sessions, 32, http_client="direct"))
+    base = bench_overrides(url, sessions, 32, http_client="direct")
+    config = load_config(None, [*base, *overrides])
 
     async def main(root: Path) -> int:
         warmup = EpisodeRunner(config, root / "warmup", max_in_flight=2, use_cache=False)
@@ -73,6 +77,7 @@ def count(pythonpath: Path | None, url: str, args: argparse.Namespace, episodes:
         str(episodes),
         str(args.sessions or 0),
         str(args.in_flight),
+        *args.set,
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=HERE)
     found = COLLECTED.search(done.stderr)
@@ -99,7 +104,7 @@ def measure(pythonpath: Path | None, url: str, args: argparse.Namespace) -> dict
 def main(argv: list[str] | None = None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
         url, episodes, sessions, in_flight = sys.argv[2:6]
-        worker(url, int(episodes), int(sessions) or None, int(in_flight))
+        worker(url, int(episodes), int(sessions) or None, int(in_flight), sys.argv[6:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="also count this commit (a git archive), and print B/A")
@@ -108,6 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in-flight", type=int, default=4, help="episodes at once")
     parser.add_argument(
         "--sessions", type=int, help="sessions per episode (default: the config's own, 4-6)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, both sides (repeatable)",
     )
     parser.add_argument("--smoke", action="store_true", help="CI size: 1 and 3 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -129,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
             )
     finally:
         endpoint.stop()
-    result.update(base_revision=args.base, in_flight=args.in_flight, sessions=args.sessions)
+    result.update(
+        base_revision=args.base, in_flight=args.in_flight, sessions=args.sessions, set=args.set
+    )
     if args.json:
         print(json.dumps(result))
         return

@@ -131,6 +131,7 @@ def run(
     durability: str = "sync",
     event_loop: str = "auto",
     cache: bool = False,
+    keep_checkpoints: str = "all",
 ) -> dict:
     from mcu_sim.config import load_config
     from mcu_sim.graphs.event_loop import run_on_loop
@@ -140,7 +141,11 @@ def run(
         # the client may send more than C at once, so a request is always queued at the
         # endpoint when a slot frees: the endpoint, not the client, is then the limit
         overrides = bench_overrides(endpoint.url, sessions, in_flight, http_client=http_client)
-        options = [f"run.durability={durability}", f"run.event_loop={event_loop}"]
+        options = [
+            f"run.durability={durability}",
+            f"run.event_loop={event_loop}",
+            f"run.keep_checkpoints={keep_checkpoints}",
+        ]
         with tempfile.TemporaryDirectory() as tmp:
             if cache:  # as a default config has it: every answer stored (all misses here)
                 options += ["llm.cache.enabled=true", f"llm.cache.path={tmp}/llm-cache.sqlite"]
@@ -194,6 +199,7 @@ def run(
         "capacity": capacity,
         "http_client": http_client,
         "durability": durability,
+        "keep_checkpoints": keep_checkpoints,
         "event_loop": result["event_loop"],
         "cache": cache,
     }
@@ -218,6 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--durability", choices=["sync", "exit"], default="sync", help="run.durability"
     )
+    parser.add_argument(
+        "--keep-checkpoints",
+        choices=["all", "last"],
+        default="all",
+        help="run.keep_checkpoints (last: a finished episode keeps only its final checkpoint, "
+        "and pending writes a checkpoint supersedes are not stored)",
+    )
     add_event_loop_option(parser)
     parser.add_argument(
         "--cache",
@@ -241,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         args.durability,
         args.event_loop,
         args.cache,
+        args.keep_checkpoints,
     )
     if args.json:
         print(json.dumps(result))
@@ -249,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['episodes']} episodes ({result['failed']} failed), {result['llm_calls']} LLM "
         f"calls in {result['seconds']} s, {in_flight} episodes in flight "
         f"(llm.provider.http_client={result['http_client']}, "
-        f"run.durability={result['durability']}, event loop {result['event_loop']}, "
+        f"run.durability={result['durability']}, "
+        f"run.keep_checkpoints={result['keep_checkpoints']}, event loop {result['event_loop']}, "
         f"response cache {'on' if result['cache'] else 'off'}); "
         f"{result['sessions_per_episode']} sessions and {result['calls_per_episode']} LLM calls "
         f"per episode\n"

@@ -42,6 +42,10 @@ PRAGMAS = (f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}", "PRAGMA synchronous=N
 # spans fewer overflow pages, so a commit writes fewer WAL frames (about 20 % less CPU per
 # checkpoint written than with SQLite's 4 KiB default, measured on ext4).
 PAGE_SIZE = 16384
+RowMaker = Callable[[], list[tuple[Any, ...]]]  # a task's rows of the writes table, on demand
+# LangGraph's task id for writes that come from outside a node (``update_state``, a
+# ``Command``'s update): always inserted at once
+NULL_TASK_ID = "00000000-0000-0000-0000-000000000000"
 
 
 class _Cursor:
@@ -112,18 +116,67 @@ class InlineSqliteConnection:
     underneath): a write opens one, ``commit`` ends it.
     """
 
-    def __init__(self, path: str | Path, group_commit: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, group_commit: bool = False, drop_superseded: bool = False
+    ) -> None:
         self._conn = connect_wal(path, BUSY_TIMEOUT_S, PAGE_SIZE)
         for pragma in PRAGMAS:
             self._conn.execute(pragma)
+        self.writer = self._conn  # the saver's own inserts: no held writes go in first
         self._thread = threading.main_thread()  # what LangGraph checks to see it is open
         self._commit_timer: asyncio.TimerHandle | None = None
         self.group_commit = group_commit
+        self.drop_superseded = drop_superseded
+        # ordinary pending writes not yet inserted, by (thread_id, checkpoint_ns, checkpoint_id):
+        # each an INSERT and what makes its rows
+        self._held: dict[tuple[str, str, str], list[tuple[str, RowMaker]]] = {}
 
     @property
     def sqlite(self) -> sqlite3.Connection:
-        """The connection itself, for callers that run statements directly."""
+        """The connection itself, for callers that run statements directly; any held
+        pending writes are inserted first, so what it reads is what LangGraph wrote."""
+        if self._held:
+            self.insert_held()
         return self._conn
+
+    def hold_writes(self, key: tuple[str, str, str], sql: str, rows: RowMaker) -> None:
+        """Keep a task's ordinary pending writes until the commit instead of inserting them:
+        when its step's checkpoint comes first (:meth:`supersede`), they are never
+        serialised or written, since that checkpoint holds them.
+
+        Only with ``drop_superseded`` (``run.keep_checkpoints: last``: the steps between
+        checkpoints are not kept anyway). A kill before the commit loses them as it loses
+        any uncommitted write, so resume runs the task again. Serialising them late is safe
+        because nothing changes a write's values before its step's checkpoint: the next step
+        starts after it, and the step's other tasks do not see them."""
+        self._held.setdefault(key, []).append((sql, rows))
+        self.commit_soon()
+
+    def supersede(self, key: tuple[str, str, str]) -> None:
+        """The checkpoint ``key`` names has a child now: its held writes are in it."""
+        self._held.pop(key, None)
+
+    def forget_thread(self, thread_id: str) -> None:
+        """Drop the held writes of a thread whose old steps are being deleted."""
+        for key in [key for key in self._held if key[0] == thread_id]:
+            del self._held[key]
+
+    def insert_held(self) -> None:
+        """Insert every held write (a step still running at the commit, or a read)."""
+        held, self._held = self._held, {}
+        for (thread_id, _, checkpoint_id), batches in held.items():
+            for sql, rows in batches:
+                try:
+                    made = rows()
+                except Exception:  # the step's checkpoint will fail on that value too
+                    log.exception(
+                        "a pending write of %s (checkpoint %s) could not be serialised; "
+                        "its task runs again on resume",
+                        thread_id,
+                        checkpoint_id,
+                    )
+                    continue
+                self._conn.executemany(sql, made)
 
     def is_alive(self) -> bool:
         return True
@@ -135,13 +188,13 @@ class InlineSqliteConnection:
         return ready().__await__()
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> _Pending:
-        return _Pending(lambda: self._conn.execute(sql, tuple(params)))
+        return _Pending(lambda: self.sqlite.execute(sql, tuple(params)))
 
     def executescript(self, script: str) -> _Pending:
-        return _Pending(lambda: self._conn.executescript(script))
+        return _Pending(lambda: self.sqlite.executescript(script))
 
     def cursor(self) -> _Pending:
-        return _Pending(self._conn.cursor)
+        return _Pending(lambda: self.sqlite.cursor())
 
     async def commit(self) -> None:
         self.commit_now()
@@ -173,10 +226,13 @@ class InlineSqliteConnection:
             self.commit_now()
 
     def commit_now(self) -> None:
-        """Commit what is open (the statements run so far), and drop a pending timer."""
+        """Commit what is open (the statements run so far and any held writes), and drop a
+        pending timer."""
         if self._commit_timer is not None:
             self._commit_timer.cancel()
             self._commit_timer = None
+        if self._held:
+            self.insert_held()
         if self._conn.in_transaction:
             self._conn.commit()
 
@@ -226,7 +282,9 @@ def _inline_saver_class() -> type:
                 blob,
                 meta.encode("utf-8", "ignore"),
             )
-            self.conn.sqlite.execute(_PUT_CHECKPOINT, row)
+            if self.conn.drop_superseded and conf.get("checkpoint_id"):
+                self.conn.supersede((row[0], row[1], conf["checkpoint_id"]))
+            self.conn.writer.execute(_PUT_CHECKPOINT, row)
             self.conn.commit_checkpoint()  # the pending writes before it too
             return {
                 "configurable": {
@@ -243,15 +301,25 @@ def _inline_saver_class() -> type:
                 await self.setup()
             conf = config["configurable"]
             # special channels (errors, interrupts) replace; ordinary ones keep the first
-            verb = "REPLACE" if all(w[0] in WRITES_IDX_MAP for w in writes) else "IGNORE"
+            special = [w[0] in WRITES_IDX_MAP for w in writes]
+            sql = _PUT_WRITES.format(verb="REPLACE" if all(special) else "IGNORE")
             key = (str(conf["thread_id"]), str(conf["checkpoint_ns"]), str(conf["checkpoint_id"]))
-            rows = [
-                (*key, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel, *serial)
-                for idx, (channel, value) in enumerate(writes)
-                for serial in [self.serde.dumps_typed(value)]
-            ]
-            self.conn.sqlite.executemany(_PUT_WRITES.format(verb=verb), rows)
+            rows = functools.partial(write_rows, self.serde, key, task_id, task_path, list(writes))
+            if self.conn.drop_superseded and not any(special) and task_id != NULL_TASK_ID:
+                self.conn.hold_writes(key, sql, rows)  # interrupts, errors, updates go in now
+                return
+            self.conn.writer.executemany(sql, rows())
             self.conn.commit_soon()
+
+    def write_rows(
+        serde: Any, key: tuple[str, str, str], task_id: str, task_path: str, writes: list
+    ) -> list[tuple[Any, ...]]:
+        """The ``writes`` table's rows for one task's writes, serialised."""
+        return [
+            (*key, task_id, task_path, WRITES_IDX_MAP.get(channel, idx), channel, *serial)
+            for idx, (channel, value) in enumerate(writes)
+            for serial in [serde.dumps_typed(value)]
+        ]
 
     return InlineSqliteSaver
 
@@ -290,11 +358,12 @@ async def keep_last_checkpoint(saver: Any, thread_id: str) -> bool:
         if conn is None:
             await saver.aprune([thread_id], strategy="keep_latest")
             return True
-        newest = conn.sqlite.execute(_NEWEST, (thread_id,)).fetchone()
+        conn.forget_thread(thread_id)  # held writes of its old steps would be deleted anyway
+        newest = conn.writer.execute(_NEWEST, (thread_id,)).fetchone()
         if not newest or newest[0] is None:
             return False
         for table in ("writes", "checkpoints"):
-            conn.sqlite.execute(_PRUNE.format(table=table), (thread_id, newest[0]))
+            conn.writer.execute(_PRUNE.format(table=table), (thread_id, newest[0]))
         conn.commit_soon()
         return True
     except Exception as exc:  # NotImplementedError from a saver without pruning, a lock
@@ -318,12 +387,16 @@ async def open_checkpointer(
     inline: bool = True,
     scrubber: Scrubber | None = None,
     group_commit: bool = False,
+    drop_superseded: bool = False,
 ) -> Any:
     """An ``AsyncSqliteSaver`` on ``path`` with WAL, a busy timeout and
     ``synchronous=NORMAL``; ``inline=False`` uses aiosqlite's worker thread instead.
     ``scrubber``: secrets masked in every write (:func:`~mcu_sim.graphs.scrub.mask_checkpoints`).
     ``group_commit``: checkpoints share commits (:meth:`InlineSqliteConnection.commit_checkpoint`;
     only for the file's single writer).
+    ``drop_superseded``: a task's pending writes are not stored once its step's checkpoint
+    is (:meth:`InlineSqliteConnection.hold_writes`); for runs that keep only each episode's
+    last checkpoint, whose history goes anyway.
 
     ``synchronous=NORMAL`` skips an fsync per checkpoint: a killed process loses nothing
     (the WAL is in the OS cache); a power cut may roll back the last few steps, which are
@@ -332,7 +405,8 @@ async def open_checkpointer(
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     if inline:
-        saver = _inline_saver_class()(InlineSqliteConnection(path, group_commit))
+        connection = InlineSqliteConnection(path, group_commit, drop_superseded)
+        saver = _inline_saver_class()(connection)
     else:
         import aiosqlite
 
@@ -363,16 +437,23 @@ def postgres_dsn(config: Config, environ: dict[str, str] | None = None) -> str |
 
 @contextlib.asynccontextmanager
 async def checkpointer_for(
-    config: Config, sqlite_path: Path, single_writer: bool = False
+    config: Config, sqlite_path: Path, single_writer: bool = False, keep_history: bool = True
 ) -> AsyncIterator[Any]:
     """The configured checkpointer, closed on exit (SQLite by default, else Postgres); the
     configured secrets never reach it (:mod:`mcu_sim.graphs.scrub`). ``single_writer``:
     no other process writes the SQLite file meanwhile (the local runner holds the run
-    lock), so checkpoints may share commits."""
+    lock), so checkpoints may share commits. ``keep_history=False`` (a run with
+    ``run.keep_checkpoints: last``): on SQLite, pending writes a checkpoint supersedes are
+    not stored, since only the checkpoints, not the steps between them, are kept."""
     dsn = postgres_dsn(config)
     scrubber = Scrubber.for_config(config)
     if dsn is None:
-        saver = await open_checkpointer(sqlite_path, scrubber=scrubber, group_commit=single_writer)
+        saver = await open_checkpointer(
+            sqlite_path,
+            scrubber=scrubber,
+            group_commit=single_writer,
+            drop_superseded=not keep_history,
+        )
         try:
             yield saver
         finally:

@@ -361,7 +361,10 @@ class EpisodeRunner:
     async def _execute(self, jobs: list[EpisodeJob], report: RunReport) -> None:
         """Local backend: one event loop, ``max_in_flight`` episodes at a time."""
         self._client()
-        async with checkpointer_for(self.config, self.run.checkpoints, single_writer=True) as saver:
+        keep_history = self.config.run.keep_checkpoints == "all"
+        async with checkpointer_for(
+            self.config, self.run.checkpoints, single_writer=True, keep_history=keep_history
+        ) as saver:
             graph = compile_graph(saver, self.graph_factory)
             shared = postgres_dsn(self.config) is not None
             started = threads_with_checkpoints(saver)  # None: unknown, read each state

@@ -192,6 +192,48 @@ def test_interrupted_at_a_node_resumes_without_redoing_finished_nodes(
     Episode.model_validate(RunDir(out).read_episode("ep-00000007"))
 
 
+@pytest.mark.parametrize("keep", ["all", "last"])
+def test_a_run_keeping_only_last_checkpoints_stores_no_superseded_writes(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, keep: str
+) -> None:
+    """With ``run.keep_checkpoints: last`` a task's pending writes are dropped once its
+    step's checkpoint holds them; an interrupted episode still resumes where it was."""
+    import sqlite3
+
+    hold = _HoldAtEvents()
+    fake_openai.handler = hold
+    config = _config(fake_openai, tmp_path, f"run.keep_checkpoints={keep}", sessions=2)
+    out = tmp_path / "run"
+    job = plan_jobs(1, 7)
+    first = EpisodeRunner(config, out)
+
+    async def interrupt() -> None:
+        task = asyncio.create_task(first.run_jobs(job))
+        await asyncio.to_thread(hold.arrived.wait, 20)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(interrupt())
+    finally:
+        hold.release.set()
+    with sqlite3.connect(RunDir(out).checkpoints) as db:
+        newest = db.execute("SELECT MAX(checkpoint_id) FROM checkpoints").fetchone()[0]
+        superseded = db.execute(
+            "SELECT COUNT(*) FROM writes WHERE idx >= 0 AND checkpoint_id != ?", (newest,)
+        ).fetchone()[0]
+    if keep == "last":
+        assert superseded == 0
+    else:  # every finished step's writes, for history and replay
+        assert superseded >= len(PRE_EVENTS)
+    report, second = _run(config, out, job)
+    assert report.finished == ["ep-00000007"]
+    assert all(second.executions[node] == 0 for node in PRE_EVENTS)
+    assert second.executions["events"] == 1 and second.executions["session"] == 2
+    assert _requests(fake_openai, "PersonaOutput") == 1
+
+
 # ---------------------------------------------------------------- failures
 
 
