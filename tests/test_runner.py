@@ -142,6 +142,22 @@ class _HoldAtEvents:
         return scripted_answer(body)
 
 
+def _interrupt_at_events(runner: EpisodeRunner, hold: _HoldAtEvents, jobs: list) -> None:
+    """Run ``jobs`` and cancel the run once the held events request has arrived."""
+
+    async def interrupt() -> None:
+        task = asyncio.create_task(runner.run_jobs(jobs))
+        await asyncio.to_thread(hold.arrived.wait, 20)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(interrupt())
+    finally:
+        hold.release.set()
+
+
 def _store_overrides(store: str, request: pytest.FixtureRequest) -> list[str]:
     """Config overrides for checkpoints in ``store``: a throwaway Postgres server's DSN
     in MCU_TEST_PG_DSN (removed after the test) for "postgres", nothing for SQLite."""
@@ -163,18 +179,7 @@ def test_interrupted_at_a_node_resumes_without_redoing_finished_nodes(
     out = tmp_path / "run"
     job = plan_jobs(1, 7)
     first = EpisodeRunner(config, out)
-
-    async def interrupt() -> None:
-        task = asyncio.create_task(first.run_jobs(job))
-        await asyncio.to_thread(hold.arrived.wait, 20)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    try:
-        asyncio.run(interrupt())
-    finally:
-        hold.release.set()
+    _interrupt_at_events(first, hold, job)
     assert all(first.executions[node] == 1 for node in PRE_EVENTS)
     assert first.executions["events"] == 1 and first.executions["session"] == 0
     manifest = RunDir(out).read_manifest()
@@ -206,18 +211,7 @@ def test_a_run_keeping_only_last_checkpoints_stores_no_superseded_writes(
     out = tmp_path / "run"
     job = plan_jobs(1, 7)
     first = EpisodeRunner(config, out)
-
-    async def interrupt() -> None:
-        task = asyncio.create_task(first.run_jobs(job))
-        await asyncio.to_thread(hold.arrived.wait, 20)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    try:
-        asyncio.run(interrupt())
-    finally:
-        hold.release.set()
+    _interrupt_at_events(first, hold, job)
     with sqlite3.connect(RunDir(out).checkpoints) as db:
         newest = db.execute("SELECT MAX(checkpoint_id) FROM checkpoints").fetchone()[0]
         superseded = db.execute(
