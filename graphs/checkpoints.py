@@ -437,14 +437,15 @@ def postgres_dsn(config: Config, environ: dict[str, str] | None = None) -> str |
 
 @contextlib.asynccontextmanager
 async def checkpointer_for(
-    config: Config, sqlite_path: Path, single_writer: bool = False, keep_history: bool = True
+    config: Config, sqlite_path: Path, single_writer: bool = False, for_run: bool = False
 ) -> AsyncIterator[Any]:
     """The configured checkpointer, closed on exit (SQLite by default, else Postgres); the
     configured secrets never reach it (:mod:`mcu_sim.graphs.scrub`). ``single_writer``:
     no other process writes the SQLite file meanwhile (the local runner holds the run
-    lock), so checkpoints may share commits. ``keep_history=False`` (a run with
-    ``run.keep_checkpoints: last``): on SQLite, pending writes a checkpoint supersedes are
-    not stored, since only the checkpoints, not the steps between them, are kept."""
+    lock), so checkpoints may share commits. ``for_run``: opened to run episodes (the
+    runner, a Ray worker); with ``run.keep_checkpoints: last`` pending writes a checkpoint
+    supersedes are then not stored on SQLite, since the steps between checkpoints are not
+    kept. The debugger and time travel leave it off: a fork reads those writes."""
     dsn = postgres_dsn(config)
     scrubber = Scrubber.for_config(config)
     if dsn is None:
@@ -452,7 +453,7 @@ async def checkpointer_for(
             sqlite_path,
             scrubber=scrubber,
             group_commit=single_writer,
-            drop_superseded=not keep_history,
+            drop_superseded=for_run and config.run.keep_checkpoints == "last",
         )
         try:
             yield saver

@@ -115,11 +115,7 @@ def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
         llm = build_client(config.llm, cache_path=config.llm.cache.path)
         exits.push_async_callback(llm.aclose)
         saver = await exits.enter_async_context(
-            checkpointer_for(
-                config,
-                RunDir(run_root).checkpoints,
-                keep_history=config.run.keep_checkpoints == "all",
-            )
+            checkpointer_for(config, RunDir(run_root).checkpoints, for_run=True)
         )
         return llm, saver
 

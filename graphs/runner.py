@@ -361,9 +361,8 @@ class EpisodeRunner:
     async def _execute(self, jobs: list[EpisodeJob], report: RunReport) -> None:
         """Local backend: one event loop, ``max_in_flight`` episodes at a time."""
         self._client()
-        keep_history = self.config.run.keep_checkpoints == "all"
         async with checkpointer_for(
-            self.config, self.run.checkpoints, single_writer=True, keep_history=keep_history
+            self.config, self.run.checkpoints, single_writer=True, for_run=True
         ) as saver:
             graph = compile_graph(saver, self.graph_factory)
             shared = postgres_dsn(self.config) is not None
