@@ -18,7 +18,7 @@ from mcu_sim.graphs import aligner, nodes, quality
 from mcu_sim.graphs.context import EpisodeContext, derive_seed
 from mcu_sim.graphs.filters import filter_episode
 from mcu_sim.graphs.lean_steps import inline_route, lean_graph
-from mcu_sim.graphs.state import EpisodeState, merge_updates, node_reads
+from mcu_sim.graphs.state import EpisodeState, RouteState, merge_updates, node_reads
 from mcu_sim.personas.schema import Episode
 
 # Order of the nodes as they first run; the debugger and progress bars use it.
@@ -109,11 +109,16 @@ def assemble_episode(
     return {"episode": episode.model_dump(mode="json")}
 
 
-def after_session(state: EpisodeState) -> Any:
+def after_device_images(state: RouteState) -> Any:  # type: ignore[valid-type]
+    """Fan the album photos out to the aligner, or straight on to the sessions."""
+    return aligner.fan_out_album(state)  # type: ignore[arg-type]
+
+
+def after_session(state: RouteState) -> Any:  # type: ignore[valid-type]
     """Another session, or fan the sharing moments out to the aligner."""
-    if nodes.more_sessions(state) == "session":
+    if nodes.more_sessions(state) == "session":  # type: ignore[arg-type]
         return "session"
-    return aligner.fan_out_sharing(state)
+    return aligner.fan_out_sharing(state)  # type: ignore[arg-type]
 
 
 def build_episode_graph() -> StateGraph:
@@ -138,7 +143,7 @@ def build_episode_graph() -> StateGraph:
     for before, after in itertools.pairwise(NODE_ORDER[:7]):
         graph.add_edge(before, after)
     graph.add_conditional_edges(
-        "device_images", inline_route(aligner.fan_out_album), ["align_album", "session"]
+        "device_images", inline_route(after_device_images), ["align_album", "session"]
     )
     graph.add_edge("align_album", "session")
     graph.add_conditional_edges(

@@ -14,6 +14,13 @@ it). When the config carries a handler (LangSmith tracing, a user's callbacks), 
 original sequence runs instead, so traces are unchanged. :func:`inline_route` makes a
 route function a runnable LangGraph calls on the loop, untraced.
 
+A conditional edge reads the state as its node's writes would leave it. LangGraph builds
+that view by copying every channel of the graph (33 for the episode graph: the state's
+keys and one trigger per node) and applying the node's writes to each copy, then keeps
+only the keys the route reads. :func:`lean_graph` gives each edge a reader that copies
+and updates only those keys (:func:`fresh_selected_read`): the same values, and the
+reducers of the keys the route does not read are not run a second time.
+
 Both lean on how LangGraph 1.x builds a node (``PregelNode.node``, a cached property;
 ``RunnableSeq.steps``; ``RunnableCallable``). Where a version builds it otherwise, the
 graph is left as it is: slower, never different.
@@ -21,7 +28,9 @@ graph is left as it is: slower, never different.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -34,6 +43,14 @@ try:  # LangGraph's own runnable types: absent from a version that reorganised t
     from langgraph._internal._runnable import RunnableCallable, RunnableSeq
 except ImportError:  # pragma: no cover - depends on the installed LangGraph
     RunnableCallable = RunnableSeq = None  # type: ignore[assignment,misc]
+
+try:  # how a task reads the state; a version that reorganised it keeps its own readers
+    from langgraph._internal._constants import CONF, CONFIG_KEY_READ
+    from langgraph.pregel._algo import local_read
+    from langgraph.pregel._io import read_channels
+    from langgraph.pregel._read import ChannelRead
+except ImportError:  # pragma: no cover - depends on the installed LangGraph
+    local_read = None  # type: ignore[assignment]
 
 
 def _listened(config: RunnableConfig) -> bool:
@@ -95,9 +112,12 @@ def _plain_node(pregel_node: Any) -> Any:
 
 
 def lean_graph(compiled: Any) -> Any:
-    """Give each plain-function node of ``compiled`` a :class:`DirectNodeSeq` (in place)."""
+    """Give each plain-function node of ``compiled`` a :class:`DirectNodeSeq` and each
+    conditional edge :func:`fresh_selected_read` (in place)."""
     replaced = 0
     for pregel_node in getattr(compiled, "nodes", {}).values():
+        for writer in getattr(pregel_node, "writers", ()):
+            _select_fresh_reads(writer)
         sequence = _plain_node(pregel_node)
         if sequence is None:
             continue
@@ -106,6 +126,73 @@ def lean_graph(compiled: Any) -> Any:
     if not replaced:
         log.debug("no node of %s could be run in place", type(compiled).__name__)
     return compiled
+
+
+def _select_fresh_reads(writer: Any) -> bool:
+    """Swap a conditional edge's reader (LangGraph's ``ChannelRead.do_read`` of a list of
+    keys with ``fresh=True``) for :func:`fresh_selected_read`; anything else is left."""
+    if local_read is None or not isinstance(writer, RunnableCallable):
+        return False
+    kwargs = getattr(writer, "kwargs", None)
+    reader = kwargs.get("reader") if isinstance(kwargs, dict) else None
+    if not (
+        isinstance(reader, functools.partial)
+        and reader.func is ChannelRead.do_read
+        and not reader.args
+        and set(reader.keywords) == {"select", "fresh", "mapper"}
+        and reader.keywords["fresh"] is True
+        and isinstance(reader.keywords["select"], list)
+    ):
+        return False
+    kwargs["reader"] = functools.partial(
+        fresh_selected_read,
+        select=reader.keywords["select"],
+        mapper=reader.keywords["mapper"],
+    )
+    return True
+
+
+def fresh_selected_read(
+    config: RunnableConfig, *, select: list[str], mapper: Callable[[Any], Any] | None = None
+) -> Any:
+    """``ChannelRead.do_read(config, select=select, fresh=True, mapper=mapper)``, copying
+    and updating only the channels in ``select``.
+
+    LangGraph's ``local_read`` copies every channel and applies the task's writes to each
+    copy, then reads the selected ones; a channel's read depends only on its own copy, so
+    the others change nothing in what is returned. A reader that is not LangGraph's
+    ``local_read`` bound to a task (a version that passes something else) is called as
+    LangGraph would."""
+    read = config[CONF][CONFIG_KEY_READ]
+    if isinstance(read, functools.partial) and read.func is local_read and len(read.args) == 4:
+        scratchpad, channels, managed, task = read.args
+        values = _fresh_values(scratchpad, channels, managed, task, select)
+    else:
+        values = read(select, True)
+    return mapper(values) if mapper else values
+
+
+def _fresh_values(
+    scratchpad: Any, channels: Any, managed: Any, task: Any, select: list[str]
+) -> dict[str, Any]:
+    """What ``local_read(..., select, fresh=True)`` returns, from copies of ``select``'s
+    channels only."""
+    managed_keys = [k for k in select if k in managed]
+    keys = [k for k in select if k not in managed]
+    wanted = set(keys)
+    updated: defaultdict[str, list[Any]] = defaultdict(list)
+    for channel, value in task.writes:
+        if channel in wanted:
+            updated[channel].append(value)
+    local = {}
+    for key in keys:
+        copy = channels[key].copy()
+        copy.update(updated[key])
+        local[key] = copy
+    values = read_channels(local, keys)
+    if managed_keys:
+        values.update({k: managed[k].get(scratchpad) for k in managed_keys})
+    return values
 
 
 def inline_route(func: Callable[..., Any]) -> Any:

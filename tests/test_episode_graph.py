@@ -4,6 +4,7 @@ checkpointer: structure of the episode, validator-driven repairs, determinism, f
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import pytest
 
 from mcu_sim.agents.prompting import load_prompt
 from mcu_sim.config import load_config
+from mcu_sim.graphs.context import derive_seed
 from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import ASSISTANT, Episode
 from mcu_sim.testing.fake_openai import client_for, schema_name
@@ -376,3 +378,17 @@ def test_the_filter_node_equals_its_steps_run_as_separate_nodes(
     assert merged == asyncio.run(final_state(separate))
     assert merged["episode"]["usage"]["judge"]["calls"] >= 1  # finalize saw the judge's usage
     assert all(s["safety"]["label"] for s in merged["episode"]["sessions"])
+
+
+@pytest.mark.parametrize(
+    "seed, labels", [(0, ("llm",)), (1000, ("dialogue", 3)), (2**40, ("face",)), (7, ("ß", 1, 2))]
+)
+def test_sub_seeds_are_the_first_bytes_of_the_sha256_of_their_labels(
+    seed: int, labels: tuple[object, ...]
+) -> None:
+    """Every episode's sub-seeds depend on this: the same inputs give the same seeds in
+    every version (whichever SHA-256 implementation computes them)."""
+    text = ":".join(str(x) for x in (seed, *labels)).encode()
+    expected = int.from_bytes(hashlib.sha256(text).digest()[:4], "big") & 0x7FFFFFFF
+    assert derive_seed(seed, *labels) == expected
+    assert derive_seed(seed, *labels, "more") != expected

@@ -4,22 +4,30 @@ as LangGraph's own node sequence, fewer tasks, no thread for a route, traces unc
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
 import threading
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict, get_type_hints
 
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
+from langgraph._internal._constants import CONFIG_KEY_READ
+from langgraph.channels.binop import BinaryOperatorAggregate
+from langgraph.channels.last_value import LastValue
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
+from langgraph.pregel._algo import PregelTaskWrites, local_read
 from langgraph.types import Command, interrupt
 
 from mcu_sim.config import load_config
 from mcu_sim.graphs import lean_steps
 from mcu_sim.graphs.checkpoints import open_checkpointer
+from mcu_sim.graphs.episode import compile_episode_graph
 from mcu_sim.graphs.lean_steps import DirectNodeSeq, inline_route, lean_graph
 from mcu_sim.graphs.runner import EpisodeRunner, compile_graph, plan_jobs
+from mcu_sim.graphs.state import RouteState, state_view
 from mcu_sim.testing.fake_openai import client_for
 
 
@@ -179,3 +187,100 @@ def test_the_episode_graph_checkpoints_the_same_lean_or_not(
     lean_history, plain_history = _history(lean_run), _history(plain_run)
     assert len(lean_history) == len(plain_history) >= 12
     assert lean_history == plain_history
+
+
+class Shelf(TypedDict, total=False):
+    n: int
+    items: Annotated[list[str], operator.add]
+    other: Annotated[list[str], operator.add]
+    note: str
+
+
+class ShelfView(TypedDict, total=False):
+    n: int
+    items: Annotated[list[str], operator.add]
+
+
+class _NeverCopied(LastValue):
+    def copy(self) -> Any:
+        raise AssertionError("a channel the route does not read was copied")
+
+
+def _shelf_graph(seen: list[dict[str, Any]]) -> Any:
+    async def stock(state: Shelf) -> dict[str, Any]:
+        return {"n": state.get("n", 0) + 1, "items": ["a"], "other": ["x"], "note": "kept"}
+
+    def route(state: ShelfView) -> Any:  # annotated: the edge reads n and items only
+        seen.append(dict(state))
+        return "stock" if state["n"] < 3 else END
+
+    graph = StateGraph(Shelf)
+    graph.add_node("stock", stock)
+    graph.add_edge(START, "stock")
+    graph.add_conditional_edges("stock", inline_route(route), ["stock", END])
+    return graph
+
+
+def test_a_route_reads_the_same_view_of_the_state_through_the_selected_read() -> None:
+    plain_seen: list[dict[str, Any]] = []
+    lean_seen: list[dict[str, Any]] = []
+    plain = _shelf_graph(plain_seen).compile()
+    lean = lean_graph(_shelf_graph(lean_seen).compile())
+    reader = lean.nodes["stock"].writers[-1].kwargs["reader"]
+    assert reader.func is lean_steps.fresh_selected_read
+    assert reader.keywords["select"] == ["n", "items"]
+    assert plain.nodes["stock"].writers[-1].kwargs["reader"].func is not reader.func
+    plain_result = asyncio.run(plain.ainvoke({"n": 0}))
+    lean_result = asyncio.run(lean.ainvoke({"n": 0}))
+    assert plain_result == lean_result
+    assert lean_result["other"] == ["x"] * 3 and lean_result["note"] == "kept"
+    # each view holds the step's own writes merged by the reducer, and only n and items
+    assert plain_seen == lean_seen
+    assert lean_seen == [{"n": k, "items": ["a"] * k} for k in (1, 2, 3)]
+
+
+def _read_config(channels: dict[str, Any], writes: list[tuple[str, Any]]) -> dict[str, Any]:
+    task = PregelTaskWrites(("t",), "stock", writes, ["stock"])
+    read = functools.partial(local_read, None, channels, {}, task)
+    return {"configurable": {CONFIG_KEY_READ: read}}
+
+
+def test_the_selected_read_copies_only_the_selected_channels() -> None:
+    items: BinaryOperatorAggregate = BinaryOperatorAggregate(list, operator.add)
+    items.update([["a"]])
+    n = LastValue(int)
+    n.update([1])
+    channels = {"n": n, "items": items, "other": _NeverCopied(list)}
+    writes = [("n", 2), ("items", ["b"]), ("other", ["x"])]
+    with pytest.raises(AssertionError, match="was copied"):  # LangGraph's own copies all
+        local_read(None, channels, {}, PregelTaskWrites(("t",), "s", writes, []), ["n"], True)
+    view = lean_steps.fresh_selected_read(_read_config(channels, writes), select=["n", "items"])
+    assert view == {"n": 2, "items": ["a", "b"]}
+    assert (n.get(), items.get()) == (1, ["a"])  # the graph's own channels are untouched
+    empty = {"n": LastValue(int), "items": BinaryOperatorAggregate(list, operator.add)}
+    assert lean_steps.fresh_selected_read(_read_config(empty, []), select=["n", "items"]) == {
+        "items": []
+    }
+
+
+def test_the_selected_read_falls_back_to_a_reader_it_does_not_know() -> None:
+    asked: list[tuple[Any, bool]] = []
+
+    def other_reader(select: Any, fresh: bool) -> dict[str, Any]:
+        asked.append((select, fresh))
+        return {"n": 5}
+
+    config = {"configurable": {CONFIG_KEY_READ: other_reader}}
+    view = lean_steps.fresh_selected_read(config, select=["n"], mapper=lambda v: v["n"] * 2)
+    assert (view, asked) == (10, [(["n"], True)])
+
+
+def test_the_episode_graphs_routes_read_only_the_route_state() -> None:
+    graph = compile_episode_graph()
+    for node in ("device_images", "session"):
+        reader = graph.nodes[node].writers[-1].kwargs["reader"]
+        assert reader.func is lean_steps.fresh_selected_read
+        assert set(reader.keywords["select"]) == set(get_type_hints(RouteState))
+    assert len(graph.channels) > 2 * len(get_type_hints(RouteState))
+    with pytest.raises(ValueError, match="not keys of EpisodeState"):
+        state_view("Broken", "sessions", "no_such_key")
