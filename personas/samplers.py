@@ -13,6 +13,8 @@ before country names that need it (``born in the United Kingdom``).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from collections.abc import Mapping
 
@@ -108,7 +110,9 @@ def sample_demographics(rng: random.Random) -> Demographics:
     if rng.random() < lexicons.same_country_probability():
         residence = birthplace
     else:
-        residence = rng.choice([c for c in countries if c != birthplace])
+        # by identity: the lexicon's countries are distinct and birthplace is one of them
+        # (a pydantic == compares every field, 19 times per person)
+        residence = rng.choice([c for c in countries if c is not birthplace])
     name = rng.choice(lexicons.first_names(birthplace.name, gender))
     return Demographics(
         age_group=group.label,
@@ -128,13 +132,41 @@ def sample_persona_category(rng: random.Random) -> PersonaCategory:
 # ------------------------------------------------------------------ face
 
 
+# The phrases of a value list a person of one age and gender may get, with their
+# cumulative weights, keyed by the list's id (each entry holding the list, so an id is
+# never reused while its entry lives). A face draws about ten such lists; filtering and
+# summing them afresh was most of sample_person's time.
+_OPTIONS: dict[tuple[int, int, str], tuple[tuple[AttributeValue, ...], tuple[str, ...], list]] = {}
+_OPTIONS_KEPT = 65_536  # lists x ages x genders of the shipped pool: a few thousand
+
+
+def _options(
+    values: tuple[AttributeValue, ...], age: int, gender: str
+) -> tuple[tuple[str, ...], list[float]]:
+    key = (id(values), age, gender)
+    seen = _OPTIONS.get(key)
+    if seen is not None and seen[0] is values:
+        return seen[1], seen[2]
+    options = eligible(values, age, gender)
+    phrases = tuple(o.value for o in options)
+    cumulative = list(itertools.accumulate(o.weight for o in options))
+    if len(_OPTIONS) >= _OPTIONS_KEPT:
+        _OPTIONS.clear()
+    _OPTIONS[key] = (values, phrases, cumulative)
+    return phrases, cumulative
+
+
 def _pick(
     rng: random.Random, values: tuple[AttributeValue, ...], age: int, gender: str
 ) -> str | None:
-    options = eligible(values, age, gender)
-    if not options:
+    """One eligible phrase by weight: the draw ``rng.choices(options, weights)`` makes (one
+    ``random()`` scaled by the total weight, bisected into the cumulative weights), written
+    out so the stream of values never depends on how a Python version implements it."""
+    phrases, cumulative = _options(values, age, gender)
+    if not phrases:
         return None
-    return rng.choices(options, weights=[o.weight for o in options])[0].value
+    point = rng.random() * (cumulative[-1] + 0.0)
+    return phrases[bisect.bisect(cumulative, point, 0, len(phrases) - 1)]
 
 
 def sample_face_attributes(rng: random.Random, demographics: Demographics) -> dict[str, str]:
