@@ -265,6 +265,20 @@ def _inline_saver_class() -> type:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     class InlineSqliteSaver(AsyncSqliteSaver):
+        def get_next_version(self, current: Any, channel: Any = None) -> Any:
+            """Integer channel versions for a new thread; a thread begun with LangGraph's
+            string versions keeps them (versions are compared, so one thread never mixes
+            the two: each new version follows the highest one of its checkpoint).
+
+            LangGraph's SQLite saver writes a 49-character string (a counter and a random
+            suffix) per channel into every checkpoint, about a fifth of a bench episode's
+            checkpoint; an integer packs into a byte or two. The suffix keeps apart the
+            versions of two forks of one checkpoint where values are stored per version
+            (Postgres); here every checkpoint holds its values whole."""
+            if isinstance(current, str):
+                return super().get_next_version(current, channel)
+            return 1 if current is None else current + 1
+
         async def aput(
             self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any
         ) -> dict[str, Any]:

@@ -7,11 +7,13 @@ row for row, then read back through LangGraph's reader."""
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.graph import END, START, StateGraph
 
 from mcu_sim.graphs.checkpoints import PAGE_SIZE, open_checkpointer
 
@@ -143,3 +145,69 @@ async def test_a_new_database_gets_larger_pages_an_old_one_keeps_its_own(tmp_pat
     assert _page_size(tmp_path / "new.sqlite") == PAGE_SIZE != before
     assert _page_size(old) == before  # readable and written as it was
     assert len(_rows(old)["writes"]) == 3
+
+
+class _Tally(TypedDict, total=False):
+    n: int
+    log: Annotated[list[str], operator.add]
+
+
+def _tally_graph(checkpointer: Any) -> Any:
+    async def bump(state: _Tally) -> dict[str, Any]:
+        return {"n": state.get("n", 0) + 1, "log": [f"bump {state.get('n', 0)}"]}
+
+    graph = StateGraph(_Tally)
+    graph.add_node("one", bump)
+    graph.add_node("two", bump)
+    graph.add_node("three", bump)
+    graph.add_edge(START, "one")
+    graph.add_edge("one", "two")
+    graph.add_edge("two", "three")
+    graph.add_edge("three", END)
+    return graph.compile(checkpointer=checkpointer, interrupt_after=["one"])
+
+
+def _versions(path: Path, thread_id: str) -> list[Any]:
+    """Every channel version of the thread's checkpoints, read back from the file."""
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    serde = JsonPlusSerializer()
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT type, checkpoint FROM checkpoints WHERE thread_id = ?", (thread_id,)
+        ).fetchall()
+    return [
+        version
+        for kind, blob in rows
+        for version in serde.loads_typed((kind, blob))["channel_versions"].values()
+    ]
+
+
+async def test_a_new_thread_gets_integer_versions_an_old_one_keeps_its_strings(
+    tmp_path: Path,
+) -> None:
+    """Our saver numbers a new thread's channel versions 1, 2, 3...; a thread that LangGraph's
+    own saver began (string versions) goes on with strings after a resume, and both end in
+    the same state."""
+    path = tmp_path / "checkpoints.sqlite"
+    new, old = {"configurable": {"thread_id": "new"}}, {"configurable": {"thread_id": "old"}}
+    theirs = await open_checkpointer(path, inline=False)
+    try:
+        await _tally_graph(theirs).ainvoke({"n": 0}, old)  # stops after "one"
+    finally:
+        await theirs.conn.close()
+    ours = await open_checkpointer(path)
+    try:
+        graph = _tally_graph(ours)
+        await graph.ainvoke({"n": 0}, new)
+        finished = [await graph.ainvoke(None, config) for config in (new, old)]
+        history = [s async for s in graph.aget_state_history(old)]
+    finally:
+        await ours.conn.close()
+    assert finished[0] == finished[1] == {"n": 3, "log": ["bump 0", "bump 1", "bump 2"]}
+    assert len(history) == 5 and history[0].next == ()
+    new_versions, old_versions = _versions(path, "new"), _versions(path, "old")
+    assert new_versions and all(type(v) is int for v in new_versions)
+    assert max(new_versions) == 5  # input, three nodes: one more version per step
+    assert old_versions and all(isinstance(v, str) for v in old_versions)
+    assert len({v.split(".")[0] for v in old_versions}) == 5
