@@ -93,13 +93,15 @@ def dialogue_lines(turns: Iterable[Any]) -> list[str]:
     ``turns`` (or any objects/dicts with ``speaker``, ``utterance`` and ``sharing``)."""
     lines = []
     for turn in turns:
-        get = turn.get if isinstance(turn, Mapping) else lambda k, t=turn: getattr(t, k, None)
+        # a plain dict (the graph state's turns) first: an ABC check costs a microsecond
+        is_mapping = type(turn) is dict or isinstance(turn, Mapping)
+        get = turn.get if is_mapping else lambda k, t=turn: getattr(t, k, None)
         text = f"{get('speaker')}: {get('utterance') or ''}".strip()
         sharing = get("sharing")
         if sharing is not None:
             desc = (
                 sharing.get("image_description")
-                if isinstance(sharing, Mapping)
+                if type(sharing) is dict or isinstance(sharing, Mapping)
                 else getattr(sharing, "image_description", "")
             )
             text += f" [shares a photo: {desc}]"
