@@ -442,8 +442,16 @@ class ShardWriter:
             return written
 
 
-# 19 digits in a row: maybe an integer orjson would read as a float (beyond 64 bits)
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+# 19 digits in a row: maybe an integer orjson would read as a float (beyond 64 bits). Found
+# by mapping every digit to "0" and searching for 19 of them: a regex like [0-9]{19} counts
+# the digits again from each digit of a long number, 13 us per KB of an episode's JSON.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
+
+
+def has_long_number(document: bytes) -> bool:
+    """Whether ``document`` has 19 or more digits in a row."""
+    return _NINETEEN_DIGITS in document.translate(_DIGITS_AS_ZERO)
 
 
 def shard_line(document: bytes) -> bytes:
@@ -452,7 +460,7 @@ def shard_line(document: bytes) -> bytes:
     Parsed and written by orjson: the standard library's decoder and encoder were about 2 %
     of the instructions per LLM call. A file with a number that may not fit 64 bits goes
     through the standard library, which keeps every digit (orjson would round it)."""
-    if not _LONG_NUMBER.search(document):
+    if not has_long_number(document):
         try:
             return orjson.dumps(orjson.loads(document), option=orjson.OPT_APPEND_NEWLINE)
         except orjson.JSONDecodeError:

@@ -388,3 +388,19 @@ def test_a_shard_line_holds_the_episode_file_exactly_in_one_compact_line() -> No
     assert json.loads(shard_line(json_document(data)))["big"] == 123456789012345678901234567890
     with pytest.raises(ValueError):
         shard_line(b'{"episode_id": "cut')
+
+
+def test_a_long_number_is_any_run_of_19_digits() -> None:
+    import random
+    import re
+
+    from mcu_sim.graphs.outputs import has_long_number
+
+    nineteen = re.compile(rb"[0-9]{19}")  # the definition
+    draw = random.Random(7)
+    for _ in range(5000):
+        length = draw.randint(0, 60)
+        document = bytes(draw.choice(b"0123456789 .,-e") for _ in range(length))
+        assert has_long_number(document) == bool(nineteen.search(document)), document
+    assert has_long_number(b'{"big": 1234567890123456789}')
+    assert not has_long_number(b'{"cost": 0.123456789012345678, "n": 123456789}')  # 18 and 9
