@@ -132,7 +132,9 @@ def run(
     event_loop: str = "auto",
     cache: bool = False,
     keep_checkpoints: str = "all",
+    extra: list[str] | None = None,
 ) -> dict:
+    """One measured run; ``extra``: config overrides (``KEY=VALUE``) applied last."""
     from mcu_sim.config import load_config
     from mcu_sim.graphs.event_loop import run_on_loop
 
@@ -149,7 +151,7 @@ def run(
         with tempfile.TemporaryDirectory() as tmp:
             if cache:  # as a default config has it: every answer stored (all misses here)
                 options += ["llm.cache.enabled=true", f"llm.cache.path={tmp}/llm-cache.sqlite"]
-            config = load_config(None, [*overrides, *options])
+            config = load_config(None, [*overrides, *options, *(extra or [])])
             # warm-up: imports, the graph, the HTTP client and the SQLite files, off the clock
             # on the loop `mcu run` uses (run.event_loop)
             # (other seeds than the measured episodes', so a cache holds none of their answers)
@@ -237,6 +239,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="response cache on, as in a default config (every call a miss that is stored)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config override (repeatable), e.g. run.shard_size=20 to write shards "
+        "during the run, as a long run does, instead of once at its end",
+    )
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -255,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         args.event_loop,
         args.cache,
         args.keep_checkpoints,
+        args.set,
     )
     if args.json:
         print(json.dumps(result))
