@@ -46,9 +46,15 @@ except ImportError:  # pragma: no cover - depends on the installed LangGraph
 
 try:  # how a task reads the state; a version that reorganised it keeps its own readers
     from langgraph._internal._constants import CONF, CONFIG_KEY_READ
+    from langgraph.channels.binop import BinaryOperatorAggregate
+    from langgraph.channels.last_value import LastValue
     from langgraph.pregel._algo import local_read
     from langgraph.pregel._io import read_channels
     from langgraph.pregel._read import ChannelRead
+
+    # channels whose update with no value changes nothing: read as they are when the task
+    # wrote none (an EphemeralValue, say, is cleared by it, so it is still copied)
+    _SAME_WITHOUT_WRITES: tuple[type, ...] = (LastValue, BinaryOperatorAggregate)
 except ImportError:  # pragma: no cover - depends on the installed LangGraph
     local_read = None  # type: ignore[assignment]
 
@@ -175,8 +181,9 @@ def fresh_selected_read(
 def _fresh_values(
     scratchpad: Any, channels: Any, managed: Any, task: Any, select: list[str]
 ) -> dict[str, Any]:
-    """What ``local_read(..., select, fresh=True)`` returns, from copies of ``select``'s
-    channels only."""
+    """What ``local_read(..., select, fresh=True)`` returns, from copies of the channels in
+    ``select`` the task wrote to; the others are read as they are (a copy with no update
+    holds the same value)."""
     managed_keys = [k for k in select if k in managed]
     keys = [k for k in select if k not in managed]
     wanted = set(keys)
@@ -186,7 +193,11 @@ def _fresh_values(
             updated[channel].append(value)
     local = {}
     for key in keys:
-        copy = channels[key].copy()
+        channel = channels[key]
+        if key not in updated and type(channel) in _SAME_WITHOUT_WRITES:
+            local[key] = channel  # only read: read_channels never changes a channel
+            continue
+        copy = channel.copy()
         copy.update(updated[key])
         local[key] = copy
     values = read_channels(local, keys)

@@ -14,6 +14,7 @@ import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
 from langgraph._internal._constants import CONFIG_KEY_READ
 from langgraph.channels.binop import BinaryOperatorAggregate
+from langgraph.channels.ephemeral_value import EphemeralValue
 from langgraph.channels.last_value import LastValue
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_config
@@ -261,6 +262,39 @@ def test_the_selected_read_copies_only_the_selected_channels() -> None:
     assert lean_steps.fresh_selected_read(_read_config(empty, []), select=["n", "items"]) == {
         "items": []
     }
+
+
+def test_a_selected_channel_the_task_did_not_write_is_read_without_a_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def channels() -> dict[str, Any]:
+        made: dict[str, Any] = {"n": LastValue(int), "note": LastValue(str)}
+        made["items"] = BinaryOperatorAggregate(list, operator.add)
+        made["trigger"] = EphemeralValue(Any)
+        for key, value in (("n", 1), ("note", "kept"), ("items", ["a"]), ("trigger", "go")):
+            made[key].key = key
+            made[key].update([value])
+        return made
+
+    select = ["n", "note", "items", "trigger"]
+    writes = [("n", 2), ("items", ["b"])]
+    task = PregelTaskWrites(("t",), "s", writes, [])
+    expected = local_read(None, channels(), {}, task, select, True)  # LangGraph's own view
+    assert expected == {"n": 2, "note": "kept", "items": ["a", "b"]}  # the trigger is cleared
+    copied: list[str] = []
+
+    def counted(real: Any) -> Any:
+        def copy(self: Any) -> Any:
+            copied.append(self.key)
+            return real(self)
+
+        return copy
+
+    for kind in (LastValue, BinaryOperatorAggregate, EphemeralValue):
+        monkeypatch.setattr(kind, "copy", counted(kind.copy))
+    view = lean_steps.fresh_selected_read(_read_config(channels(), writes), select=select)
+    assert view == expected
+    assert sorted(copied) == ["items", "n", "trigger"]  # "note" was read as it is
 
 
 def test_the_selected_read_falls_back_to_a_reader_it_does_not_know() -> None:
