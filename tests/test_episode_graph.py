@@ -280,6 +280,44 @@ def test_dialogue_lines_of_only_whitespace_are_refused() -> None:
         model.model_validate({"utterances": [*good[:5], " \n  "], "sharing_moments": []})
 
 
+def test_built_turns_are_what_validated_turns_would_be() -> None:
+    """to_turns builds turns without validating them; they dump as validated turns do and
+    pass validation (as the assembled Episode checks)."""
+    from pydantic import TypeAdapter
+
+    from mcu_sim.agents.dialogue import dialogue_model, to_turns
+    from mcu_sim.personas.schema import Turn
+
+    model = dialogue_model([1, 2], min_sharing=1, max_turns=6)
+    moment = {
+        "after_utterance": 2,
+        "shared_by": "user",
+        "rationale": "to show the view",
+        "image_description": "  a lake at dawn with mist  ",
+        "image_source": "mobile",
+        "keywords": [" lake ", "dawn"],
+        "image_id_from_mobile": 2,
+    }
+    lines = ["Hi there.", "  Hello!  ", "How are you?", "Fine.", "Great.", "Bye."]
+    output = model.model_validate({"utterances": lines, "sharing_moments": [moment]})
+    turns = to_turns(output, "Ada")
+    dumped = TypeAdapter(list[Turn]).dump_python(turns, mode="json")
+    checked = TypeAdapter(list[Turn]).validate_python(dumped)
+    assert TypeAdapter(list[Turn]).dump_python(checked, mode="json") == dumped
+    assert [t["speaker"] for t in dumped] == [
+        ASSISTANT,
+        "Ada",
+        "Ada",
+        ASSISTANT,
+        "Ada",
+        ASSISTANT,
+        "Ada",
+    ]
+    assert [t["id"] for t in dumped] == list(range(1, 8)) and dumped[1]["utterance"] == "Hello!"
+    assert dumped[2]["sharing"]["image_id_from_mobile"] == 2
+    assert dumped[2]["sharing"]["keywords"] == ["lake", "dawn"]
+
+
 def test_with_images_off_requests_are_settled_without_aligner_branches(
     fake_openai, tmp_path: Path
 ) -> None:
