@@ -78,25 +78,19 @@ def _sharing_info(moment: Any) -> SharingInfo:
 
 
 def to_turns(output: Any, user_name: str) -> list[Turn]:
-    """Alternating utterances (assistant first) with sharing turns inserted after anchors.
-
-    The turns are built without validation (a dozen or more per session): each field is a
-    count from 1, a name or an utterance of the validated output. The sharing info, which
-    has rules of its own, is validated, and the assembled Episode validates every turn.
-    """
+    """Alternating utterances (assistant first) with sharing turns inserted after anchors."""
     moments: dict[int, list[Any]] = {}
     last = len(output.utterances)
     for moment in output.sharing_moments:
         moments.setdefault(min(moment.after_utterance, last), []).append(moment)
     turns: list[Turn] = []
-    turn = Turn.model_construct
     for number, text in enumerate(output.utterances, start=1):
         speaker = ASSISTANT if number % 2 == 1 else user_name
-        turns.append(turn(id=len(turns) + 1, speaker=speaker, utterance=str(text).strip()))
+        turns.append(Turn(id=len(turns) + 1, speaker=speaker, utterance=text.strip()))
         for moment in moments.get(number, []):
             who = ASSISTANT if moment.shared_by == "assistant" else user_name
             turns.append(
-                turn(id=len(turns) + 1, speaker=who, utterance="", sharing=_sharing_info(moment))
+                Turn(id=len(turns) + 1, speaker=who, utterance="", sharing=_sharing_info(moment))
             )
     return turns
 

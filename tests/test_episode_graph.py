@@ -280,9 +280,9 @@ def test_dialogue_lines_of_only_whitespace_are_refused() -> None:
         model.model_validate({"utterances": [*good[:5], " \n  "], "sharing_moments": []})
 
 
-def test_built_turns_are_what_validated_turns_would_be() -> None:
-    """to_turns builds turns without validating them; they dump as validated turns do and
-    pass validation (as the assembled Episode checks)."""
+def test_a_sessions_turns_alternate_and_carry_their_sharing_moments() -> None:
+    """to_turns: utterances alternate from the assistant, each sharing moment is a turn of
+    its own after its anchor, text is stripped, and the turns validate again as dumped."""
     from pydantic import TypeAdapter
 
     from mcu_sim.agents.dialogue import dialogue_model, to_turns
