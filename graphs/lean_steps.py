@@ -18,8 +18,8 @@ A conditional edge reads the state as its node's writes would leave it. LangGrap
 that view by copying every channel of the graph (33 for the episode graph: the state's
 keys and one trigger per node) and applying the node's writes to each copy, then keeps
 only the keys the route reads. :func:`lean_graph` gives each edge a reader that copies
-and updates only those keys (:func:`fresh_selected_read`): the same values, and the
-reducers of the keys the route does not read are not run a second time.
+only the keys the route reads and the task wrote (:func:`fresh_selected_read`): the same
+values from a few copies instead of 33.
 
 Both lean on how LangGraph 1.x builds a node (``PregelNode.node``, a cached property;
 ``RunnableSeq.steps``; ``RunnableCallable``). Where a version builds it otherwise, the
@@ -162,7 +162,7 @@ def fresh_selected_read(
     config: RunnableConfig, *, select: list[str], mapper: Callable[[Any], Any] | None = None
 ) -> Any:
     """``ChannelRead.do_read(config, select=select, fresh=True, mapper=mapper)``, copying
-    and updating only the channels in ``select``.
+    only the channels in ``select`` that the task wrote to (:func:`_fresh_values`).
 
     LangGraph's ``local_read`` copies every channel and applies the task's writes to each
     copy, then reads the selected ones; a channel's read depends only on its own copy, so
