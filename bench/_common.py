@@ -108,6 +108,17 @@ def rss_mb() -> float:
     return 0.0
 
 
+def io_counters() -> dict[str, int]:
+    """This process's ``/proc/self/io`` counters (empty where /proc is missing): ``wchar``
+    and ``rchar`` are the bytes its system calls wrote and read (files, SQLite's WAL,
+    sockets), ``syscw`` the write calls."""
+    try:
+        lines = Path("/proc/self/io").read_text().splitlines()
+    except OSError:
+        return {}
+    return {name: int(value) for name, _, value in (line.partition(": ") for line in lines)}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

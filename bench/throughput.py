@@ -8,7 +8,9 @@
 Prints achieved LLM calls/s and its ratio to the endpoint's capacity C/L (overall, and in
 the steady part between 10 % and 90 % of the calls), framework CPU per LLM call (this
 process only: the endpoint runs in a subprocess; overall, and in that steady window, which
-leaves out the run's fixed start and end work), peak RSS and RSS per in-flight episode.
+leaves out the run's fixed start and end work), the bytes its system calls wrote and read
+per call (files, SQLite's WAL, sockets; from /proc/self/io), peak RSS and RSS per in-flight
+episode.
 ``--in-flight`` defaults to 2C episodes (and the client may have that many requests out),
 enough to keep C requests busy while episodes are between calls; when calls are fast
 (tens of milliseconds) episodes spend a larger share of their time between calls, so
@@ -32,6 +34,7 @@ from _common import (
     add_http_client_option,
     bench_overrides,
     cpu_seconds,
+    io_counters,
     peak_rss_mb,
     rss_mb,
     start_endpoint,
@@ -94,11 +97,14 @@ async def measured_run(
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_calls(runner, samples, stop))
     rss_before, cpu_before, system_before = rss_mb(), cpu_seconds(), system_cpu_seconds()
+    io_before = io_counters()
     served_before = endpoint.cpu_seconds() if endpoint is not None else None
     with Timer() as timer:
         report = await runner.run_jobs(plan_jobs(episodes, first_seed))
     cpu = cpu_seconds() - cpu_before
     system_cpu = system_cpu_seconds() - system_before
+    io_after = io_counters()
+    io = {name: io_after[name] - io_before[name] for name in io_before.keys() & io_after.keys()}
     served_after = endpoint.cpu_seconds() if endpoint is not None else None
     served_cpu = None
     if served_before is not None and served_after is not None:
@@ -114,6 +120,7 @@ async def measured_run(
         "seconds": timer.seconds,
         "cpu_s": cpu,
         "system_cpu_s": system_cpu,
+        "io": io,
         "rss_before_mb": rss_before,
         "endpoint_cpu_s": served_cpu,
         "steady_calls_per_s": steady_rate(samples),
@@ -193,6 +200,12 @@ def run(
         if result["cpu_s"]
         else None,
         "steady_cpu_ms_per_call": round(result["steady_cpu_ms_per_call"], 3),
+        # what the kernel's share is spent on: bytes through system calls per call
+        **{
+            f"{name}_per_call": round(result["io"][name] / max(calls, 1), 1)
+            for name in ("wchar", "rchar", "syscw")
+            if name in result["io"]
+        },
         "cpu_busy_fraction": round(result["cpu_s"] / result["seconds"], 3),
         "peak_rss_mb": round(peak, 1),
         "rss_per_in_flight_mb": round(max(peak - result["rss_before_mb"], 0) / in_flight, 3),
@@ -205,6 +218,17 @@ def run(
         "event_loop": result["event_loop"],
         "cache": cache,
     }
+
+
+def _io_line(result: dict[str, Any]) -> str:
+    """System-call I/O per LLM call (files, SQLite's WAL, sockets), where /proc has it."""
+    if "wchar_per_call" not in result:
+        return ""
+    return (
+        f"system calls wrote {result['wchar_per_call'] / 1024:.1f} KiB and read "
+        f"{result['rchar_per_call'] / 1024:.1f} KiB per LLM call "
+        f"({result['syscw_per_call']} writes)\n"
+    )
 
 
 def _percent(share: float | None) -> str:
@@ -289,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{100 * result['cpu_busy_fraction']:.0f} % of one core; the endpoint process used "
         f"{result['endpoint_cpu_ms_per_call']} ms per call; framework/endpoint CPU "
         f"{result['framework_to_endpoint_cpu']})\n"
+        f"{_io_line(result)}"
         f"peak RSS {result['peak_rss_mb']} MB; {result['rss_per_in_flight_mb']} MB per "
         f"in-flight episode"
     )

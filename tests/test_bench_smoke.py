@@ -55,9 +55,12 @@ def test_throughput_smoke() -> None:
     assert result["cache"] is False
     assert result["sessions_per_episode"] == 1.0  # --smoke: one session each
     assert result["calls_per_episode"] == pytest.approx(result["llm_calls"] / 6)
+    if Path("/proc/self/io").exists():  # the checkpoints and episode files were written
+        assert result["wchar_per_call"] > 1000 and result["syscw_per_call"] > 1
     plain = _bench("throughput.py", "--event-loop=asyncio", "--cache", "--sessions=2")
     assert "calls/s" in plain and "event loop asyncio, response cache on" in plain
     assert "; 2.0 sessions and" in plain  # human-readable too, with --sessions kept
+    assert not Path("/proc/self/io").exists() or "KiB per LLM call" in plain
 
 
 def test_ab_smoke() -> None:

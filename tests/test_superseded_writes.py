@@ -107,6 +107,11 @@ def _linear_graph(runs: Counter) -> StateGraph:
     return graph
 
 
+def _checkpoint_rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
+
+
 @pytest.mark.parametrize("drop", [False, True])
 async def test_a_graph_goes_through_the_same_states(tmp_path: Path, drop: bool) -> None:
     path = tmp_path / "c.sqlite"
@@ -115,13 +120,16 @@ async def test_a_graph_goes_through_the_same_states(tmp_path: Path, drop: bool) 
     graph = _linear_graph(runs).compile(checkpointer=saver)
     config = {"configurable": {"thread_id": "t"}}
     try:
-        final = await graph.ainvoke({"notes": ["in"]}, config, durability="sync")
-        states = [snapshot.values async for snapshot in graph.aget_state_history(config)]
+        seen = [
+            values
+            async for values in graph.astream(
+                {"notes": ["in"]}, config, stream_mode="values", durability="sync"
+            )
+        ]
+        history = [snapshot.values async for snapshot in graph.aget_state_history(config)]
     finally:
         await saver.conn.close()
-    assert final == {"notes": ["in", "one", "two", "three"]}
-    assert states[::-1] == [
-        {"notes": []},
+    assert seen == [
         {"notes": ["in"]},
         {"notes": ["in", "one"]},
         {"notes": ["in", "one", "two"]},
@@ -129,10 +137,51 @@ async def test_a_graph_goes_through_the_same_states(tmp_path: Path, drop: bool) 
     ]
     stored = _writes(path)
     if drop:
-        assert stored == []  # every step's writes are in the checkpoint after it
+        # each checkpoint took its parent's row, and every step's writes are in the one after
+        assert history == [seen[-1]] and _checkpoint_rows(path) == 1
+        assert stored == []
     else:
+        assert history[::-1] == [{"notes": []}, *seen]
         # the input's and each node's, for the history of every step
         assert len({checkpoint for checkpoint, _, _ in stored}) == 4
+
+
+async def test_a_checkpoint_replaces_its_parents_row_in_one_commit(tmp_path: Path) -> None:
+    """A kill between two commits finds the newest committed checkpoint: the parent's row
+    is rewritten in the transaction that commits the child, never before."""
+    path = tmp_path / "c.sqlite"
+    saver = await open_checkpointer(path, group_commit=True, drop_superseded=True)
+    try:
+        first = await saver.aput(THREAD, _checkpoint(1), {"source": "loop", "step": 1}, {})
+        await asyncio.sleep(COMMIT_DELAY_S * 5)
+        await saver.aput(first, _checkpoint(2), {"source": "loop", "step": 2}, {})
+        with sqlite3.connect(path) as other:  # another connection sees only what is committed
+            committed = other.execute("SELECT checkpoint_id FROM checkpoints").fetchall()
+        await asyncio.sleep(COMMIT_DELAY_S * 5)
+        latest = await saver.aget_tuple(
+            {"configurable": {"thread_id": THREAD["configurable"]["thread_id"]}}
+        )
+    finally:
+        await saver.conn.close()
+    assert committed == [(_checkpoint(1)["id"],)]
+    assert latest is not None and latest.checkpoint["id"] == _checkpoint(2)["id"]
+    assert latest.checkpoint["channel_values"] == {"notes": ["n2"]}
+    assert latest.parent_config["configurable"]["checkpoint_id"] == _checkpoint(1)["id"]
+    assert _checkpoint_rows(path) == 1
+
+
+async def test_a_checkpoint_whose_parent_is_not_stored_is_inserted(tmp_path: Path) -> None:
+    """A parent the file does not hold (another saver's, deleted): the child is a new row."""
+    path = tmp_path / "c.sqlite"
+    saver = await open_checkpointer(path, drop_superseded=True)
+    elsewhere = {"configurable": {**THREAD["configurable"], "checkpoint_id": "1f0a-elsewhere"}}
+    try:
+        await saver.aput(elsewhere, _checkpoint(3), {"source": "loop", "step": 3}, {})
+        latest = await saver.aget_tuple(THREAD)
+    finally:
+        await saver.conn.close()
+    assert latest is not None and latest.checkpoint["id"] == _checkpoint(3)["id"]
+    assert _checkpoint_rows(path) == 1
 
 
 async def test_a_failed_parallel_step_keeps_its_finished_branch(tmp_path: Path) -> None:
