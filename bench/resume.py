@@ -2,6 +2,7 @@
 
     python bench/resume.py                  # 40 episodes, 6 kills
     python bench/resume.py --smoke          # CI: 4 episodes, 2 kills
+    python bench/resume.py --set run.keep_checkpoints=last   # a config override
 
 Each round starts the real CLI (``mcu run``, same command every time) in a subprocess, waits
 until it is doing work (new checkpoints appear), and SIGKILLs it after a further random
@@ -45,22 +46,29 @@ def cli_command(run_dir: Path, episodes: int, overrides: list[str]) -> list[str]
     ]
 
 
-def checkpoint_count(path: Path) -> int:
-    """Checkpoints written so far (0 before the database or its table exists)."""
+def checkpoint_state(path: Path) -> tuple[int, str]:
+    """(checkpoint rows, newest checkpoint id) so far; ``(0, "")`` before the database or
+    its table exists. With ``run.keep_checkpoints: last`` a step rewrites its episode's row,
+    so the count grows only with new episodes and the newest id shows every step."""
     if not path.is_file():
-        return 0
+        return 0, ""
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0])
+            rows, newest = conn.execute(
+                "SELECT COUNT(*), MAX(checkpoint_id) FROM checkpoints"
+            ).fetchone()
+            return int(rows), newest or ""
     except sqlite3.Error:  # no table yet, or busy
-        return 0
+        return 0, ""
 
 
-def wait_for_work(process: subprocess.Popen, path: Path, before: int, limit: float) -> bool:
+def wait_for_work(
+    process: subprocess.Popen, path: Path, before: tuple[int, str], limit: float
+) -> bool:
     """Wait until the run writes a new checkpoint; False if it ended or ``limit`` passed."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and process.poll() is None:
-        if checkpoint_count(path) > before:
+        if checkpoint_state(path) != before:
             return True
         time.sleep(0.05)
     return False
@@ -69,7 +77,7 @@ def wait_for_work(process: subprocess.Popen, path: Path, before: int, limit: flo
 def kill_round(command: list[str], run_dir: Path, delay: float, episodes: int) -> dict[str, Any]:
     """One round: start the run, wait until it works, let it run ``delay`` s, SIGKILL it."""
     database = run_dir / "checkpoints.sqlite"
-    before = checkpoint_count(database)
+    before = checkpoint_state(database)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     working = wait_for_work(process, database, before, limit=120)
     time.sleep(delay)
@@ -77,12 +85,12 @@ def kill_round(command: list[str], run_dir: Path, delay: float, episodes: int) -
     process.kill()
     process.wait()
     done = len(list((run_dir / "episodes").glob("*.json")))
-    after = checkpoint_count(database)
+    after = checkpoint_state(database)
     item: dict[str, Any] = {
         "killed_after_work_s": round(delay, 2),
         "episodes_done": done,
-        "checkpoints_written": after - before,
-        "landed_mid_run": working and not finished_early and after > before and done < episodes,
+        "checkpoints_written": after[0] - before[0],  # rows added (new episodes under `last`)
+        "landed_mid_run": working and not finished_early and after != before and done < episodes,
     }
     if finished_early:
         item["note"] = "the run had already finished"
@@ -106,14 +114,21 @@ def recorded_calls(run_dir: Path) -> int:
 
 
 def run(
-    episodes: int, kills: int, min_delay: float, span: float, seed: int, latency: float
+    episodes: int,
+    kills: int,
+    min_delay: float,
+    span: float,
+    seed: int,
+    latency: float,
+    extra: list[str] | None = None,
 ) -> dict[str, Any]:
+    """``extra``: config overrides (``KEY=VALUE``) for every run of the command."""
     rng = random.Random(seed)
     endpoint = start_endpoint(latency=latency, capacity=16)
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        overrides = bench_overrides(endpoint.url, 2, 16)
+        overrides = [*bench_overrides(endpoint.url, 2, 16), *(extra or [])]
         command = cli_command(run_dir, episodes, overrides)
         try:
             for _ in range(kills):
@@ -137,6 +152,7 @@ def run(
             "shards_hold_every_episode": sorted(scan["shard_ids"]) == sorted(scan["found"]),
             "kills": len(rounds),
             "kills_mid_run": sum(r["landed_mid_run"] for r in rounds),
+            "set": list(extra or []),
             "rounds": rounds,
             "final_exit_code": final.returncode,
             "endpoint_requests": served.get("requests", 0),
@@ -156,12 +172,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--span", type=float, default=2.5, help="random extra delay, s")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.3, help="endpoint s per call")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the run (repeatable), e.g. run.keep_checkpoints=last",
+    )
     parser.add_argument("--smoke", action="store_true", help="CI size: 4 episodes, 2 kills")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
         args.episodes, args.kills, args.span = 4, 2, 0.6
-    result = run(args.episodes, args.kills, args.min_delay, args.span, args.seed, args.latency)
+    result = run(
+        args.episodes, args.kills, args.min_delay, args.span, args.seed, args.latency, args.set
+    )
     if args.json:
         print(json.dumps(result))
         return

@@ -83,8 +83,11 @@ def test_graph_floor_smoke() -> None:
     assert "ms CPU per step" in _bench("graph_floor.py")
 
 
-def test_resume_smoke() -> None:
-    result = _json("resume.py")
+@pytest.mark.parametrize("keep", ["all", "last"])
+def test_resume_smoke(keep: str) -> None:
+    # `last` rewrites each episode's checkpoint row in place: a kill mid-rewrite too
+    result = _json("resume.py", f"--set=run.keep_checkpoints={keep}")
+    assert result["set"] == [f"run.keep_checkpoints={keep}"]
     assert result["kills"] == 2 and result["final_exit_code"] == 0
     # at least one kill hit a run at work with episodes still missing (not before it
     # started or after it ended), and still nothing was lost, duplicated or corrupt
