@@ -4,13 +4,16 @@
     python bench/graph_floor.py --smoke       # CI: a few threads
 
 Runs a linear graph of no-op async nodes over the real episode state schema, seeded with
-an episode-sized state (about 11 KB of plain data, like a two-session bench episode), and
-prints the process CPU per superstep for each way of keeping checkpoints: none, LangGraph's
-in-memory saver, and the runner's SQLite saver with ``durability`` sync (every step, the
-runner's default) and exit. Nothing here is ours but the checkpointer and the state
-schema, so the figures are what any LangGraph step costs on this machine. Multiplied by
-the steps an episode takes per LLM call (12 steps for 9 calls in the two-session bench
-episode) they give the least CPU per call a per-step-durable run can reach. Figures only.
+an episode-sized state (about 11 KB of plain data), and prints the process CPU per
+superstep for each way of keeping checkpoints: none, LangGraph's in-memory saver, and the
+runner's SQLite saver as ``mcu run`` opens it (group commit) with ``durability`` sync
+(every step, the runner's default) and exit, and with ``run.keep_checkpoints: last``
+(sync; each checkpoint rewrites its thread's row, superseded pending writes are not
+stored). Like the runner, the graph runs its nodes in place (``lean_graph``). Nothing here
+is ours but that, the checkpointer and the state schema, so the figures are what a
+LangGraph step costs the runner on this machine. Multiplied by the steps an episode takes
+per LLM call (a five-session bench episode: 15 checkpoints for 15 calls) they give the
+least CPU per call a per-step-durable run can reach. Figures only.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from typing import Any
 
 from _common import add_event_loop_option, cpu_seconds
 
-VARIANTS = ("none", "memory", "sqlite-sync", "sqlite-exit")
-BENCH_STEPS_PER_CALL = 12 / 9  # two-session bench episode: 12 checkpoints, 9 LLM calls
+VARIANTS = ("none", "memory", "sqlite-sync", "sqlite-exit", "sqlite-last")
+# a five-session bench episode: input, start, 7 nodes before the sessions, 5 sessions and
+# filter are 15 checkpoints for 15 LLM calls (5 sessions and their 5 judge calls, 5 others)
+BENCH_STEPS_PER_CALL = 15 / 15
 
 
 def episode_sized_state(seed: int) -> dict[str, Any]:
@@ -73,13 +78,19 @@ async def _saver(variant: str, folder: Path) -> Any:
         return InMemorySaver()
     from mcu_sim.graphs.checkpoints import open_checkpointer
 
-    return await open_checkpointer(folder / f"{variant}.sqlite")
+    return await open_checkpointer(  # as the local runner opens it (its file's only writer)
+        folder / f"{variant}.sqlite",
+        group_commit=True,
+        drop_superseded=variant == "sqlite-last",
+    )
 
 
 async def cpu_ms_per_step(variant: str, threads: int, steps: int, in_flight: int) -> float:
+    from mcu_sim.graphs.lean_steps import lean_graph
+
     with tempfile.TemporaryDirectory() as tmp:
         saver = await _saver(variant, Path(tmp))
-        graph = linear_graph(steps).compile(checkpointer=saver)
+        graph = lean_graph(linear_graph(steps).compile(checkpointer=saver))
         options: dict[str, Any] = {"stream_mode": "updates"}
         if saver is not None:
             options["durability"] = "exit" if variant.endswith("exit") else "sync"
@@ -124,7 +135,12 @@ def main(argv: list[str] | None = None) -> None:
         for variant in VARIANTS
     }
     floor = {variant: round(ms * BENCH_STEPS_PER_CALL, 3) for variant, ms in per_step.items()}
-    result = {"cpu_ms_per_step": per_step, "floor_ms_per_bench_call": floor, **vars(args)}
+    result = {
+        "cpu_ms_per_step": per_step,
+        "steps_per_bench_call": BENCH_STEPS_PER_CALL,
+        "floor_ms_per_bench_call": floor,
+        **vars(args),
+    }
     if args.json:
         print(json.dumps(result))
         return

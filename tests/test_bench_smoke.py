@@ -77,9 +77,12 @@ def test_ab_smoke() -> None:
 def test_graph_floor_smoke() -> None:
     result = _json("graph_floor.py")
     per_step = result["cpu_ms_per_step"]
-    assert set(per_step) == {"none", "memory", "sqlite-sync", "sqlite-exit"}
+    assert set(per_step) == {"none", "memory", "sqlite-sync", "sqlite-exit", "sqlite-last"}
     assert all(ms > 0 for ms in per_step.values())
-    assert result["floor_ms_per_bench_call"]["sqlite-sync"] > per_step["sqlite-sync"]
+    steps = result["steps_per_bench_call"]
+    assert steps == 1.0  # a five-session bench episode: 15 checkpoints for 15 LLM calls
+    for variant, ms in per_step.items():
+        assert result["floor_ms_per_bench_call"][variant] == pytest.approx(ms * steps, abs=2e-3)
     assert "ms CPU per step" in _bench("graph_floor.py")
 
 
