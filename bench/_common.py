@@ -186,3 +186,10 @@ def add_event_loop_option(parser: argparse.ArgumentParser) -> None:
 
     choices = _choices(RunConfig, "event_loop")
     parser.add_argument("--event-loop", choices=choices, default="auto", help="run.event_loop")
+
+
+def add_set_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): config overrides, into ``args.set``."""
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help=f"{what} (repeatable)"
+    )

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, bench_overrides, cpu_seconds, start_endpoint
+from _common import HERE, add_set_option, bench_overrides, cpu_seconds, start_endpoint
 
 REPO = HERE.parent
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", default="HEAD", help="git revision for side A")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--episodes", type=int, default=60, help="episodes per batch")
-    parser.add_argument("--set", action="append", default=[], help="config override, both sides")
+    add_set_option(parser, "config override, both sides")
     parser.add_argument("--smoke", action="store_true", help="CI: 2 rounds of 4 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, bench_overrides, start_endpoint
+from _common import HERE, add_set_option, bench_overrides, start_endpoint
 from ab import _run_on_loop, base_tree
 
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
@@ -114,13 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sessions", type=int, help="sessions per episode (default: the config's own, 4-6)"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, both sides (repeatable)",
-    )
+    add_set_option(parser, "config override, both sides")
     parser.add_argument("--smoke", action="store_true", help="CI size: 1 and 3 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import bench_overrides, scan_run, start_endpoint
+from _common import add_set_option, bench_overrides, scan_run, start_endpoint
 
 
 def cli_command(run_dir: Path, episodes: int, overrides: list[str]) -> list[str]:
@@ -172,13 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--span", type=float, default=2.5, help="random extra delay, s")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.3, help="endpoint s per call")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for the run (repeatable), e.g. run.keep_checkpoints=last",
-    )
+    add_set_option(parser, "config override for the run, e.g. run.keep_checkpoints=last")
     parser.add_argument("--smoke", action="store_true", help="CI size: 4 episodes, 2 kills")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

@@ -32,6 +32,7 @@ from _common import (
     Timer,
     add_event_loop_option,
     add_http_client_option,
+    add_set_option,
     bench_overrides,
     cpu_seconds,
     io_counters,
@@ -263,13 +264,10 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="response cache on, as in a default config (every call a miss that is stored)",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other config override (repeatable), e.g. run.shard_size=20 to write shards "
-        "during the run, as a long run does, instead of once at its end",
+    add_set_option(
+        parser,
+        "any other config override, e.g. run.shard_size=20 to write shards during the run, "
+        "as a long run does, instead of once at its end",
     )
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

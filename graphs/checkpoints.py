@@ -316,13 +316,13 @@ def _inline_saver_class() -> type:
 
         def _replace_parent(self, row: tuple[Any, ...], parent: str) -> bool:
             """Write ``row`` over its parent checkpoint's row (``drop_superseded``), in the
-            parent's transaction-to-be: whether the parent was there to replace.
+            transaction that commits it; whether the parent was there to replace.
 
-            A run keeping only each episode's last checkpoint deleted the rest at its end;
-            rewriting one row per step costs a third less CPU (user and kernel, measured
-            on this schema) than inserting every step's row and deleting them all later,
-            and a kill still finds the newest committed checkpoint. The parent's held
-            writes go with it: the new checkpoint holds them."""
+            Inserting a row per step and deleting all but the last at the episode's end
+            cost 2 % more instructions per LLM call and twice the bytes written
+            (``bench/instructions.py``, ``bench/throughput.py``); a kill still finds the
+            newest committed checkpoint. The parent's held writes go with it: the new
+            checkpoint holds them."""
             self.conn.supersede((row[0], row[1], parent))
             thread_id, checkpoint_ns, *values = row
             replaced = self.conn.writer.execute(
