@@ -287,7 +287,7 @@ class RunConfig(Strict):
         description=(
             "When the runner writes an episode's checkpoint. sync: after every step, so a "
             "crash redoes at most the steps in progress (and, in `mcu run` on SQLite, the "
-            "steps of its last 10 ms: their checkpoints share one commit). exit: only when "
+            "steps of its last 0.1 s: their checkpoints share one commit). exit: only when "
             "the episode "
             "finishes, stops (budget) or fails; LangGraph's CPU per step about halves "
             "(bench/graph_floor.py), the framework's CPU per call drops 10-20 %, "

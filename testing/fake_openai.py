@@ -112,6 +112,10 @@ def _word_count(value: Any) -> int:
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
+    # Buffered writes, flushed once per answer (``_send``): the head and the body go out in
+    # one send, as HTTP servers commonly send a short answer. Unbuffered, the two went out
+    # apart and a client's event loop often woke twice per answer, once for each.
+    wbufsize = 64 * 1024
     server: _HTTPServer
     _current: RecordedRequest  # the request being answered
 
@@ -139,6 +143,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
+        self.wfile.flush()
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         kind = "rate_limit_error" if status == 429 else "server_error"

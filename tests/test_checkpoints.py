@@ -7,6 +7,7 @@ row for row, then read back through LangGraph's reader."""
 
 from __future__ import annotations
 
+import json
 import operator
 import sqlite3
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Annotated, Any, TypedDict
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 
-from mcu_sim.graphs.checkpoints import PAGE_SIZE, open_checkpointer
+from mcu_sim.graphs.checkpoints import PAGE_SIZE, metadata_bytes, open_checkpointer
 
 THREAD = {"configurable": {"thread_id": "ep-00000001", "checkpoint_ns": ""}}
 
@@ -36,11 +37,14 @@ async def _write(saver: Any) -> None:
 
 
 def _rows(path: Path) -> dict[str, list[tuple]]:
+    """Both tables' rows; a checkpoint's metadata parsed (its JSON's spacing may differ)."""
     with sqlite3.connect(path) as db:
-        return {
+        rows = {
             table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5").fetchall()
             for table in ("checkpoints", "writes")
         }
+    rows["checkpoints"] = [(*row[:-1], json.loads(row[-1])) for row in rows["checkpoints"]]
+    return rows
 
 
 async def test_inline_saver_writes_the_rows_langgraphs_saver_writes(tmp_path: Path) -> None:
@@ -66,6 +70,23 @@ async def test_inline_saver_writes_the_rows_langgraphs_saver_writes(tmp_path: Pa
         ("task-1", "sessions"),
         ("task-2", "__error__"),
     ]
+
+
+def test_metadata_is_the_json_langgraphs_saver_stores() -> None:
+    """The same JSON as ``json.dumps(..., ensure_ascii=False)`` encoded with ``ignore``:
+    text as UTF-8, an integer beyond 64 bits kept, a lone surrogate dropped."""
+    for metadata in (
+        {"source": "loop", "step": 3, "parents": {}, "thread_id": "ep-00000001"},
+        {"source": "update", "mcu_note": "edit persona — Zoë's café", "step": -1},
+        {"source": "loop", "step": 2**70},
+        {"source": "loop", "mcu_note": "half a pair \ud83d here"},
+    ):
+        theirs = json.dumps(metadata, ensure_ascii=False).encode("utf-8", "ignore")
+        ours = metadata_bytes(metadata)
+        assert json.loads(ours) == json.loads(theirs)
+    assert metadata_bytes({"note": "café"}) == '{"note":"café"}'.encode()
+    assert json.loads(metadata_bytes({"step": 2**70}))["step"] == 2**70
+    assert json.loads(metadata_bytes({"note": "a\ud83db"}))["note"] == "ab"
 
 
 async def test_pending_writes_are_committed_with_the_next_checkpoint_or_soon(
@@ -122,6 +143,33 @@ async def test_a_single_writer_groups_checkpoint_commits(tmp_path: Path) -> None
         await grouped.conn.close()
         await plain.conn.close()
     assert len(_rows(grouped_path)["checkpoints"]) == 3  # close committed the last one
+
+
+async def test_a_busy_single_writer_commits_on_a_checkpoint_not_a_timer(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """With group_commit, a checkpoint that comes once the open transaction is
+    COMMIT_EARLY_S old commits it at once; a younger one waits (here for no timer: the
+    window is made long enough that only the early commit can happen)."""
+    import asyncio
+
+    from mcu_sim.graphs import checkpoints
+
+    monkeypatch.setattr(checkpoints, "COMMIT_DELAY_S", 60.0)
+    path = tmp_path / "grouped.sqlite"
+    saver = await open_checkpointer(path, group_commit=True)
+    second, third = (f"1f0a0000-0000-6000-8000-00000000000{n}" for n in (2, 3))
+    try:
+        first = await saver.aput(THREAD, _checkpoint(), {"source": "loop", "step": 1}, {})
+        assert _rows(path)["checkpoints"] == []  # the transaction is young
+        await asyncio.sleep(checkpoints.COMMIT_EARLY_S * 1.5)
+        await saver.aput(first, {**_checkpoint(), "id": second}, {"source": "loop", "step": 2}, {})
+        assert len(_rows(path)["checkpoints"]) == 2  # committed with this checkpoint
+        await saver.aput(first, {**_checkpoint(), "id": third}, {"source": "loop", "step": 3}, {})
+        assert len(_rows(path)["checkpoints"]) == 2  # a new transaction, young again
+    finally:
+        await saver.conn.close()
+    assert len(_rows(path)["checkpoints"]) == 3
 
 
 def _page_size(path: Path) -> int:
