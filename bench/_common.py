@@ -26,6 +26,7 @@ class Endpoint:
 
     process: subprocess.Popen
     url: str
+    server_package: str = ""  # the mcu_sim folder its fake server was imported from
 
     def cpu_seconds(self) -> float | None:
         """CPU the endpoint process has used so far (from /proc; None where it is missing)."""
@@ -46,8 +47,14 @@ class Endpoint:
 
 
 def start_endpoint(
-    latency: float, capacity: int, fault_rate: float = 0.0, seed: int = 0, hang_s: float = 3.0
+    latency: float,
+    capacity: int,
+    fault_rate: float = 0.0,
+    seed: int = 0,
+    hang_s: float = 3.0,
+    environ: dict[str, str] | None = None,
 ) -> Endpoint:
+    """``bench/endpoint.py`` in a subprocess; ``environ``: its environment (default: ours)."""
     command = [
         sys.executable,
         str(HERE / "endpoint.py"),
@@ -60,13 +67,14 @@ def start_endpoint(
     ]
     # stderr is dropped: a killed client makes the server log connection resets
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environ
     )
     line = process.stdout.readline() if process.stdout else ""
     if not line.startswith("{"):
         process.kill()
         raise RuntimeError(f"bench/endpoint.py did not start (said {line!r})")
-    return Endpoint(process, json.loads(line)["url"])
+    hello = json.loads(line)
+    return Endpoint(process, hello["url"], hello.get("server_package", ""))
 
 
 def bench_overrides(url: str, sessions: int | None, concurrency: int, **provider: Any) -> list[str]:

@@ -50,7 +50,10 @@ def worker(overrides: list[str]) -> None:
     from mcu_sim.config import load_config
     from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
 
-    endpoint = start_endpoint(0.2, 16)
+    # the server code of this tree on both sides: without the side's PYTHONPATH, the
+    # endpoint imports the installed package (this tree), not the base's fake server
+    server_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    endpoint = start_endpoint(0.2, 16, environ=server_env)
     try:
         # the direct HTTP client, as bench/throughput.py (--set llm.provider.http_client=...)
         base = bench_overrides(endpoint.url, 2, 32, http_client="direct")
@@ -65,7 +68,9 @@ def worker(overrides: list[str]) -> None:
             _run_on_loop(batch("warmup", 4, 10**6), loop)
             import mcu_sim
 
-            print(json.dumps({"package": str(Path(mcu_sim.__file__).parent)}), flush=True)
+            package = str(Path(mcu_sim.__file__).parent)
+            hello = {"package": package, "server_package": endpoint.server_package}
+            print(json.dumps(hello), flush=True)
             for number, line in enumerate(sys.stdin):
                 episodes = int(line)
                 cpu, served = cpu_seconds(), endpoint.cpu_seconds() or 0.0
@@ -111,7 +116,8 @@ class Side:
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=HERE
         )
-        self.package = self._read()["package"]  # the warm-up is done
+        hello = self._read()  # the warm-up is done
+        self.package, self.server_package = hello["package"], hello.get("server_package", "")
 
     def _read(self) -> dict[str, Any]:
         assert self.process.stdout is not None
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                 side.close()
     result["base"] = args.base
     result["packages"] = {side.name: side.package for side in sides}
+    result["server_packages"] = {side.name: side.server_package for side in sides}
     if args.json:
         print(json.dumps(result))
         return

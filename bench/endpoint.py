@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 FAULT_KINDS = ("429", "500", "timeout", "malformed_body", "malformed_answer")
@@ -103,7 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
-    print(json.dumps({"url": server.url, "latency": args.latency, "capacity": args.capacity}))
+    import mcu_sim
+
+    package = str(Path(mcu_sim.__file__).parent)  # whose server answers (bench/ab.py checks)
+    hello = {"url": server.url, "latency": args.latency, "capacity": args.capacity}
+    print(json.dumps({**hello, "server_package": package}))
     sys.stdout.flush()
     if args.smoke:
         print(json.dumps({"smoke_answer": ask_once(server.url)}))

@@ -72,6 +72,8 @@ def test_ab_smoke() -> None:
     packages = result["packages"]
     assert Path(packages["B"]) == BENCH.parent  # this tree
     assert Path(packages["A"]) != BENCH.parent and Path(packages["A"]).name == "mcu_sim"
+    # both sides are answered by this tree's fake server, whatever the base's
+    assert {Path(p) for p in result["server_packages"].values()} == {BENCH.parent}
 
 
 def test_graph_floor_smoke() -> None:
