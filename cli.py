@@ -84,8 +84,8 @@ def run(
 ) -> None:
     """Generate episodes into a run directory. Re-running the same command resumes: finished
     episodes are skipped, unfinished ones continue from their last checkpoint."""
-    from mcu_sim.graphs.outputs import RunDir
-    from mcu_sim.graphs.runner import manifest_jobs, plan_jobs
+    from mcu_sim.runner.outputs import RunDir
+    from mcu_sim.runner.runner import manifest_jobs, plan_jobs
 
     if resume is not None:
         if RunDir(resume).read_manifest() is None:
@@ -111,9 +111,9 @@ def run(
 
 def _execute_jobs(cfg, run_dir, jobs, options, force, progress, backend, ray_address):
     """Run with live progress; turn the runner's refusals into messages and exit codes."""
-    from mcu_sim.graphs.event_loop import run_on_loop
-    from mcu_sim.graphs.progress import run_with_progress
-    from mcu_sim.graphs.runner import FingerprintMismatch, RunLocked, make_runner
+    from mcu_sim.runner.event_loop import run_on_loop
+    from mcu_sim.runner.progress import run_with_progress
+    from mcu_sim.runner.runner import FingerprintMismatch, RunLocked, make_runner
 
     try:
         runner = make_runner(cfg, run_dir, backend=backend, ray_address=ray_address, **options)
@@ -179,8 +179,8 @@ def retry_failed(
 ) -> None:
     """Re-run only the episodes recorded as failed, each from its last checkpoint (with the
     run's own config.yaml unless --config is given)."""
-    from mcu_sim.graphs.outputs import RunDir
-    from mcu_sim.graphs.runner import failed_jobs
+    from mcu_sim.runner.outputs import RunDir
+    from mcu_sim.runner.runner import failed_jobs
 
     run = RunDir(run_dir)
     if run.read_manifest() is None:
@@ -211,7 +211,7 @@ def estimate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Predict LLM calls, tokens and cost of N episodes before running them."""
-    from mcu_sim.graphs.estimate import estimate_run, format_estimate
+    from mcu_sim.runner.estimate import estimate_run, format_estimate
 
     cfg = _load(config, overrides)
     try:
@@ -238,7 +238,7 @@ def export(
 ) -> None:
     """Export finished episodes: a Hugging Face dataset folder, Parquet, STARK's released
     layout, or one JSONL file."""
-    from mcu_sim.graphs.export import export_run
+    from mcu_sim.dataset.export import export_run
 
     try:
         path = export_run(run_dir, format, out, include_filtered=include_filtered)
@@ -330,9 +330,9 @@ def filter_run_cmd(
     """Recompute the filter marks of a finished run (no LLM call), with the run's own
     config.yaml unless --config is given; e.g.
     ``mcu filter runs/x --set filters.clip_threshold=0.15``."""
-    from mcu_sim.graphs.filter_run import refilter
-    from mcu_sim.graphs.outputs import RunDir
-    from mcu_sim.graphs.run_manifest import RunLocked
+    from mcu_sim.dataset.filter_run import refilter
+    from mcu_sim.runner.outputs import RunDir
+    from mcu_sim.runner.manifest import RunLocked
 
     run = RunDir(run_dir)
     if not run.episodes.is_dir():
@@ -349,7 +349,7 @@ def filter_run_cmd(
 
 def _register_extensions() -> None:
     """Commands that live next to the code they drive (debugger, viewer)."""
-    from mcu_sim.graphs import debug_cli
+    from mcu_sim.debug import cli as debug_cli
     from mcu_sim.viewer import cli as viewer_cli
 
     debug_cli.register(app)

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from mcu_sim.agents.llm import Completion, LLMClient, Rescue
+from mcu_sim.agents.llm.client import Completion, LLMClient, Rescue
 from mcu_sim.agents.prompting import load_prompt
 from mcu_sim.config import StepSettings
 

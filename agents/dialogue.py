@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
-from mcu_sim.agents.llm import Completion
+from mcu_sim.agents.llm.client import Completion
 from mcu_sim.personas.schema import ASSISTANT, DeviceImage, SharingInfo, Turn
 
 PROMPT = "dialogue"

@@ -15,8 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
-from mcu_sim.agents.llm import Completion
-from mcu_sim.agents.structured import extract_json
+from mcu_sim.agents.llm.client import Completion
+from mcu_sim.agents.llm.client.structured import extract_json
 from mcu_sim.personas.schema import CausedBy, Event, EventGraph, add_interval
 
 PROMPT = "events"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from mcu_sim.agents.base import RoleCall, ask
-from mcu_sim.agents.llm import Completion
+from mcu_sim.agents.llm.client import Completion
 from mcu_sim.personas.schema import Demographics, PersonaAttribute, PersonaEntity
 
 PROMPT = "persona"

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
-from mcu_sim.agents.llm import Completion
+from mcu_sim.agents.llm.client import Completion
 from mcu_sim.tools.photomaker import check_trigger_prompt
 
 PROMPT = "planner"

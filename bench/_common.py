@@ -133,7 +133,7 @@ def peak_rss_mb() -> float:
 
 def scan_run(run_dir: Path) -> dict[str, Any]:
     """Episodes found in a run directory, and any duplicated or corrupt ones."""
-    from mcu_sim.graphs.outputs import RunDir
+    from mcu_sim.runner.outputs import RunDir
     from mcu_sim.personas.schema import Episode
 
     run = RunDir(run_dir)

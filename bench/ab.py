@@ -37,7 +37,7 @@ REPO = HERE.parent
 def _run_on_loop(coroutine: Any, choice: str) -> Any:
     """``mcu run``'s loop when this side's package has the setting, else asyncio's."""
     try:
-        from mcu_sim.graphs.event_loop import run_on_loop
+        from mcu_sim.runner.event_loop import run_on_loop
     except ImportError:  # a base from before run.event_loop
         import asyncio
 
@@ -48,7 +48,7 @@ def _run_on_loop(coroutine: Any, choice: str) -> Any:
 def worker(overrides: list[str]) -> None:
     """Answer ``<episodes>`` lines on stdin with one JSON line per batch; stop at EOF."""
     from mcu_sim.config import load_config
-    from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+    from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 
     # the server code of this tree on both sides: without the side's PYTHONPATH, the
     # endpoint imports the installed package (this tree), not the base's fake server

@@ -25,8 +25,8 @@ from _common import Timer, add_http_client_option, bench_overrides, scan_run, st
 
 
 async def _run(config: Any, run_dir: Path, jobs: list, in_flight: int) -> Any:
-    from mcu_sim.agents.llm import build_client
-    from mcu_sim.graphs.runner import EpisodeRunner
+    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.runner.runner import EpisodeRunner
 
     # short waits so the benchmark stays quick; the retry *count* is the configured one
     llm = build_client(config.llm, retry_initial_s=0.05, retry_max_wait_s=0.5)
@@ -38,7 +38,7 @@ async def _run(config: Any, run_dir: Path, jobs: list, in_flight: int) -> Any:
 
 
 def _counts(run_dir: Path, expected: list[str]) -> dict[str, Any]:
-    from mcu_sim.graphs.outputs import RunDir
+    from mcu_sim.runner.outputs import RunDir
 
     scan = scan_run(run_dir)
     run = RunDir(run_dir)
@@ -63,8 +63,8 @@ def run(
     episodes: int, fault_rate: float, in_flight: int, seed: int, http_client: str = "httpx"
 ) -> dict[str, Any]:
     from mcu_sim.config import load_config
-    from mcu_sim.graphs.outputs import RunDir
-    from mcu_sim.graphs.runner import failed_jobs, plan_jobs
+    from mcu_sim.runner.outputs import RunDir
+    from mcu_sim.runner.runner import failed_jobs, plan_jobs
 
     endpoint = start_endpoint(
         latency=0.02, capacity=16, fault_rate=fault_rate, seed=seed, hang_s=2.0

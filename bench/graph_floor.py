@@ -76,7 +76,7 @@ async def _saver(variant: str, folder: Path) -> Any:
         from langgraph.checkpoint.memory import InMemorySaver
 
         return InMemorySaver()
-    from mcu_sim.graphs.checkpoints import open_checkpointer
+    from mcu_sim.runner.checkpoints import open_checkpointer
 
     return await open_checkpointer(  # as the local runner opens it (its file's only writer)
         folder / f"{variant}.sqlite",
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.smoke:
         args.threads, args.steps = 8, 4
-    from mcu_sim.graphs.event_loop import run_on_loop
+    from mcu_sim.runner.event_loop import run_on_loop
 
     per_step = {
         variant: round(

@@ -41,7 +41,7 @@ def worker(
 ) -> None:
     """Warm up (2 episodes), run ``episodes``, print the run's LLM calls as JSON."""
     from mcu_sim.config import load_config
-    from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+    from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 
     base = bench_overrides(url, sessions, 32, http_client="direct")
     config = load_config(None, [*base, *overrides])

@@ -97,7 +97,7 @@ async def measured_run(
     endpoint: Any = None,
     first_seed: int = 1000,
 ) -> dict[str, Any]:
-    from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+    from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 
     use_cache = config.llm.cache.enabled
     runner = EpisodeRunner(config, out, max_in_flight=in_flight, use_cache=use_cache)
@@ -148,7 +148,7 @@ def run(
 ) -> dict:
     """One measured run; ``extra``: config overrides (``KEY=VALUE``) applied last."""
     from mcu_sim.config import load_config
-    from mcu_sim.graphs.event_loop import run_on_loop
+    from mcu_sim.runner.event_loop import run_on_loop
 
     endpoint = start_endpoint(latency, capacity)
     try:

@@ -24,7 +24,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from mcu_sim.agents import planner, rewriter
-from mcu_sim.agents.llm import LLMError
+from mcu_sim.agents.llm.client import LLMError
 from mcu_sim.graphs.context import IMAGES_DISABLED, EpisodeContext, derive_seed
 from mcu_sim.graphs.lean_steps import inline_route, lean_graph
 from mcu_sim.graphs.state import EpisodeState, append, merge_dict, merge_usage, node_reads

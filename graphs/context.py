@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mcu_sim.agents.base import RoleCall
-from mcu_sim.agents.llm import LLMClient
+from mcu_sim.agents.llm.client import LLMClient
 from mcu_sim.config import Config
 
 try:  # CPython's own SHA-256, the same digest as hashlib's (3.12+, then 3.11)

@@ -13,7 +13,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 
-from mcu_sim.agents.llm import LLMTransportError
+from mcu_sim.agents.llm.client import LLMTransportError
 from mcu_sim.graphs import aligner, nodes, quality
 from mcu_sim.graphs.context import EpisodeContext, derive_seed
 from mcu_sim.graphs.filters import filter_episode

@@ -16,7 +16,7 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, TypeAdapter
 
 from mcu_sim.agents import commonsense, device, dialogue, events, narrative, persona, summarizer
-from mcu_sim.agents.llm import Completion
+from mcu_sim.agents.llm.client import Completion
 from mcu_sim.graphs.context import IMAGES_DISABLED, EpisodeContext, derive_seed
 from mcu_sim.graphs.state import EpisodeState, node_reads
 from mcu_sim.personas import samplers

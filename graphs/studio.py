@@ -34,7 +34,7 @@ from mcu_sim.config import load_config
 from mcu_sim.graphs.aligner import build_aligner_graph
 from mcu_sim.graphs.context import EpisodeContext
 from mcu_sim.graphs.episode import build_episode_graph
-from mcu_sim.graphs.outputs import RunDir
+from mcu_sim.runner.outputs import RunDir
 
 CONFIG_ENV = "MCU_CONFIG"
 
@@ -76,8 +76,8 @@ class SharedDependencies:
 
     def get(self, config: Any) -> tuple[Any, Any]:
         """(LLM client, toolbox) for ``config``, built on first use."""
-        from mcu_sim.agents.llm import build_client
-        from mcu_sim.graphs.runner import build_toolbox
+        from mcu_sim.agents.llm.client import build_client
+        from mcu_sim.runner.runner import build_toolbox
 
         key = config.model_dump_json()
         with self._lock:

@@ -387,14 +387,14 @@ def client_for(
     retry_max_wait_s: float = 1.0,
     **provider: Any,
 ) -> Any:
-    """An :class:`~mcu_sim.agents.llm.LLMClient` (openai_compatible) pointed at ``server``.
+    """An :class:`~mcu_sim.agents.llm.client.LLMClient` (openai_compatible) pointed at ``server``.
 
     ``provider`` overrides ``llm.provider`` keys (e.g. ``max_attempts=3``); without a
     ``cache_path`` the client has no cache.
     """
-    from mcu_sim.agents.adapters import make_adapter
-    from mcu_sim.agents.cache import ResponseCache
-    from mcu_sim.agents.llm import LLMClient
+    from mcu_sim.agents.llm.client.adapters import make_adapter
+    from mcu_sim.agents.llm.client.cache import ResponseCache
+    from mcu_sim.agents.llm.client import LLMClient
     from mcu_sim.config import LLMConfig
 
     settings = {"kind": "openai_compatible", "base_url": server.url, "model": "fake-model"}

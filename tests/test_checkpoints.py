@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypedDict
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 
-from mcu_sim.graphs.checkpoints import PAGE_SIZE, metadata_bytes, open_checkpointer
+from mcu_sim.runner.checkpoints import PAGE_SIZE, metadata_bytes, open_checkpointer
 
 THREAD = {"configurable": {"thread_id": "ep-00000001", "checkpoint_ns": ""}}
 
@@ -96,7 +96,7 @@ async def test_pending_writes_are_committed_with_the_next_checkpoint_or_soon(
     another reader sees them then, and closing the saver commits what is still open."""
     import asyncio
 
-    from mcu_sim.graphs.checkpoints import COMMIT_DELAY_S
+    from mcu_sim.runner.checkpoints import COMMIT_DELAY_S
 
     path = tmp_path / "ours.sqlite"
     saver = await open_checkpointer(path)
@@ -121,7 +121,7 @@ async def test_a_single_writer_groups_checkpoint_commits(tmp_path: Path) -> None
     committed within COMMIT_DELAY_S, with the others of that moment; without it, at once."""
     import asyncio
 
-    from mcu_sim.graphs.checkpoints import COMMIT_DELAY_S
+    from mcu_sim.runner.checkpoints import COMMIT_DELAY_S
 
     grouped_path, plain_path = tmp_path / "grouped.sqlite", tmp_path / "plain.sqlite"
     grouped = await open_checkpointer(grouped_path, group_commit=True)
@@ -153,7 +153,7 @@ async def test_a_busy_single_writer_commits_on_a_checkpoint_not_a_timer(
     window is made long enough that only the early commit can happen)."""
     import asyncio
 
-    from mcu_sim.graphs import checkpoints
+    from mcu_sim.runner import checkpoints
 
     monkeypatch.setattr(checkpoints, "COMMIT_DELAY_S", 60.0)
     path = tmp_path / "grouped.sqlite"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mcu_sim.config import load_config
-from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import Episode
 
 pytestmark = pytest.mark.slow

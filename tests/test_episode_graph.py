@@ -16,7 +16,7 @@ import pytest
 from mcu_sim.agents.prompting import load_prompt
 from mcu_sim.config import load_config
 from mcu_sim.graphs.context import derive_seed
-from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import ASSISTANT, Episode
 from mcu_sim.testing.fake_openai import client_for, schema_name
 from mcu_sim.testing.scripted import scripted_answer, scripted_object
@@ -370,7 +370,7 @@ def test_the_filter_node_equals_its_steps_run_as_separate_nodes(
     from langgraph.graph import END, START, StateGraph
 
     from mcu_sim.graphs import aligner, episode, quality
-    from mcu_sim.graphs.checkpoints import open_checkpointer
+    from mcu_sim.runner.checkpoints import open_checkpointer
     from mcu_sim.graphs.context import EpisodeContext
     from mcu_sim.graphs.state import EpisodeState
 

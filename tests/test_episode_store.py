@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from mcu_sim.graphs import episode_store
-from mcu_sim.graphs.episode_store import EpisodeWriter
-from mcu_sim.graphs.outputs import RunDir, ShardWriter
-from mcu_sim.graphs.scrub import Scrubber
+from mcu_sim.runner import episode_store
+from mcu_sim.runner.episode_store import EpisodeWriter
+from mcu_sim.runner.outputs import RunDir, ShardWriter
+from mcu_sim.runner.scrub import Scrubber
 
 
 class ThreadNotingRun(RunDir):

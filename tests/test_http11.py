@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mcu_sim.agents.http11 import Http11Client, ProtocolError
+from mcu_sim.agents.llm.client.http11 import Http11Client, ProtocolError
 
 BODY = b'{"ok": true}'
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n" + BODY
@@ -182,7 +182,7 @@ async def test_a_connection_that_sent_more_than_its_answer_is_not_reused(server,
 async def test_a_proxied_url_goes_through_the_proxy(server, monkeypatch) -> None:
     """With a proxy in the environment the direct transport sends through aiohttp to it
     (here the scripted server plays the proxy and answers itself)."""
-    from mcu_sim.agents import direct_http
+    from mcu_sim.agents.llm.client import direct_http
 
     proxy, script = server
     monkeypatch.setenv("HTTP_PROXY", proxy.split("/v1")[0])

@@ -24,10 +24,10 @@ from langgraph.types import Command, interrupt
 
 from mcu_sim.config import load_config
 from mcu_sim.graphs import lean_steps
-from mcu_sim.graphs.checkpoints import open_checkpointer
+from mcu_sim.runner.checkpoints import open_checkpointer
 from mcu_sim.graphs.episode import compile_episode_graph
 from mcu_sim.graphs.lean_steps import DirectNodeSeq, inline_route, lean_graph
-from mcu_sim.graphs.runner import EpisodeRunner, compile_graph, plan_jobs
+from mcu_sim.runner.runner import EpisodeRunner, compile_graph, plan_jobs
 from mcu_sim.graphs.state import RouteState, state_view
 from mcu_sim.testing.fake_openai import client_for
 

@@ -26,7 +26,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from mcu_sim.agents.llm import (
+from mcu_sim.agents.llm.client import (
     LLMRequestError,
     LLMTransportError,
 )
@@ -308,8 +308,8 @@ async def test_sampling_settings_and_seed_are_sent(fake_openai, make_llm_client)
 
 @pytest.mark.parametrize("http_client", ["httpx", "direct"])
 async def test_azure_adapter_reaches_its_deployment_url(fake_openai, http_client):
-    from mcu_sim.agents.adapters import make_adapter
-    from mcu_sim.agents.llm import LLMClient
+    from mcu_sim.agents.llm.client.adapters import make_adapter
+    from mcu_sim.agents.llm.client import LLMClient
     from mcu_sim.config import LLMConfig
 
     provider = {

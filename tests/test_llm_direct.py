@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from mcu_sim.agents.llm import LLMRequestError, LLMTransportError
+from mcu_sim.agents.llm.client import LLMRequestError, LLMTransportError
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, Fault, Reply, client_for
 
 USER = [{"role": "user", "content": "Describe one person."}]
@@ -113,7 +113,7 @@ async def test_direct_reports_a_cut_off_answer(fake_openai, direct) -> None:
 
 
 def test_proxies_come_from_the_environment_once(monkeypatch) -> None:
-    from mcu_sim.agents import direct_http
+    from mcu_sim.agents.llm.client import direct_http
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", "internal.example")

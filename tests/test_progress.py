@@ -13,10 +13,10 @@ from typing import Any
 
 from rich.console import Console
 
-from mcu_sim.agents.llm import Usage
+from mcu_sim.agents.llm.client import Usage
 from mcu_sim.config import load_config
-from mcu_sim.graphs.progress import RunProgress, run_with_progress
-from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+from mcu_sim.runner.progress import RunProgress, run_with_progress
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, schema_name
 from mcu_sim.testing.scripted import scripted_answer
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from mcu_sim.config import load_config
-from mcu_sim.graphs.estimate import estimate_run
-from mcu_sim.graphs.outputs import RunDir
-from mcu_sim.graphs.runner import STORE_STEP, EpisodeRunner, failed_jobs, plan_jobs
-from mcu_sim.graphs.scrub import Scrubber, secret_values
+from mcu_sim.runner.estimate import estimate_run
+from mcu_sim.runner.outputs import RunDir
+from mcu_sim.runner.runner import STORE_STEP, EpisodeRunner, failed_jobs, plan_jobs
+from mcu_sim.runner.scrub import Scrubber, secret_values
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, Fault, schema_name
 from mcu_sim.testing.scripted import scripted_answer
 

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from mcu_sim.cli import app
 from mcu_sim.config import load_config
-from mcu_sim.graphs.outputs import RunDir, ShardWriter, atomic_write_json, json_document
-from mcu_sim.graphs.run_manifest import run_lock
-from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+from mcu_sim.runner.outputs import RunDir, ShardWriter, atomic_write_json, json_document
+from mcu_sim.runner.manifest import run_lock
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import Episode
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, client_for
 from mcu_sim.testing.scripted import scripted_answer
@@ -284,7 +284,7 @@ def test_the_run_level_rule_and_mcu_filter_hold_one_episode_at_a_time(
     passes read, mark and write one episode at a time, with the same marks."""
     import gc
 
-    from mcu_sim.graphs.filter_run import apply_run_rules, refilter
+    from mcu_sim.dataset.filter_run import apply_run_rules, refilter
     from mcu_sim.graphs.quality import filter_settings
 
     config, out, _ = _database_image_run(fake_openai, tmp_path)
@@ -340,7 +340,7 @@ def test_the_shard_writer_continues_at_the_highest_numbered_shard_after_a_reload
 ) -> None:
     """Eleven full shards and a partial twelfth: names sort differently as text and as
     numbers past shard 9 in some tools, so the writer's last shard must follow numbers."""
-    from mcu_sim.graphs.outputs import atomic_write_text
+    from mcu_sim.runner.outputs import atomic_write_text
 
     run = RunDir(tmp_path / "run")
     run.create()
@@ -369,7 +369,7 @@ def test_the_shard_writer_continues_at_the_highest_numbered_shard_after_a_reload
 
 
 def test_a_shard_line_holds_the_episode_file_exactly_in_one_compact_line() -> None:
-    from mcu_sim.graphs.outputs import shard_line
+    from mcu_sim.runner.outputs import shard_line
 
     data = {
         "episode_id": "ep-1",
@@ -394,7 +394,7 @@ def test_a_long_number_is_any_run_of_19_digits() -> None:
     import random
     import re
 
-    from mcu_sim.graphs.outputs import has_long_number
+    from mcu_sim.runner.outputs import has_long_number
 
     nineteen = re.compile(rb"[0-9]{19}")  # the definition
     draw = random.Random(7)

@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 from mcu_sim.cli import app
 from mcu_sim.config import Config, load_config
-from mcu_sim.graphs.estimate import estimate_run
-from mcu_sim.graphs.outputs import RunDir, ShardWriter, atomic_write_text
-from mcu_sim.graphs.progress import RunProgress, compact, eta_seconds, format_duration
-from mcu_sim.graphs.run_manifest import run_lock
-from mcu_sim.graphs.runner import (
+from mcu_sim.runner.estimate import estimate_run
+from mcu_sim.runner.outputs import RunDir, ShardWriter, atomic_write_text
+from mcu_sim.runner.progress import RunProgress, compact, eta_seconds, format_duration
+from mcu_sim.runner.manifest import run_lock
+from mcu_sim.runner.runner import (
     EpisodeRunner,
     FingerprintMismatch,
     RunLocked,
@@ -405,7 +405,7 @@ def test_exit_durability_failure_resumes_at_the_failed_node(
 def test_keep_checkpoints_last_leaves_one_checkpoint_per_finished_episode(
     fake_openai: FakeOpenAIServer, tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
-    from mcu_sim.graphs.timetravel import history, parse_episode_ref
+    from mcu_sim.debug.timetravel import history, parse_episode_ref
 
     extra = _store_overrides(store, request)
     fake_openai.handler = scripted_answer
@@ -440,7 +440,7 @@ def test_a_new_episode_starts_without_reading_its_state(
 ) -> None:
     """The runner reads which threads have checkpoints once; only those have their state
     read before they run (a new thread's empty snapshot cost about 3 % of the CPU)."""
-    from mcu_sim.graphs import runner as runner_module
+    from mcu_sim.runner import runner as runner_module
 
     reads: list[str] = []
     compile_graph = runner_module.compile_graph
@@ -646,7 +646,7 @@ def test_a_run_tunes_the_garbage_collector_and_restores_it(
     leaves it alone throughout."""
     import gc
 
-    from mcu_sim.graphs.gc_tuning import RUN_THRESHOLDS
+    from mcu_sim.runner.gc_tuning import RUN_THRESHOLDS
 
     seen = _seen_in_each_episode(monkeypatch, lambda: (gc.get_threshold(), gc.get_freeze_count()))
     before = gc.get_threshold()
@@ -681,7 +681,7 @@ def test_an_event_loop_that_is_not_installed_is_a_config_error(monkeypatch) -> N
     import sys
 
     from mcu_sim.config import ConfigError
-    from mcu_sim.graphs.event_loop import loop_factory, run_on_loop
+    from mcu_sim.runner.event_loop import loop_factory, run_on_loop
 
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now fails
     assert loop_factory("auto") is None and loop_factory("asyncio") is None
@@ -697,11 +697,11 @@ def test_an_episode_checkpointed_before_the_filter_node_existed_finishes(
     finishes as it would have."""
     import sqlite3
 
-    from mcu_sim.agents.llm import build_client
-    from mcu_sim.graphs.checkpoints import open_checkpointer
+    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.runner.checkpoints import open_checkpointer
     from mcu_sim.graphs.context import EpisodeContext
     from mcu_sim.graphs.episode import compile_episode_graph
-    from mcu_sim.graphs.runner import drive_episode
+    from mcu_sim.runner.runner import drive_episode
 
     config = _config(fake_openai, tmp_path, sessions=2)
     out = tmp_path / "run"

@@ -21,7 +21,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
-from mcu_sim.graphs.checkpoints import COMMIT_DELAY_S, open_checkpointer
+from mcu_sim.runner.checkpoints import COMMIT_DELAY_S, open_checkpointer
 
 THREAD = {"configurable": {"thread_id": "ep-00000001", "checkpoint_ns": ""}}
 
@@ -275,7 +275,7 @@ async def test_a_write_that_cannot_be_serialised_loses_only_itself(
         first = await saver.aput(THREAD, _checkpoint(1), {"source": "loop", "step": 1}, {})
         await saver.aput_writes(first, [("notes", [object()])], "task-1")
         await saver.aput_writes(first, [("notes", ["fine"])], "task-2")
-        with caplog.at_level("ERROR", logger="mcu_sim.graphs.checkpoints"):
+        with caplog.at_level("ERROR", logger="mcu_sim.runner.checkpoints"):
             await asyncio.sleep(COMMIT_DELAY_S * 5)
     finally:
         await saver.conn.close()

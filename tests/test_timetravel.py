@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from mcu_sim.cli import app
 from mcu_sim.config import load_config
 from mcu_sim.graphs.episode import NODE_ORDER
-from mcu_sim.graphs.outputs import RunDir
-from mcu_sim.graphs.run_manifest import RunLocked, run_lock
-from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
-from mcu_sim.graphs.timetravel import (
+from mcu_sim.runner.outputs import RunDir
+from mcu_sim.runner.manifest import RunLocked, run_lock
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
+from mcu_sim.debug.timetravel import (
     TimeTravelError,
     fork,
     history,

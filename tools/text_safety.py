@@ -29,7 +29,7 @@ from mcu_sim.tools.clip_score import file_fingerprint
 from mcu_sim.tools.scorers import missing_package
 
 if TYPE_CHECKING:
-    from mcu_sim.agents.llm import LLMClient
+    from mcu_sim.agents.llm.client import LLMClient
     from mcu_sim.config import StepSettings
 
 SafetyLabel = Literal["safe", "needs_caution", "unsafe"]
@@ -155,7 +155,7 @@ class LLMJudgeSafety:
         return self.prompt.render(turns=turns, truncated=len(turns) < len(dialogue))
 
     async def check(self, dialogue: Sequence[str]) -> SafetyVerdict:
-        from mcu_sim.agents.llm import LLMError
+        from mcu_sim.agents.llm.client import LLMError
 
         if not dialogue:
             raise ValueError("dialogue is empty; pass one line per turn")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.graphs.outputs import RunDir, atomic_write_json
+from mcu_sim.runner.outputs import RunDir, atomic_write_json
 from mcu_sim.personas.schema import Episode
 
 HOSTILE = '<script>window.__pwned = 1</script><img src="x" onerror="window.__pwned = 2">'
@@ -28,7 +28,7 @@ def generate_run(
     """Run the real graph for ``seeds`` against ``server`` (a started ``FakeOpenAIServer``
     whose ``handler`` is already set). Returns failures by episode id."""
     from mcu_sim.config import load_config
-    from mcu_sim.graphs.runner import EpisodeJob, EpisodeRunner, episode_id_for
+    from mcu_sim.runner.runner import EpisodeJob, EpisodeRunner, episode_id_for
     from mcu_sim.testing.fake_openai import client_for
 
     cache = run_dir.parent / f"{run_dir.name}-llm-cache.sqlite"

@@ -1,6 +1,6 @@
 """Wire-protocol adapters. Each sends one request and returns text plus token counts.
 
-Retries, validation, caching and limits are not here: :class:`mcu_sim.agents.llm.LLMClient`
+Retries, validation, caching and limits are not here: :class:`mcu_sim.agents.llm.client.LLMClient`
 adds them uniformly on top of every adapter.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mcu_sim.agents import direct_http
-from mcu_sim.agents.llm import EndpointFault, LLMRequestError, RawReply, Request
+from mcu_sim.agents.llm.client import direct_http
+from mcu_sim.agents.llm.client import EndpointFault, LLMRequestError, RawReply, Request
 from mcu_sim.config import ConfigError, ProviderConfig
 from mcu_sim.redaction import MASK, mask_url
 

@@ -3,11 +3,11 @@
 The openai SDK re-types every request body and response and routes them through httpx
 and anyio; at a few hundred calls per second that is most of the framework's CPU
 (``bench/throughput.py``). This client only posts JSON and reads JSON, over
-:mod:`mcu_sim.agents.http11`'s keep-alive connections, or through aiohttp when the
+:mod:`mcu_sim.agents.llm.client.http11`'s keep-alive connections, or through aiohttp when the
 environment names a proxy for the URL. Retries stay where they are for every transport
-(tenacity in :mod:`mcu_sim.agents.llm`): this module turns each failure into an exception
+(tenacity in :mod:`mcu_sim.agents.llm.client`): this module turns each failure into an exception
 that policy already understands, an HTTP status with its headers (``Retry-After``) or an
-:class:`~mcu_sim.agents.llm.EndpointFault`.
+:class:`~mcu_sim.agents.llm.client.EndpointFault`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from mcu_sim.agents.http11 import Http11Client
-from mcu_sim.agents.llm import EndpointFault, RawReply
+from mcu_sim.agents.llm.client.http11 import Http11Client
+from mcu_sim.agents.llm.client import EndpointFault, RawReply
 
 
 class HTTPStatusError(Exception):

@@ -188,8 +188,8 @@ def dry_run_config(config: Config) -> Config:
 
 def dry_run(config: Config, episodes: int = DRY_RUN_EPISODES) -> tuple[list[dict], list[int]]:
     """Run sample episodes against a fake endpoint; return (request bodies, sessions)."""
-    from mcu_sim.agents.llm import build_client
-    from mcu_sim.graphs.runner import EpisodeRunner, plan_jobs
+    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
     from mcu_sim.testing.fake_openai import FakeOpenAIServer
     from mcu_sim.testing.scripted import scripted_answer
 
@@ -264,7 +264,7 @@ def estimate_run(config: Config, episodes: int, from_run: Path | None = None) ->
 
 def refine_from_run(result: Estimate, run_dir: Path) -> None:
     """Replace predictions with per-episode means measured in ``run_dir``'s episodes."""
-    from mcu_sim.graphs.outputs import RunDir
+    from mcu_sim.runner.outputs import RunDir
 
     run = RunDir(run_dir)
     ids = run.finished_ids() if run.episodes.is_dir() else []

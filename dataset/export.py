@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.graphs.outputs import RunDir
+from mcu_sim.runner.outputs import RunDir
 from mcu_sim.personas.schema import DATE_FORMAT, Episode
 
 FORMATS = ("hf", "parquet", "stark", "jsonl")
@@ -299,7 +299,7 @@ def write_hf_folder(run_dir: Path, target: Path, include_filtered: bool) -> None
     ``datasets.load_dataset(str(target))`` reads it (the card's ``configs`` names the
     files). Images are hard-linked from the run (copied across file systems).
     """
-    from mcu_sim.graphs.dataset_card import CardStats, dataset_card
+    from mcu_sim.dataset.card import CardStats, dataset_card
 
     target.parent.mkdir(parents=True, exist_ok=True)
     built = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

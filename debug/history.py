@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from mcu_sim.graphs.debug_state import total_tokens
+from mcu_sim.debug.state import total_tokens
 
 INPUT_NODE = "__input__"
 START_NODE = "__start__"

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mcu_sim.graphs.debug_history import CheckpointRow, format_time
-from mcu_sim.graphs.debug_state import Change
+from mcu_sim.debug.history import CheckpointRow, format_time
+from mcu_sim.debug.state import Change
 
 MAX_VALUE_CHARS = 110
 MAX_READ_CHARS = 90  # a field's preview at a stop

@@ -6,7 +6,7 @@ request. A Chat Completions call needs none of it: one POST of a JSON body, one 
 framed by ``Content-Length`` or chunked encoding, on a connection kept for the next call.
 That is all this module does. It sends ``Accept-Encoding: identity`` so answers come
 uncompressed, refuses header values that would break the request's framing, and caps what
-a server may send. Proxies are not spoken here: :mod:`mcu_sim.agents.direct_http` sends a
+a server may send. Proxies are not spoken here: :mod:`mcu_sim.agents.llm.client.direct_http` sends a
 proxied URL through aiohttp.
 """
 

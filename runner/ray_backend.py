@@ -8,9 +8,9 @@ Who does what:
   it arrives, exactly like the local runner.
 - Each **task** runs one episode (or resumes it) in a worker process, with the LLM client
   (the response cache is a shared SQLite file in WAL mode), the same checkpointer as the
-  local backend and the same :func:`~mcu_sim.graphs.runner.drive_episode`; the worker keeps
+  local backend and the same :func:`~mcu_sim.runner.runner.drive_episode`; the worker keeps
   client, checkpointer, graph and event loop for its next task
-  (:mod:`~mcu_sim.graphs.ray_worker`). It returns the episode, or a failure record; it
+  (:mod:`~mcu_sim.runner.ray_worker`). It returns the episode, or a failure record; it
   writes only checkpoints and images.
 - A **monitor** actor adds up every task's usage after each step: it feeds the live display
   and stops every task cleanly (after its current step) once ``max_cost`` is reached.
@@ -36,9 +36,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.agents.llm import Usage
+from mcu_sim.agents.llm.client import Usage
 from mcu_sim.config import Config
-from mcu_sim.graphs.runner import (
+from mcu_sim.runner.runner import (
     EpisodeJob,
     EpisodeRunner,
     RunReport,
@@ -56,11 +56,11 @@ MONITOR_EVERY_S = 0.5
 def run_episode_task(payload: dict[str, Any]) -> dict[str, Any]:
     """The body of one Ray task (a plain function, so it can also be called directly).
 
-    It runs on the worker's kept session (:mod:`mcu_sim.graphs.ray_worker`: event loop of
+    It runs on the worker's kept session (:mod:`mcu_sim.runner.ray_worker`: event loop of
     ``run.event_loop``, LLM client, checkpointer, compiled graph), with ``run.gc_tuning``
     for the task's length, as ``mcu run`` has for the run's."""
-    from mcu_sim.graphs.gc_tuning import tuned_gc
-    from mcu_sim.graphs.ray_worker import close_worker_session, worker_session
+    from mcu_sim.runner.gc_tuning import tuned_gc
+    from mcu_sim.runner.ray_worker import close_worker_session, worker_session
 
     session = worker_session(payload)
     try:
@@ -72,10 +72,10 @@ def run_episode_task(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str, Any]:
-    from mcu_sim.graphs.checkpoints import prune_finished
+    from mcu_sim.runner.checkpoints import prune_finished
     from mcu_sim.graphs.context import EpisodeContext
-    from mcu_sim.graphs.runner import drive_episode, failure_record, next_nodes
-    from mcu_sim.graphs.scrub import Scrubber
+    from mcu_sim.runner.runner import drive_episode, failure_record, next_nodes
+    from mcu_sim.runner.scrub import Scrubber
 
     config, llm, graph = session.config, session.llm, session.graph
     job = EpisodeJob(*payload["job"])
@@ -330,7 +330,7 @@ def _remote(kind: str) -> Any:
 
 
 class RayEpisodeRunner(EpisodeRunner):
-    """:class:`~mcu_sim.graphs.runner.EpisodeRunner` with episodes run as Ray tasks.
+    """:class:`~mcu_sim.runner.runner.EpisodeRunner` with episodes run as Ray tasks.
 
     ``address`` is a Ray cluster (``ray://…`` or ``auto``); None starts a local Ray (or
     uses the one already initialised in this process). ``task_cpus`` is the CPU share Ray
@@ -424,7 +424,7 @@ class RayEpisodeRunner(EpisodeRunner):
         monitor = _remote("monitor").remote(self.max_cost)
         actors, info = self._start_tool_actors()
         shared = postgres_dsn(self.config) is not None
-        from mcu_sim.graphs.ray_worker import session_key
+        from mcu_sim.runner.ray_worker import session_key
 
         config_dump, run_root = self.config.model_dump(mode="json"), str(self.run.root.resolve())
         base = {

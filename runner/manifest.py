@@ -16,7 +16,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from mcu_sim.graphs.outputs import (
+from mcu_sim.runner.outputs import (
     RunDir,
     atomic_write_json,
     atomic_write_text,

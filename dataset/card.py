@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from mcu_sim.graphs.outputs import RunDir
+from mcu_sim.runner.outputs import RunDir
 from mcu_sim.personas.schema import Episode
 
 GENERATED_NOTE = {

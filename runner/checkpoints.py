@@ -29,9 +29,9 @@ from typing import Any
 
 import orjson
 
-from mcu_sim.agents.cache import connect_wal
+from mcu_sim.agents.llm.client.cache import connect_wal
 from mcu_sim.config import Config, ConfigError
-from mcu_sim.graphs.scrub import Scrubber, mask_checkpoints
+from mcu_sim.runner.scrub import Scrubber, mask_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +464,7 @@ async def open_checkpointer(
 ) -> Any:
     """An ``AsyncSqliteSaver`` on ``path`` with WAL, a busy timeout and
     ``synchronous=NORMAL``; ``inline=False`` uses aiosqlite's worker thread instead.
-    ``scrubber``: secrets masked in every write (:func:`~mcu_sim.graphs.scrub.mask_checkpoints`).
+    ``scrubber``: secrets masked in every write (:func:`~mcu_sim.runner.scrub.mask_checkpoints`).
     ``group_commit``: checkpoints share commits (:meth:`InlineSqliteConnection.commit_checkpoint`;
     only for the file's single writer).
     ``drop_superseded``: a task's pending writes are not stored once its step's checkpoint
@@ -514,7 +514,7 @@ async def checkpointer_for(
     config: Config, sqlite_path: Path, single_writer: bool = False, for_run: bool = False
 ) -> AsyncIterator[Any]:
     """The configured checkpointer, closed on exit (SQLite by default, else Postgres); the
-    configured secrets never reach it (:mod:`mcu_sim.graphs.scrub`). ``single_writer``:
+    configured secrets never reach it (:mod:`mcu_sim.runner.scrub`). ``single_writer``:
     no other process writes the SQLite file meanwhile (the local runner holds the run
     lock), so checkpoints may share commits. ``for_run``: opened to run episodes (the
     runner, a Ray worker); with ``run.keep_checkpoints: last`` pending writes a checkpoint

@@ -5,7 +5,7 @@ SQLite in the run directory by default, Postgres when ``run.postgres_dsn_env`` n
 variable holding a connection string. A re-run of the same command continues unfinished
 episodes from their last checkpoint and never redoes or duplicates a finished one; a
 changed config fingerprint is refused unless forced. ``max_in_flight=1`` is the sequential
-path for debugging; :mod:`mcu_sim.graphs.ray_backend` runs the same jobs on Ray.
+path for debugging; :mod:`mcu_sim.runner.ray_backend` runs the same jobs on Ray.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.agents.llm import LLMClient, LLMOutputError, Usage, build_client
+from mcu_sim.agents.llm.client import LLMClient, LLMOutputError, Usage, build_client
 from mcu_sim.config import Config, ConfigError
-from mcu_sim.graphs.checkpoints import (  # noqa: F401 - open_checkpointer re-exported
+from mcu_sim.runner.checkpoints import (  # noqa: F401 - open_checkpointer re-exported
     checkpointer_for,
     open_checkpointer,
     postgres_dsn,
@@ -32,10 +32,10 @@ from mcu_sim.graphs.checkpoints import (  # noqa: F401 - open_checkpointer re-ex
     threads_with_checkpoints,
 )
 from mcu_sim.graphs.context import EpisodeContext
-from mcu_sim.graphs.episode_store import EpisodeWriter
-from mcu_sim.graphs.gc_tuning import tuned_gc
-from mcu_sim.graphs.outputs import RunDir, ShardWriter
-from mcu_sim.graphs.run_manifest import (  # noqa: F401 - re-exported
+from mcu_sim.runner.episode_store import EpisodeWriter
+from mcu_sim.runner.gc_tuning import tuned_gc
+from mcu_sim.runner.outputs import RunDir, ShardWriter
+from mcu_sim.runner.manifest import (  # noqa: F401 - re-exported
     FingerprintMismatch,
     RunLocked,
     episode_id_for,
@@ -45,7 +45,7 @@ from mcu_sim.graphs.run_manifest import (  # noqa: F401 - re-exported
     run_lock,
     start_manifest,
 )
-from mcu_sim.graphs.scrub import Scrubber
+from mcu_sim.runner.scrub import Scrubber
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 STORE_STEP = "store_episode"  # ``failed_at`` of an episode whose file could not be written
@@ -353,7 +353,7 @@ class EpisodeRunner:
     def _apply_run_rules(self) -> dict[str, int]:
         """The run-level filter (DialogCC's over-matched database images) over every
         finished episode; rewritten episodes reach the shards through an atomic rebuild."""
-        from mcu_sim.graphs.filter_run import apply_run_rules
+        from mcu_sim.dataset.filter_run import apply_run_rules
         from mcu_sim.graphs.quality import filter_settings
 
         return apply_run_rules(self.run, filter_settings(self.config), self.shard_size)
@@ -493,7 +493,7 @@ def make_runner(
     if backend == "local":
         return EpisodeRunner(config, out_dir, **options)
     if backend == "ray":
-        from mcu_sim.graphs.ray_backend import RayEpisodeRunner
+        from mcu_sim.runner.ray_backend import RayEpisodeRunner
 
         address = ray_address or getattr(config.run, "ray_address", None)
         return RayEpisodeRunner(config, out_dir, address=address, **options)

@@ -14,9 +14,9 @@ from mcu_sim.graphs.filters import (
     OverMatchedCounter,
     iter_filter_run,
 )
-from mcu_sim.graphs.outputs import RunDir, atomic_write_json, index_line
+from mcu_sim.runner.outputs import RunDir, atomic_write_json, index_line
 from mcu_sim.graphs.quality import filter_settings
-from mcu_sim.graphs.run_manifest import run_lock
+from mcu_sim.runner.manifest import run_lock
 from mcu_sim.personas.schema import Episode
 
 OVER_MATCHED = "over_matched_image"  # the rule graphs.filters.OverMatchedCounter writes

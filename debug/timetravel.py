@@ -1,8 +1,8 @@
 """Time travel over an episode's checkpoints, with LangGraph's own checkpoint API.
 
 An episode is a thread on its run's checkpointer, opened exactly as the batch runner opens
-it (:func:`~mcu_sim.graphs.checkpoints.checkpointer_for` and
-:func:`~mcu_sim.graphs.checkpoints.thread_id_for`): ``<run>/checkpoints.sqlite`` with the
+it (:func:`~mcu_sim.runner.checkpoints.checkpointer_for` and
+:func:`~mcu_sim.runner.checkpoints.thread_id_for`): ``<run>/checkpoints.sqlite`` with the
 episode id as thread id, or the Postgres database named by ``run.postgres_dsn_env`` with
 ``<run id>/<episode id>``. From Python::
 
@@ -31,7 +31,7 @@ from typing import Any
 
 from mcu_sim.config import Config, load_config
 from mcu_sim.graphs.context import EpisodeContext
-from mcu_sim.graphs.debug_history import (  # noqa: F401 - part of this module's API
+from mcu_sim.debug.history import (  # noqa: F401 - part of this module's API
     CheckpointRow,
     History,
     TimeTravelError,
@@ -42,13 +42,13 @@ from mcu_sim.graphs.debug_history import (  # noqa: F401 - part of this module's
     thread_ids,
     writer_node,
 )
-from mcu_sim.graphs.debug_state import (
+from mcu_sim.debug.state import (
     StateEditError,
     get_path,
     set_path,
     validate_field,
 )
-from mcu_sim.graphs.outputs import RunDir, atomic_write_json
+from mcu_sim.runner.outputs import RunDir, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class RunGraph:
     shared: bool  # a shared (Postgres) store: thread ids carry the run id
 
     def thread_id(self, episode_id: str) -> str:
-        from mcu_sim.graphs.checkpoints import thread_id_for
+        from mcu_sim.runner.checkpoints import thread_id_for
 
         return thread_id_for(self.run_id, episode_id, self.shared)
 
@@ -123,8 +123,8 @@ async def open_graph(run: RunDir, config: Config | None = None) -> AsyncIterator
     """The compiled episode graph on the run's checkpointer (closed on exit), opened as the
     batch runner opens it: SQLite in the run directory, or the configured Postgres.
     ``config`` defaults to the run's own ``config.yaml``."""
-    from mcu_sim.graphs.checkpoints import checkpointer_for, postgres_dsn
-    from mcu_sim.graphs.runner import compile_graph
+    from mcu_sim.runner.checkpoints import checkpointer_for, postgres_dsn
+    from mcu_sim.runner.runner import compile_graph
 
     config = config or load_run_config(run)
     shared = postgres_dsn(config) is not None
@@ -157,8 +157,8 @@ def make_context(
     step_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> EpisodeContext:
     """An EpisodeContext like the batch runner's (client and toolbox built from config)."""
-    from mcu_sim.agents.llm import build_client
-    from mcu_sim.graphs.runner import build_toolbox
+    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.runner.runner import build_toolbox
 
     return EpisodeContext(
         config=config,
@@ -239,7 +239,7 @@ async def fork_snapshot(
     """Copy ``snapshot``'s state into a new thread (new episode id), with edits applied, and
     list the fork in the run manifest (so ``mcu run --resume`` continues it). The caller
     holds the run lock."""
-    from mcu_sim.graphs.run_manifest import record_fork
+    from mcu_sim.runner.manifest import record_fork
 
     graph = opened.graph
     base = source_episode or snapshot.values["episode_id"]
@@ -268,7 +268,7 @@ async def fork(
     """A new episode whose state is the one at checkpoint ``at``, with ``sets`` applied
     (``{"persona.0.sentence": "..."}``); continue it with :func:`replay` or ``mcu run
     --resume``. Holds the run lock, like :func:`replay` and the debugger."""
-    from mcu_sim.graphs.run_manifest import run_lock
+    from mcu_sim.runner.manifest import run_lock
 
     with run_lock(ref.run):
         async with open_graph(ref.run, config) as opened:
@@ -357,7 +357,7 @@ async def replay(
 ) -> ReplayResult:
     """Continue the graph from a checkpoint (default: the latest) to the end and write the
     finished episode file. Earlier nodes are not run again; ``executions`` counts the rest."""
-    from mcu_sim.graphs.run_manifest import run_lock
+    from mcu_sim.runner.manifest import run_lock
 
     config = config or load_run_config(ref.run)
     context = make_context(

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.graphs.outputs import RunDir, ShardWriter
-from mcu_sim.graphs.scrub import Scrubber
+from mcu_sim.runner.outputs import RunDir, ShardWriter
+from mcu_sim.runner.scrub import Scrubber
 
 log = logging.getLogger(__name__)
 

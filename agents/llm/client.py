@@ -26,8 +26,8 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from mcu_sim.agents.cache import Encoded, ResponseCache, cache_key, canonical_json
-from mcu_sim.agents.retry import (
+from mcu_sim.agents.llm.client.cache import Encoded, ResponseCache, cache_key, canonical_json
+from mcu_sim.agents.llm.client.retry import (
     RateLimiter,
     RetryAfterWait,
     StopBeforeDeadline,
@@ -35,7 +35,7 @@ from mcu_sim.agents.retry import (
     retry_after_seconds,
     status_of,
 )
-from mcu_sim.agents.structured import (
+from mcu_sim.agents.llm.client.structured import (
     describe_validation_error,
     extract_json,
     repair_message,
@@ -530,7 +530,7 @@ def build_client(
 
     ``client_options`` go to :class:`LLMClient` (``retry_initial_s``, ``retry_max_wait_s``).
     """
-    from mcu_sim.agents import adapters
+    from mcu_sim.agents.llm.client import adapters
 
     adapter = adapters.make_adapter(config.provider, environ)
     cache = None

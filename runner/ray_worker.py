@@ -24,10 +24,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from mcu_sim.agents.llm import LLMClient
+from mcu_sim.agents.llm.client import LLMClient
 from mcu_sim.config import Config
-from mcu_sim.graphs.checkpoints import inline_connection
-from mcu_sim.graphs.event_loop import loop_factory
+from mcu_sim.runner.checkpoints import inline_connection
+from mcu_sim.runner.event_loop import loop_factory
 
 T = TypeVar("T")
 
@@ -104,9 +104,9 @@ atexit.register(_close_at_exit)
 
 
 def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
-    from mcu_sim.agents.llm import build_client
-    from mcu_sim.graphs.outputs import RunDir
-    from mcu_sim.graphs.runner import checkpointer_for, compile_graph
+    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.runner.outputs import RunDir
+    from mcu_sim.runner.runner import checkpointer_for, compile_graph
 
     runner = asyncio.Runner(loop_factory=loop_factory(config.run.event_loop))
     exits = contextlib.AsyncExitStack()

@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from mcu_sim.config import Config
-from mcu_sim.graphs import debug_view as view
+from mcu_sim.debug import view as view
 from mcu_sim.graphs.context import EpisodeContext
-from mcu_sim.graphs.debug_state import (
+from mcu_sim.debug.state import (
     StateEditError,
     diff,
     edit_in_editor,
@@ -37,8 +37,8 @@ from mcu_sim.graphs.debug_state import (
     parse_value,
     step_overrides,
 )
-from mcu_sim.graphs.outputs import RunDir
-from mcu_sim.graphs.timetravel import (
+from mcu_sim.runner.outputs import RunDir
+from mcu_sim.debug.timetravel import (
     History,
     RunGraph,
     TimeTravelError,
@@ -374,9 +374,9 @@ async def debug_episode(
     directory meanwhile), checks the config fingerprint against the manifest and records
     the seed there, so ``mcu run --resume`` continues the episode later.
     """
-    from mcu_sim.agents.llm import build_client
-    from mcu_sim.graphs.run_manifest import finish_manifest, run_lock, start_manifest
-    from mcu_sim.graphs.runner import RunReport, build_toolbox
+    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.runner.manifest import finish_manifest, run_lock, start_manifest
+    from mcu_sim.runner.runner import RunReport, build_toolbox
 
     own_llm = llm is None
     llm = llm if llm is not None else build_client(config.llm, cache_path=config.llm.cache.path)

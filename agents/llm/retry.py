@@ -26,7 +26,7 @@ def status_of(exc: BaseException) -> int | None:
 
 def is_retryable(exc: BaseException) -> bool:
     """429, 408, 409, 5xx, timeouts, connection errors and unusable bodies; nothing else."""
-    from mcu_sim.agents.llm import EndpointFault  # the error classes live with the client
+    from mcu_sim.agents.llm.client import EndpointFault  # the error classes live with the client
 
     if isinstance(exc, EndpointFault):
         return True

@@ -33,7 +33,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _ref(text: str) -> Any:
-    from mcu_sim.graphs.timetravel import TimeTravelError, parse_episode_ref
+    from mcu_sim.debug.timetravel import TimeTravelError, parse_episode_ref
 
     try:
         return parse_episode_ref(text)
@@ -43,8 +43,8 @@ def _ref(text: str) -> Any:
 
 def _run(coro: Any) -> Any:
     from mcu_sim.config import ConfigError
-    from mcu_sim.graphs.debug_state import StateEditError
-    from mcu_sim.graphs.timetravel import TimeTravelError
+    from mcu_sim.debug.state import StateEditError
+    from mcu_sim.debug.timetravel import TimeTravelError
 
     try:
         return asyncio.run(coro)
@@ -72,11 +72,11 @@ def debug(
 ) -> None:
     """Run one episode step by step: stop before each node, show, edit, re-run, go back, fork."""
     from mcu_sim.config import ConfigError, load_config
-    from mcu_sim.graphs.debugger import debug_episode
-    from mcu_sim.graphs.outputs import RunDir
-    from mcu_sim.graphs.run_manifest import FingerprintMismatch, RunLocked
-    from mcu_sim.graphs.runner import episode_id_for
-    from mcu_sim.graphs.timetravel import load_run_config
+    from mcu_sim.debug.debugger import debug_episode
+    from mcu_sim.runner.outputs import RunDir
+    from mcu_sim.runner.manifest import FingerprintMismatch, RunLocked
+    from mcu_sim.runner.runner import episode_id_for
+    from mcu_sim.debug.timetravel import load_run_config
 
     if seed is not None and episode is not None:
         raise _fail("give --seed or --episode, not both")
@@ -118,8 +118,8 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List an episode's checkpoints: #, id, step, node that wrote it, next node, time, tokens."""
-    from mcu_sim.graphs.debug_view import history_table
-    from mcu_sim.graphs.timetravel import history as list_history
+    from mcu_sim.debug.view import history_table
+    from mcu_sim.debug.timetravel import history as list_history
 
     found = _run(list_history(_ref(episode)))
     if as_json:
@@ -137,7 +137,7 @@ def show(
     ] = None,
 ) -> None:
     """Print the state at a checkpoint (default: the latest) as JSON."""
-    from mcu_sim.graphs.timetravel import show as show_state
+    from mcu_sim.debug.timetravel import show as show_state
 
     value = _run(show_state(_ref(episode), at, field))
     typer.echo(json.dumps(value, indent=1, ensure_ascii=False, default=str))
@@ -154,8 +154,8 @@ def fork(
 ) -> None:
     """Copy the state at a checkpoint into a new episode, optionally changed (then: mcu replay,
     or `mcu run --resume RUN_DIR`, which continues every unfinished fork)."""
-    from mcu_sim.graphs.debug_state import StateEditError, parse_assignment
-    from mcu_sim.graphs.timetravel import fork as fork_episode
+    from mcu_sim.debug.state import StateEditError, parse_assignment
+    from mcu_sim.debug.timetravel import fork as fork_episode
 
     ref = _ref(episode)
     if at is None:
@@ -164,7 +164,7 @@ def fork(
         changes = dict(parse_assignment(item) for item in sets or [])
     except StateEditError as exc:
         raise _fail(str(exc)) from None
-    from mcu_sim.graphs.run_manifest import RunLocked
+    from mcu_sim.runner.manifest import RunLocked
 
     try:
         result = _run(fork_episode(ref, at, changes, new_id))
@@ -192,8 +192,8 @@ def replay(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the LLM cache.")] = False,
 ) -> None:
     """Continue an episode from a checkpoint to the end and write its episode file."""
-    from mcu_sim.graphs.timetravel import load_run_config
-    from mcu_sim.graphs.timetravel import replay as replay_episode
+    from mcu_sim.debug.timetravel import load_run_config
+    from mcu_sim.debug.timetravel import replay as replay_episode
 
     ref = _ref(episode)
 
@@ -207,7 +207,7 @@ def replay(
             on_node=lambda node, _: err.print(f"ran {node}", highlight=False),
         )
 
-    from mcu_sim.graphs.run_manifest import RunLocked
+    from mcu_sim.runner.manifest import RunLocked
 
     try:
         result = _run(go())

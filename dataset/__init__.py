@@ -1,0 +1,1 @@
+"""What is done to a finished run: exports, the dataset card, filter runs."""
