@@ -139,7 +139,7 @@ def run(
     capacity: int,
     in_flight: int,
     sessions: int | None,
-    http_client: str = "direct",
+    http_client: str = "httpx",
     durability: str = "sync",
     event_loop: str = "auto",
     cache: bool = False,
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="sessions per episode (default: the config's own range, 4-6, as `mcu run` has it)",
     )
-    add_http_client_option(parser, "direct")
+    add_http_client_option(parser, "httpx")
     parser.add_argument(
         "--durability", choices=["sync", "exit"], default="sync", help="run.durability"
     )

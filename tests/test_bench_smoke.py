@@ -105,7 +105,7 @@ def test_resume_smoke(keep: str) -> None:
     assert result["calls_redone"] >= 0
 
 
-@pytest.mark.parametrize("http_client", ["httpx", "direct"])
+@pytest.mark.parametrize("http_client", ["httpx", "aiohttp"])
 def test_faults_smoke(http_client: str) -> None:
     result = _json("faults.py", f"--http-client={http_client}")
     assert result["http_client"] == http_client
