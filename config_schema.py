@@ -144,13 +144,6 @@ class ProviderConfig(Strict):
         ),
     )
     timeout_s: float = Field(120.0, gt=0)
-    http_client: Literal["httpx", "aiohttp"] = Field(
-        "httpx",
-        description=(
-            "The HTTP client under the openai SDK: httpx (its default) or aiohttp (its "
-            "DefaultAioHttpClient, the openai[aiohttp] extra)."
-        ),
-    )
     max_attempts: int = Field(6, ge=1, le=50)
     max_retry_seconds: float = Field(
         300.0,

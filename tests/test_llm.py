@@ -149,25 +149,6 @@ async def test_persistent_timeouts_raise_transport_error(fake_openai, make_llm_c
     assert len(fake_openai.chat_requests) == 2
 
 
-async def test_aiohttp_transport_has_the_same_retry_and_timeout_behaviour(
-    fake_openai, make_llm_client, recwarn
-):
-    client = make_llm_client(cache_path=None, timeout_s=0.5, http_client="aiohttp")
-    fake_openai.script(Fault.status(429, retry_after=0.2), Fault.delay(3, then=GOOD), GOOD)
-    try:
-        result = await client.complete(USER, Person)
-        assert result.value == Person(**GOOD)
-        assert fake_openai.chat_requests[0].status == 429
-        assert len(fake_openai.chat_requests) == 3  # 429, a timeout, then the answer
-        assert gaps(fake_openai)[0] >= 0.2  # Retry-After honoured
-        fake_openai.script(Fault.status(400, message="bad request"))
-        with pytest.raises(LLMRequestError, match="HTTP 400"):
-            await client.complete(USER, Person)
-    finally:
-        await client.aclose()
-    assert not [w for w in recwarn if "Unclosed" in str(w.message)]
-
-
 async def test_malformed_body_is_an_endpoint_fault_and_retried(fake_openai, make_llm_client):
     client = make_llm_client(cache_path=None)
     fake_openai.script(Fault.malformed(), GOOD)
@@ -307,15 +288,13 @@ async def test_sampling_settings_and_seed_are_sent(fake_openai, make_llm_client)
     assert "seed" not in fake_openai.chat_requests[1].body
 
 
-@pytest.mark.parametrize("http_client", ["httpx", "aiohttp"])
-async def test_azure_adapter_reaches_its_deployment_url(fake_openai, http_client):
+async def test_azure_adapter_reaches_its_deployment_url(fake_openai):
     from mcu_sim.agents.llm.adapters import make_adapter
     from mcu_sim.agents.llm.client import LLMClient
     from mcu_sim.config import LLMConfig
 
     provider = {
         "kind": "azure_openai",
-        "http_client": http_client,
         "azure_endpoint": fake_openai.url.removesuffix("/v1"),
         "azure_deployment": "my-gpt",
         "api_version": "2024-06-01",

@@ -15,7 +15,7 @@ from typing import Any
 
 from mcu_sim.agents.llm.structured import grammar_schema
 from mcu_sim.agents.llm.types import EndpointFault, RawReply, Request
-from mcu_sim.config import ConfigError, ProviderConfig
+from mcu_sim.config import ProviderConfig
 from mcu_sim.redaction import MASK, mask_url
 
 
@@ -34,22 +34,14 @@ def response_format(config: ProviderConfig, request: Request) -> dict[str, Any] 
     }
 
 
-def http_client(openai: Any, config: ProviderConfig) -> Any:
-    """The HTTP client the SDK is given: its default httpx client, or its aiohttp one.
+def httpx_client(openai: Any, config: ProviderConfig) -> Any:
+    """The httpx client the SDK is given: its own default one, made explicitly.
 
-    Given explicitly rather than left to the SDK: the client the SDK makes by itself
-    schedules its own closing from ``__del__`` on whatever event loop is running when it is
-    garbage-collected, not the one that owns its sockets; the adapters close theirs with
-    :meth:`OpenAICompatibleAdapter.aclose`, on their loop.
+    The client the SDK makes by itself schedules its own closing from ``__del__`` on
+    whatever event loop is running when it is garbage-collected, not the one that owns its
+    sockets; the adapters close theirs with :meth:`OpenAICompatibleAdapter.aclose`, on
+    their loop.
     """
-    if config.http_client == "aiohttp":
-        try:
-            return openai.DefaultAioHttpClient(timeout=config.timeout_s)
-        except RuntimeError as exc:  # the SDK raises this when aiohttp is missing
-            raise ConfigError(
-                "llm.provider.http_client is aiohttp but aiohttp is not installed: "
-                "pip install 'openai[aiohttp]', or set http_client: httpx"
-            ) from exc
     return openai.DefaultAsyncHttpxClient(timeout=config.timeout_s)
 
 
@@ -94,7 +86,7 @@ class OpenAICompatibleAdapter:
             base_url=self.config.base_url,
             timeout=self.config.timeout_s,
             max_retries=0,
-            http_client=http_client(openai, self.config),
+            http_client=httpx_client(openai, self.config),
         )
 
     @property
@@ -175,7 +167,7 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
             api_version=self.config.api_version,
             timeout=self.config.timeout_s,
             max_retries=0,
-            http_client=http_client(openai, self.config),
+            http_client=httpx_client(openai, self.config),
         )
 
     def identity(self) -> dict[str, Any]:
