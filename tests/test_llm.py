@@ -111,8 +111,8 @@ async def test_retry_after_beyond_the_budget_stops_at_once(fake_openai, make_llm
 
 
 async def test_the_time_budget_counts_from_the_first_attempt(fake_openai, make_llm_client):
-    # the first attempt runs before tenacity's loop: its 0.6 s timeout alone spends the
-    # 0.5 s budget, so no retry may start after it
+    # the budget starts when the first attempt is sent: that attempt's 0.6 s timeout alone
+    # spends the 0.5 s budget, so no retry may start after it
     client = make_llm_client(cache_path=None, timeout_s=0.6, max_attempts=5, max_retry_seconds=0.5)
     fake_openai.handler = lambda body: Fault.delay(3)
     with pytest.raises(LLMTransportError, match="1 attempt"):
