@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from mcu_sim.redaction import is_secret_key, redacted
+from mcu_sim.redaction import MASK, is_secret_key, redacted
 
 
 class ConfigError(ValueError):
@@ -70,7 +70,7 @@ def model_at(root: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | 
 
 def _show(value: Any, key: str) -> str:
     if is_secret_key(key):
-        return "'***'"
+        return repr(MASK)
     text = repr(redacted(value))
     return text if len(text) <= 80 else text[:77] + "..."
 

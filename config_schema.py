@@ -104,6 +104,11 @@ class Price(Strict):
 
 StructuredMode = Literal["json_schema", "json_object", "json_object_schema", "prompt"]
 ProviderKind = Literal["openai_compatible", "azure_openai", "llamacpp"]
+# Where each provider kind finds its API key unless llm.provider.api_key_env names another.
+DEFAULT_API_KEY_VARIABLES = {
+    "openai_compatible": "OPENAI_API_KEY",
+    "azure_openai": "AZURE_OPENAI_API_KEY",
+}
 
 
 class ProviderConfig(Strict):
@@ -139,16 +144,6 @@ class ProviderConfig(Strict):
         ),
     )
     timeout_s: float = Field(120.0, gt=0)
-    http_client: Literal["httpx", "aiohttp", "direct"] = Field(
-        "httpx",
-        description=(
-            "How requests travel: httpx (the openai SDK, default), aiohttp (the SDK over "
-            "aiohttp) or direct (mcu-sim's own small keep-alive HTTP/1.1 client for the Chat "
-            "Completions protocol, through aiohttp only when the environment names a proxy; "
-            "the least CPU per call). With aiohttp and direct, close clients with "
-            "LLMClient.aclose() on their event loop (the runner does)."
-        ),
-    )
     max_attempts: int = Field(6, ge=1, le=50)
     max_retry_seconds: float = Field(
         300.0,
@@ -185,13 +180,18 @@ class ProviderConfig(Strict):
                 )
         return self
 
+    def api_key_variable(self) -> str | None:
+        """The environment variable the API key is read from (None: no key is needed)."""
+        if self.kind == "llamacpp":
+            return None
+        return self.api_key_env or DEFAULT_API_KEY_VARIABLES[self.kind]
+
     def resolve_api_key(self, environ: typing.Mapping[str, str] | None = None) -> str:
         """Return the API key from the environment, or explain exactly what to set."""
         env = os.environ if environ is None else environ
-        if self.kind == "llamacpp":
+        var = self.api_key_variable()
+        if var is None:
             return ""
-        default_var = "AZURE_OPENAI_API_KEY" if self.kind == "azure_openai" else "OPENAI_API_KEY"
-        var = self.api_key_env or default_var
         key = env.get(var)
         if key:
             return key

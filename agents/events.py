@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm.client import Completion
-from mcu_sim.agents.llm.client.structured import extract_json
+from mcu_sim.agents.llm.structured import extract_json
 from mcu_sim.personas.schema import CausedBy, Event, EventGraph, add_interval
 
 PROMPT = "events"

@@ -133,8 +133,8 @@ def peak_rss_mb() -> float:
 
 def scan_run(run_dir: Path) -> dict[str, Any]:
     """Episodes found in a run directory, and any duplicated or corrupt ones."""
-    from mcu_sim.runner.outputs import RunDir
     from mcu_sim.personas.schema import Episode
+    from mcu_sim.runner.outputs import RunDir
 
     run = RunDir(run_dir)
     corrupt = []
@@ -178,15 +178,6 @@ class Timer:
 def _choices(section: Any, field: str) -> list[str]:
     """The values a config field accepts (its ``Literal``), so options follow the schema."""
     return list(get_args(section.model_fields[field].annotation))
-
-
-def add_http_client_option(parser: argparse.ArgumentParser, default: str) -> None:
-    from mcu_sim.config_schema import ProviderConfig
-
-    choices = _choices(ProviderConfig, "http_client")
-    parser.add_argument(
-        "--http-client", choices=choices, default=default, help="llm.provider.http_client"
-    )
 
 
 def add_event_loop_option(parser: argparse.ArgumentParser) -> None:

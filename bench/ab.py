@@ -55,8 +55,7 @@ def worker(overrides: list[str]) -> None:
     server_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     endpoint = start_endpoint(0.2, 16, environ=server_env)
     try:
-        # the direct HTTP client, as bench/throughput.py (--set llm.provider.http_client=...)
-        base = bench_overrides(endpoint.url, 2, 32, http_client="direct")
+        base = bench_overrides(endpoint.url, 2, 32)
         config = load_config(None, [*base, *overrides])
         loop = getattr(config.run, "event_loop", "auto")
         with tempfile.TemporaryDirectory() as tmp:

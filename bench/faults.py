@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import Timer, add_http_client_option, bench_overrides, scan_run, start_endpoint
+from _common import Timer, bench_overrides, scan_run, start_endpoint
 
 
 async def _run(config: Any, run_dir: Path, jobs: list, in_flight: int) -> Any:
@@ -59,9 +59,7 @@ def _counts(run_dir: Path, expected: list[str]) -> dict[str, Any]:
     }
 
 
-def run(
-    episodes: int, fault_rate: float, in_flight: int, seed: int, http_client: str = "httpx"
-) -> dict[str, Any]:
+def run(episodes: int, fault_rate: float, in_flight: int, seed: int) -> dict[str, Any]:
     from mcu_sim.config import load_config
     from mcu_sim.runner.outputs import RunDir
     from mcu_sim.runner.runner import failed_jobs, plan_jobs
@@ -70,7 +68,7 @@ def run(
         latency=0.02, capacity=16, fault_rate=fault_rate, seed=seed, hang_s=2.0
     )
     try:
-        overrides = bench_overrides(endpoint.url, 2, 16, timeout_s=1.0, http_client=http_client)
+        overrides = bench_overrides(endpoint.url, 2, 16, timeout_s=1.0)
         config = load_config(None, overrides)
         jobs = plan_jobs(episodes, 900)
         expected = [job.episode_id for job in jobs]
@@ -89,7 +87,6 @@ def run(
     return {
         "episodes": episodes,
         "fault_rate": fault_rate,
-        "http_client": http_client,
         "first_run": {
             **first,
             "seconds": round(first_timer.seconds, 1),
@@ -111,22 +108,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.2)
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--seed", type=int, default=3)
-    add_http_client_option(parser, "httpx")
     parser.add_argument("--smoke", action="store_true", help="CI size: 6 episodes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.getLogger("mcu_sim.llm").setLevel(logging.ERROR)  # retries are expected here
     if args.smoke:
         args.episodes = 6
-    result = run(args.episodes, args.fault_rate, args.in_flight, args.seed, args.http_client)
+    result = run(args.episodes, args.fault_rate, args.in_flight, args.seed)
     if args.json:
         print(json.dumps(result))
         return
     faults = ", ".join(f"{k} {v}" for k, v in sorted(result["faults_injected"].items()))
-    print(
-        f"{result['endpoint_requests']} requests served (llm.provider.http_client="
-        f"{result['http_client']}), faults injected: {faults or 'none'}"
-    )
+    print(f"{result['endpoint_requests']} requests served, faults injected: {faults or 'none'}")
     for label, key in (("first run", "first_run"), ("after retry-failed", "after_retry_failed")):
         c = result[key]
         print(

@@ -43,7 +43,7 @@ def worker(
     from mcu_sim.config import load_config
     from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 
-    base = bench_overrides(url, sessions, 32, http_client="direct")
+    base = bench_overrides(url, sessions, 32)
     config = load_config(None, [*base, *overrides])
 
     async def main(root: Path) -> int:

@@ -30,7 +30,6 @@ from typing import Any
 from _common import (
     Timer,
     add_event_loop_option,
-    add_http_client_option,
     add_set_option,
     bench_overrides,
     cpu_seconds,
@@ -139,7 +138,6 @@ def run(
     capacity: int,
     in_flight: int,
     sessions: int | None,
-    http_client: str = "direct",
     durability: str = "sync",
     event_loop: str = "auto",
     cache: bool = False,
@@ -154,7 +152,7 @@ def run(
     try:
         # the client may send more than C at once, so a request is always queued at the
         # endpoint when a slot frees: the endpoint, not the client, is then the limit
-        overrides = bench_overrides(endpoint.url, sessions, in_flight, http_client=http_client)
+        overrides = bench_overrides(endpoint.url, sessions, in_flight)
         options = [
             f"run.durability={durability}",
             f"run.event_loop={event_loop}",
@@ -217,7 +215,6 @@ def run(
         "in_flight": in_flight,
         "latency_s": latency,
         "capacity": capacity,
-        "http_client": http_client,
         "durability": durability,
         "keep_checkpoints": keep_checkpoints,
         "event_loop": result["event_loop"],
@@ -251,7 +248,6 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="sessions per episode (default: the config's own range, 4-6, as `mcu run` has it)",
     )
-    add_http_client_option(parser, "direct")
     parser.add_argument(
         "--durability", choices=["sync", "exit"], default="sync", help="run.durability"
     )
@@ -286,7 +282,6 @@ def main(argv: list[str] | None = None) -> None:
         args.capacity,
         in_flight,
         args.sessions,
-        args.http_client,
         args.durability,
         args.event_loop,
         args.cache,
@@ -299,8 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{result['episodes']} episodes ({result['failed']} failed), {result['llm_calls']} LLM "
         f"calls in {result['seconds']} s, {in_flight} episodes in flight "
-        f"(llm.provider.http_client={result['http_client']}, "
-        f"run.durability={result['durability']}, "
+        f"(run.durability={result['durability']}, "
         f"run.keep_checkpoints={result['keep_checkpoints']}, event loop {result['event_loop']}, "
         f"response cache {'on' if result['cache'] else 'off'}); "
         f"{result['sessions_per_episode']} sessions and {result['calls_per_episode']} LLM calls "

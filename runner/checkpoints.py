@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from mcu_sim.agents.llm.client.cache import connect_wal
+from mcu_sim.agents.llm.cache import connect_wal
 from mcu_sim.config import Config, ConfigError
 from mcu_sim.runner.scrub import Scrubber, mask_checkpoints
 

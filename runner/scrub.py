@@ -18,18 +18,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-MASK = "***"
+from mcu_sim.redaction import MASK
+
 MIN_SECRET_CHARS = 8  # shorter values ("x", "not-needed") would mangle ordinary text
 _DSN_PASSWORD = re.compile(r"password\s*=\s*'?([^'\s]+)")
-
-
-def _api_key_variable(provider: Any) -> str | None:
-    """The variable the provider layer reads its key from (as ``resolve_api_key`` does)."""
-    if provider.kind == "llamacpp":
-        return None
-    if provider.api_key_env:
-        return provider.api_key_env
-    return "AZURE_OPENAI_API_KEY" if provider.kind == "azure_openai" else "OPENAI_API_KEY"
 
 
 def _dsn_parts(dsn: str) -> list[str]:
@@ -49,7 +41,7 @@ def secret_values(config: Any, environ: Mapping[str, str] | None = None) -> tupl
     whole before its password)."""
     env = os.environ if environ is None else environ
     values: set[str] = set()
-    variable = _api_key_variable(config.llm.provider)
+    variable = config.llm.provider.api_key_variable()
     if variable and env.get(variable):
         values.add(env[variable])
     dsn_variable = getattr(config.run, "postgres_dsn_env", None)

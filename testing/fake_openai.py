@@ -392,8 +392,8 @@ def client_for(
     ``provider`` overrides ``llm.provider`` keys (e.g. ``max_attempts=3``); without a
     ``cache_path`` the client has no cache.
     """
-    from mcu_sim.agents.llm.client.adapters import make_adapter
-    from mcu_sim.agents.llm.client.cache import ResponseCache
+    from mcu_sim.agents.llm.adapters import make_adapter
+    from mcu_sim.agents.llm.cache import ResponseCache
     from mcu_sim.agents.llm.client import LLMClient
     from mcu_sim.config import LLMConfig
 

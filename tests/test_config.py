@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mcu_sim.agents.llm.client.adapters import make_adapter
+from mcu_sim.agents.llm.adapters import make_adapter
 from mcu_sim.config import (
     EXAMPLE_CONFIG,
     STEP_NAMES,
@@ -256,8 +256,8 @@ def _with_url(url: str, **extra: str):
 
 
 def test_credentials_in_base_url_are_masked_everywhere_shown(tmp_path):
-    from mcu_sim.runner.outputs import RunDir
     from mcu_sim.runner.manifest import start_manifest
+    from mcu_sim.runner.outputs import RunDir
 
     config = _with_url(SECRET_URL)
     shown = render_config(config)
@@ -385,8 +385,8 @@ LIGHT_MODULES = (
     "mcu_sim.config",
     "mcu_sim.cli",
     "mcu_sim.agents.llm.client",
-    "mcu_sim.agents.llm.client.cache",
-    "mcu_sim.agents.llm.client.adapters",
+    "mcu_sim.agents.llm.cache",
+    "mcu_sim.agents.llm.adapters",
     "mcu_sim.graphs.episode",
     "mcu_sim.runner.runner",
     "mcu_sim.graphs.aligner",

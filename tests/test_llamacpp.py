@@ -17,8 +17,9 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from mcu_sim.agents.llm.client.adapters import bundled_gguf_path, grammar_schema, unbounded_fields
 from mcu_sim.agents.llm.client import LLMClient, LLMTransportError
+from mcu_sim.agents.llm.llamacpp import bundled_gguf_path
+from mcu_sim.agents.llm.structured import grammar_schema, unbounded_fields
 from mcu_sim.config import LLMConfig, StepSettings
 
 
@@ -89,7 +90,7 @@ def test_llama_cpp_grammar_honours_max_length_and_max_items():
 
 @pytest.fixture(scope="module")
 def embedded() -> LLMClient:
-    from mcu_sim.agents.llm.client.adapters import make_adapter
+    from mcu_sim.agents.llm.adapters import make_adapter
 
     config = LLMConfig.model_validate(
         {"provider": {"kind": "llamacpp", "n_ctx": 2048}, "cache": {"enabled": False}}
@@ -133,7 +134,7 @@ def test_grammar_bounds_hold_in_raw_generation(embedded):
 
 LAUNCHER = (
     "import runpy\n"
-    "from mcu_sim.agents.llm.client.adapters import llama_extra_buffers\n"
+    "from mcu_sim.agents.llm.llamacpp import llama_extra_buffers\n"
     "with llama_extra_buffers(False):\n"  # the AMX kernels crash in some VMs (see adapters)
     "    runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
 )
@@ -195,7 +196,7 @@ def llama_server(tmp_path_factory):
 
 
 def server_client(url: str, mode: str, **options: object) -> LLMClient:
-    from mcu_sim.agents.llm.client.adapters import make_adapter
+    from mcu_sim.agents.llm.adapters import make_adapter
 
     provider = {"kind": "openai_compatible", "base_url": url, "model": "smollm2", **options}
     config = LLMConfig.model_validate(

@@ -11,7 +11,7 @@ import threading
 import pytest
 from pydantic import BaseModel, Field
 
-from mcu_sim.agents.llm.client.cache import ResponseCache, cache_key
+from mcu_sim.agents.llm.cache import ResponseCache, cache_key
 from mcu_sim.agents.llm.client import LLMOutputError
 from mcu_sim.config import StepSettings, default_step_settings
 from mcu_sim.testing.fake_openai import Reply
@@ -274,7 +274,7 @@ def test_cache_keys_stay_those_of_earlier_versions_when_parts_come_pre_encoded()
     still be hit, whether the schema part is encoded per call or once (Encoded)."""
     import hashlib
 
-    from mcu_sim.agents.llm.client.cache import Encoded, canonical_json
+    from mcu_sim.agents.llm.cache import Encoded, canonical_json
     from mcu_sim.agents.llm.client import json_schema_of
 
     schema = json_schema_of(Person)
@@ -325,13 +325,13 @@ def test_cache_is_shared_safely_between_writers(tmp_path):
     ],
 )
 def test_extract_json_takes_the_first_complete_object(reply: str, expected: dict) -> None:
-    from mcu_sim.agents.llm.client.structured import extract_json
+    from mcu_sim.agents.llm.structured import extract_json
 
     assert extract_json(reply) == expected
 
 
 def test_extract_json_without_json_raises() -> None:
-    from mcu_sim.agents.llm.client.structured import extract_json
+    from mcu_sim.agents.llm.structured import extract_json
 
     with pytest.raises(ValueError, match="no JSON object found"):
         extract_json("no braces at all")

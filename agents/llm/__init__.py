@@ -1,3 +1,4 @@
 """The provider layer: the client, adapters per wire protocol, retry policy, response cache and
-structured output. Roles import what they need from its modules (``mcu_sim.agents.llm.client``).
+structured output. Its vocabulary (errors, usage, requests and replies) is in ``types``; roles
+import what they need from the modules (``mcu_sim.agents.llm.client``).
 """

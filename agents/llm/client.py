@@ -15,8 +15,8 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from tenacity import (
@@ -26,28 +26,42 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from mcu_sim.agents.llm.client.cache import Encoded, ResponseCache, cache_key, canonical_json
-from mcu_sim.agents.llm.client.retry import (
+from mcu_sim.agents.llm.adapters import make_adapter
+from mcu_sim.agents.llm.cache import Encoded, ResponseCache, cache_key, canonical_json
+from mcu_sim.agents.llm.retry import (
     RateLimiter,
     RetryAfterWait,
+    SendClock,
     StopBeforeDeadline,
     is_retryable,
-    retry_after_seconds,
     status_of,
 )
-from mcu_sim.agents.llm.client.structured import (
+from mcu_sim.agents.llm.structured import (
     describe_validation_error,
     extract_json,
     repair_message,
     schema_instructions,
 )
+from mcu_sim.agents.llm.types import (
+    Adapter,
+    Completion,
+    EndpointFault,
+    LLMError,
+    LLMOutputError,
+    LLMRequestError,
+    LLMTransportError,
+    Message,
+    RawReply,
+    Request,
+    Rescue,
+    Usage,
+)
 from mcu_sim.config import LLMConfig, ProviderConfig, StepSettings
 
-Message = dict[str, str]
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger("mcu_sim.llm")
 
-# Re-exported for callers that import them from here.
+# The vocabulary callers need with the client, importable from here.
 __all__ = [
     "Completion",
     "EndpointFault",
@@ -56,125 +70,11 @@ __all__ = [
     "LLMOutputError",
     "LLMRequestError",
     "LLMTransportError",
-    "RateLimiter",
     "Rescue",
-    "RetryAfterWait",
     "Usage",
     "build_client",
-    "describe_validation_error",
-    "extract_json",
-    "is_retryable",
-    "repair_message",
-    "retry_after_seconds",
-    "schema_instructions",
+    "json_schema_of",
 ]
-
-
-class LLMError(RuntimeError):
-    """Base class of errors from the provider layer."""
-
-
-class LLMOutputError(LLMError):
-    """The model never produced a valid answer; ``raw_text`` keeps its last attempt."""
-
-    def __init__(
-        self, message: str, raw_text: str, attempts: int, usage: Usage | None = None
-    ) -> None:
-        super().__init__(message)
-        self.raw_text = raw_text
-        self.attempts = attempts
-        self.usage = usage or Usage()
-
-
-class LLMTransportError(LLMError):
-    """The endpoint kept failing (429/5xx/timeouts/bad bodies) after the bounded retries."""
-
-
-class LLMRequestError(LLMError):
-    """The endpoint refused the request (a 4xx such as 400/401/404): retrying cannot help."""
-
-    def __init__(self, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class EndpointFault(LLMError):
-    """The endpoint answered with something unusable (a body that is not JSON, no choices).
-
-    Raised by adapters; retried like a 5xx and surfaced as :class:`LLMTransportError`.
-    """
-
-
-@dataclass
-class Usage:
-    """Token and cost counts; add them up per node, episode or run with ``+``.
-
-    ``calls`` counts requests answered by the endpoint (repair turns included, retried
-    failures not); ``cached_calls`` counts answers served from the cache, which cost nothing.
-    """
-
-    calls: int = 0
-    cached_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.calls + other.calls,
-            self.cached_calls + other.cached_calls,
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-            self.cost_usd + other.cost_usd,
-        )
-
-    def __sub__(self, other: Usage) -> Usage:
-        """What was spent since ``other`` was read (``client.usage - before``)."""
-        return Usage(
-            self.calls - other.calls,
-            self.cached_calls - other.cached_calls,
-            self.prompt_tokens - other.prompt_tokens,
-            self.completion_tokens - other.completion_tokens,
-            self.cost_usd - other.cost_usd,
-        )
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "cached_calls": self.cached_calls,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 8),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Usage:
-        return cls(**{k: data.get(k, 0) for k in cls.__dataclass_fields__})
-
-
-@dataclass
-class Completion:
-    """What ``complete`` returns: the validated object (or text) and what it cost.
-
-    ``repairs`` counts the repair turns the model needed; ``repairs_by_code`` lists what a
-    ``rescue`` changed when the model never got it right (empty otherwise). Both survive the
-    cache: a rescued answer read back carries the same ``repairs_by_code``.
-    """
-
-    value: Any
-    text: str
-    usage: Usage
-    cached: bool = False
-    repairs: int = 0
-    repairs_by_code: list[str] = field(default_factory=list)
-
-
-Rescue = Callable[[str], tuple[Any, list[str]]]
-"""``rescue(raw_text) -> (object, changes)``: the last resort of :meth:`LLMClient.complete`."""
 
 
 @functools.lru_cache(maxsize=512)
@@ -188,48 +88,6 @@ def json_schema_of(schema: type[BaseModel]) -> dict[str, Any]:
 def _schema_key_part(schema: type[BaseModel]) -> Encoded:
     """``schema``'s JSON schema as a cache-key part, encoded once per class."""
     return Encoded(canonical_json(json_schema_of(schema)))
-
-
-@dataclass
-class RawReply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    model: str
-    finish_reason: str | None = None  # "length": cut off at max_tokens
-
-
-@dataclass
-class Request:
-    messages: list[Message]
-    settings: StepSettings
-    json_schema: dict[str, Any] | None
-    schema_name: str
-    seed: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class SendClock:
-    """When a request's first attempt left the queue (its concurrency slot and rate-limit
-    turn taken): where its retry time budget starts."""
-
-    first_sent: float | None = None
-
-    def started(self) -> float:
-        return self.first_sent if self.first_sent is not None else time.monotonic()
-
-
-class Adapter(Protocol):
-    """A wire protocol. It sends one request and returns the text; no retries here."""
-
-    name: str
-
-    async def send(self, request: Request) -> RawReply: ...
-
-    def identity(self) -> dict[str, Any]:
-        """What distinguishes this endpoint in cache keys (never the API key)."""
-        ...
 
 
 # ----------------------------------------------------------------- the client
@@ -340,9 +198,8 @@ class LLMClient:
         return completion
 
     async def aclose(self) -> None:
-        close = getattr(self.adapter, "aclose", None)
-        if close:
-            await close()
+        """Close the connections the adapter holds for the running event loop."""
+        await self.adapter.aclose()
 
     # -- internals
     def _prepare(self, request: Request) -> Request:
@@ -438,32 +295,28 @@ class LLMClient:
             self._semaphores[loop] = semaphore
         return semaphore
 
-    def _redact(self, text: str) -> str:
-        redact = getattr(self.adapter, "redact", None)
-        return redact(text) if redact else text
-
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning(
             "%s: attempt %d failed (%s); retrying in %.2fs",
             self.adapter.name,
             state.attempt_number,
-            self._redact(f"{type(exc).__name__}: {exc}"),
+            self.adapter.redact(f"{type(exc).__name__}: {exc}"),
             state.upcoming_sleep,
         )
 
-    async def _send_once(self, request: Request, clock: SendClock | None = None) -> RawReply:
+    async def _send_once(self, request: Request, clock: SendClock) -> RawReply:
         await self.rate_limiter.wait()
         async with self._semaphore():
-            if clock is not None and clock.first_sent is None:
+            if clock.first_sent is None:
                 clock.first_sent = time.monotonic()
             self.network_calls += 1
             return await self.adapter.send(request)
 
-    def _retrying(self, started: float) -> AsyncRetrying:
+    def _retrying(self, clock: SendClock) -> AsyncRetrying:
         return AsyncRetrying(
             stop=stop_after_attempt(self.provider.max_attempts)
-            | StopBeforeDeadline(started, self.provider.max_retry_seconds),
+            | StopBeforeDeadline(clock, self.provider.max_retry_seconds),
             wait=RetryAfterWait(self.retry_initial_s, self.retry_max_wait_s),
             retry=retry_if_exception(is_retryable),
             before_sleep=self._log_retry,
@@ -473,51 +326,46 @@ class LLMClient:
     async def _send_with_retries(self, request: Request) -> RawReply:
         """One request, retried on transient failures within the configured limits.
 
-        The first attempt runs without the retry machinery (building tenacity's state per
-        call was a measurable share of the framework's CPU at scale). Its failure, if worth
-        retrying, is replayed as tenacity's attempt 1, so the limits, waits and logs are
-        tenacity's exactly. The time budget counts from the moment the first attempt is
-        sent: the wait for a concurrency slot or the rate limiter before it is queueing, not
-        retrying, and at saturation it can be longer than the whole budget.
+        The time budget counts from the moment the first attempt is sent: the wait for a
+        concurrency slot or the rate limiter before it is queueing, not retrying, and at
+        saturation it can be longer than the whole budget.
         """
         clock = SendClock()
-        retrying: AsyncRetrying | None = None
+        retrying = self._retrying(clock)
         try:
-            try:
-                return await self._send_once(request, clock)
-            except Exception as exc:
-                if not is_retryable(exc):
-                    raise
-                first_failure: BaseException | None = exc
-            retrying = self._retrying(clock.started())
             async for attempt in retrying:
                 with attempt:
-                    if first_failure is not None:  # attempt 1 was made above
-                        failure, first_failure = first_failure, None
-                        raise failure
-                    return await self._send_once(request)
+                    return await self._send_once(request, clock)
         except Exception as exc:
-            detail = self._redact(f"{type(exc).__name__}: {exc}")
-            if is_retryable(exc):
-                attempts = retrying.statistics.get("attempt_number", "?") if retrying else 1
-                raise LLMTransportError(
-                    f"{self.adapter.name} still failing after {attempts} attempt(s) in "
-                    f"{time.monotonic() - clock.started():.1f}s (limits: "
-                    f"llm.provider.max_attempts="
-                    f"{self.provider.max_attempts}, max_retry_seconds="
-                    f"{self.provider.max_retry_seconds:g}): {detail}"
-                ) from None  # the message has the redacted detail; the cause is not redacted
-            if isinstance(exc, LLMError):
+            surfaced = self._surfaced(exc, retrying, clock)
+            if surfaced is exc:
                 raise
-            status = status_of(exc)
-            if status is not None:
-                raise LLMRequestError(
-                    f"{self.adapter.name} refused the request (HTTP {status}); check "
-                    f"llm.provider (model, base_url, api_key_env): {detail}",
-                    status_code=status,
-                ) from None  # the message has the redacted detail; the cause is not redacted
-            raise
+            raise surfaced from None
         raise LLMTransportError("retry loop ended without a reply")  # pragma: no cover
+
+    def _surfaced(self, exc: Exception, retrying: AsyncRetrying, clock: SendClock) -> Exception:
+        """What a final failure is raised as: a transport or request error with a redacted
+        message, raised ``from None`` (the SDK error it replaces is not redacted), or ``exc``
+        itself when it is ours already or not an endpoint's answer."""
+        detail = self.adapter.redact(f"{type(exc).__name__}: {exc}")
+        if is_retryable(exc):
+            attempts = retrying.statistics.get("attempt_number", "?")
+            return LLMTransportError(
+                f"{self.adapter.name} still failing after {attempts} attempt(s) in "
+                f"{time.monotonic() - clock.started():.1f}s (limits: "
+                f"llm.provider.max_attempts={self.provider.max_attempts}, "
+                f"max_retry_seconds={self.provider.max_retry_seconds:g}): {detail}"
+            )
+        if isinstance(exc, LLMError):
+            return exc
+        status = status_of(exc)
+        if status is not None:
+            return LLMRequestError(
+                f"{self.adapter.name} refused the request (HTTP {status}); check "
+                f"llm.provider (model, base_url, api_key_env): {detail}",
+                status_code=status,
+            )
+        return exc
 
 
 def build_client(
@@ -526,13 +374,12 @@ def build_client(
     cache_path: str | None = None,
     **client_options: Any,
 ) -> LLMClient:
-    """Make the client the config asks for. Imports the chosen adapter lazily.
+    """Make the client the config asks for (the SDK or llama.cpp is imported only by the
+    adapter that needs it).
 
     ``client_options`` go to :class:`LLMClient` (``retry_initial_s``, ``retry_max_wait_s``).
     """
-    from mcu_sim.agents.llm.client import adapters
-
-    adapter = adapters.make_adapter(config.provider, environ)
+    adapter = make_adapter(config.provider, environ)
     cache = None
     if config.cache.enabled:
         cache = ResponseCache(cache_path or config.cache.path)

@@ -8,13 +8,11 @@ import email.utils
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
-from tenacity import (
-    RetryCallState,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, wait_exponential_jitter
 
-Message = dict[str, str]
+from mcu_sim.agents.llm.types import EndpointFault
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 
@@ -26,8 +24,6 @@ def status_of(exc: BaseException) -> int | None:
 
 def is_retryable(exc: BaseException) -> bool:
     """429, 408, 409, 5xx, timeouts, connection errors and unusable bodies; nothing else."""
-    from mcu_sim.agents.llm.client import EndpointFault  # the error classes live with the client
-
     if isinstance(exc, EndpointFault):
         return True
     openai = sys.modules.get("openai")  # an openai error implies openai is imported
@@ -76,16 +72,29 @@ class RetryAfterWait:
         return asked if asked is not None else self.fallback(retry_state)
 
 
-class StopBeforeDeadline:
-    """tenacity stop: no retry whose wait would end ``max_seconds`` after ``started``
-    (``stop_before_delay``, but counted from a start the caller chooses: the first attempt,
-    made before tenacity's loop began)."""
+@dataclass
+class SendClock:
+    """When a request's first attempt left the queue (its concurrency slot and rate-limit
+    turn taken): where its retry time budget starts."""
 
-    def __init__(self, started: float, max_seconds: float) -> None:
-        self.deadline = started + max_seconds
+    first_sent: float | None = None
+
+    def started(self) -> float:
+        return self.first_sent if self.first_sent is not None else time.monotonic()
+
+
+class StopBeforeDeadline:
+    """tenacity stop: no retry whose wait would end ``max_seconds`` after the first attempt
+    was sent (``stop_before_delay``, but not counting the time the first attempt queued for
+    a concurrency slot or the rate limit, which at saturation can exceed the whole budget)."""
+
+    def __init__(self, clock: SendClock, max_seconds: float) -> None:
+        self.clock = clock
+        self.max_seconds = max_seconds
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
+        deadline = self.clock.started() + self.max_seconds
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= deadline
 
 
 class RateLimiter:
