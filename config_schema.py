@@ -135,14 +135,6 @@ class ProviderConfig(Strict):
     model_path: str | None = Field(None, description="GGUF file for llamacpp; None = bundled.")
     n_ctx: int = Field(8192, gt=0)
     n_threads: int | None = None
-    cpu_extra_buffers: bool = Field(
-        False,
-        description=(
-            "llamacpp: let llama.cpp use its extra CPU weight layouts (AMX, repacking). "
-            "Faster where they work; off by default because the AMX kernels crash "
-            "(SIGSEGV on prompts longer than one token) on some virtual machines."
-        ),
-    )
     timeout_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(6, ge=1, le=50)
     max_retry_seconds: float = Field(
@@ -351,7 +343,6 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
             "requests_per_minute",
             "prices",
             "n_threads",
-            "cpu_extra_buffers",
         },
     },
 }

@@ -133,10 +133,7 @@ def test_grammar_bounds_hold_in_raw_generation(embedded):
 # ----------------------------------------------------------------- llama.cpp's own server
 
 LAUNCHER = (
-    "import runpy\n"
-    "from mcu_sim.agents.llm.llamacpp import llama_extra_buffers\n"
-    "with llama_extra_buffers(False):\n"  # the AMX kernels crash in some VMs (see adapters)
-    "    runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
+    "import runpy\nrunpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
 )
 
 
@@ -177,7 +174,7 @@ def llama_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     with open(log, "w") as sink:  # a file, not a pipe: a full pipe would stall the server
         process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, *args], stdout=sink, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "llama_cpp.server", *args], stdout=sink, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}/v1"
     try:

