@@ -282,17 +282,17 @@ class RunConfig(Strict):
             "set, checkpoints go to Postgres instead of <run>/checkpoints.sqlite."
         ),
     )
-    durability: Literal["sync", "exit"] = Field(
+    durability: Literal["sync", "async", "exit"] = Field(
         "sync",
         description=(
-            "When the runner writes an episode's checkpoint. sync: after every step, so a "
-            "crash redoes at most the steps in progress (and, in `mcu run` on SQLite, the "
-            "steps of its last 0.1 s: their checkpoints share one commit). exit: only when "
-            "the episode "
-            "finishes, stops (budget) or fails; LangGraph's CPU per step about halves "
-            "(bench/graph_floor.py), the framework's CPU per call drops 10-20 %, "
-            "but a crash restarts its unfinished episodes from the beginning (their LLM "
-            "calls are then answered by the response cache, when it is on). `mcu debug`, "
+            "LangGraph's durability mode for the runner's episodes (passed to the graph's "
+            "astream). sync: each step's checkpoint is written before the next step "
+            "starts, so a crash redoes at most the steps in progress. async: written while "
+            "the next step runs (LangGraph's default); a crash may also redo the step "
+            "before. exit: written only when the episode finishes, stops (budget) or "
+            "fails; a crash restarts its unfinished episodes from the beginning (their "
+            "LLM calls are then answered by the response cache, when it is on). A "
+            "finished episode is never redone: its file is the record. `mcu debug`, "
             "replay and forks always checkpoint every step."
         ),
     )
@@ -300,11 +300,10 @@ class RunConfig(Strict):
         "all",
         description=(
             "What stays of a finished episode's checkpoints. all: every step, for "
-            "`mcu history`, show, fork and replay of any step. last: only the final "
-            "checkpoint (the episode can still be rewritten from it); the rest is "
-            "deleted once the episode file is written, which keeps the checkpoint "
-            "database a small fraction of its size in long runs, and a task's pending "
-            "writes are not stored once its step's checkpoint holds them (less CPU)."
+            "`mcu history`, show, fork and replay of any step. last: the episode's "
+            "checkpoints are kept while it runs (for resume) and deleted once its file "
+            "is written (the file is the record), so the checkpoint database holds only "
+            "unfinished episodes."
         ),
     )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(

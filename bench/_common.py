@@ -26,7 +26,6 @@ class Endpoint:
 
     process: subprocess.Popen
     url: str
-    server_package: str = ""  # the mcu_sim folder its fake server was imported from
 
     def cpu_seconds(self) -> float | None:
         """CPU the endpoint process has used so far (from /proc; None where it is missing)."""
@@ -74,7 +73,7 @@ def start_endpoint(
         process.kill()
         raise RuntimeError(f"bench/endpoint.py did not start (said {line!r})")
     hello = json.loads(line)
-    return Endpoint(process, hello["url"], hello.get("server_package", ""))
+    return Endpoint(process, hello["url"])
 
 
 def bench_overrides(url: str, sessions: int | None, concurrency: int, **provider: Any) -> list[str]:
@@ -133,8 +132,8 @@ def peak_rss_mb() -> float:
 
 def scan_run(run_dir: Path) -> dict[str, Any]:
     """Episodes found in a run directory, and any duplicated or corrupt ones."""
-    from mcu_sim.runner.outputs import RunDir
     from mcu_sim.personas.schema import Episode
+    from mcu_sim.runner.outputs import RunDir
 
     run = RunDir(run_dir)
     corrupt = []

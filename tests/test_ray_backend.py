@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from mcu_sim.config import Config, load_config
+from mcu_sim.runner.backends import make_runner
 from mcu_sim.runner.outputs import RunDir
-from mcu_sim.runner.ray_backend import BatchingScorer, RayEpisodeRunner
-from mcu_sim.runner.runner import EpisodeRunner, make_runner, plan_jobs
+from mcu_sim.runner.ray_backend import RayEpisodeRunner
+from mcu_sim.runner.ray_tools import BatchingScorer
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, schema_name
 from mcu_sim.testing.image_site import serve_image_site
 from mcu_sim.testing.scripted import scripted_answer
@@ -258,7 +260,7 @@ def test_a_worker_keeps_its_session_between_tasks_and_reports_each_tasks_own_usa
 ) -> None:
     import sqlite3
 
-    from mcu_sim.runner.ray_backend import run_episode_task
+    from mcu_sim.runner.ray_worker import run_episode_task
 
     fake_openai.handler = scripted_answer
     config = _config(fake_openai, tmp_path, "images.enabled=false")
@@ -293,7 +295,7 @@ def test_a_worker_keeps_its_session_between_tasks_and_reports_each_tasks_own_usa
 def test_a_task_that_breaks_closes_the_workers_session(
     fake_openai: FakeOpenAIServer, tmp_path: Path, fresh_worker: Any
 ) -> None:
-    from mcu_sim.runner.ray_backend import run_episode_task
+    from mcu_sim.runner.ray_worker import run_episode_task
 
     class _BrokenMonitor:  # its actor handle fails, as when the monitor actor died
         class report:  # the shape of a Ray actor method: monitor.report.remote(...)
@@ -319,7 +321,7 @@ def test_a_worker_prunes_a_finished_episode_with_keep_checkpoints_last(
 ) -> None:
     import sqlite3
 
-    from mcu_sim.runner.ray_backend import run_episode_task
+    from mcu_sim.runner.ray_worker import run_episode_task
 
     fake_openai.handler = scripted_answer
     config = _config(fake_openai, tmp_path, "images.enabled=false", "run.keep_checkpoints=last")
