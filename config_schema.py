@@ -268,6 +268,11 @@ class EpisodeConfig(Strict):
         return self
 
 
+# Operational settings since removed: a run directory's config.yaml written before may
+# still hold them; they changed no episode, so they are dropped when read.
+RETIRED_RUN_FIELDS = frozenset({"gc_tuning"})
+
+
 class RunConfig(Strict):
     out_dir: str = "runs/default"
     seed: int = 0
@@ -314,16 +319,13 @@ class RunConfig(Strict):
             "when it is installed."
         ),
     )
-    gc_tuning: bool = Field(
-        True,
-        description=(
-            "During a run, freeze the objects that exist when it starts (imports, the "
-            "compiled graph) so full garbage collections skip them, and collect young "
-            "objects every 10,000 allocations instead of 700 (collections took 3-14 % "
-            "of the framework's CPU, about 1 % tuned; bench/throughput.py). The previous "
-            "settings come back when the run ends."
-        ),
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        if isinstance(data, dict) and RETIRED_RUN_FIELDS & data.keys():
+            return {key: value for key, value in data.items() if key not in RETIRED_RUN_FIELDS}
+        return data
 
 
 # Settings that change how fast or where a run goes, never what an episode contains.
@@ -337,7 +339,6 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
         "postgres_dsn_env",
         "durability",
         "keep_checkpoints",
-        "gc_tuning",
         "event_loop",
     },
     "llm": {

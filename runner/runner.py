@@ -37,7 +37,6 @@ from mcu_sim.runner.drive import (
     next_nodes,
 )
 from mcu_sim.runner.episode_store import EpisodeWriter
-from mcu_sim.runner.gc_tuning import tuned_gc
 from mcu_sim.runner.jobs import (  # noqa: F401 - re-exported
     EpisodeJob,
     RunReport,
@@ -141,7 +140,7 @@ class EpisodeRunner:
         """Run ``jobs``; skip finished ones, resume unfinished ones; never raise for one
         episode's failure (it is recorded in ``failures/``)."""
         self.run.create()
-        with run_lock(self.run), tuned_gc(self.config.run.gc_tuning):
+        with run_lock(self.run):
             return await self._run_locked(jobs, force_config)
 
     async def _run_locked(self, jobs: list[EpisodeJob], force_config: bool) -> RunReport:
