@@ -111,9 +111,10 @@ def run(
 
 def _execute_jobs(cfg, run_dir, jobs, options, force, progress, backend, ray_address):
     """Run with live progress; turn the runner's refusals into messages and exit codes."""
+    from mcu_sim.runner.backends import make_runner
     from mcu_sim.runner.event_loop import run_on_loop
     from mcu_sim.runner.progress import run_with_progress
-    from mcu_sim.runner.runner import FingerprintMismatch, RunLocked, make_runner
+    from mcu_sim.runner.runner import FingerprintMismatch, RunLocked
 
     try:
         runner = make_runner(cfg, run_dir, backend=backend, ray_address=ray_address, **options)
@@ -331,8 +332,8 @@ def filter_run_cmd(
     config.yaml unless --config is given; e.g.
     ``mcu filter runs/x --set filters.clip_threshold=0.15``."""
     from mcu_sim.dataset.filter_run import refilter
-    from mcu_sim.runner.outputs import RunDir
     from mcu_sim.runner.manifest import RunLocked
+    from mcu_sim.runner.outputs import RunDir
 
     run = RunDir(run_dir)
     if not run.episodes.is_dir():

@@ -260,6 +260,11 @@ class EpisodeConfig(Strict):
         return self
 
 
+# Operational settings since removed: a run directory's config.yaml written before may
+# still hold them; they changed no episode, so they are dropped when read.
+RETIRED_RUN_FIELDS = frozenset({"gc_tuning"})
+
+
 class RunConfig(Strict):
     out_dir: str = "runs/default"
     seed: int = 0
@@ -274,17 +279,17 @@ class RunConfig(Strict):
             "set, checkpoints go to Postgres instead of <run>/checkpoints.sqlite."
         ),
     )
-    durability: Literal["sync", "exit"] = Field(
+    durability: Literal["sync", "async", "exit"] = Field(
         "sync",
         description=(
-            "When the runner writes an episode's checkpoint. sync: after every step, so a "
-            "crash redoes at most the steps in progress (and, in `mcu run` on SQLite, the "
-            "steps of its last 0.1 s: their checkpoints share one commit). exit: only when "
-            "the episode "
-            "finishes, stops (budget) or fails; LangGraph's CPU per step about halves "
-            "(bench/graph_floor.py), the framework's CPU per call drops 10-20 %, "
-            "but a crash restarts its unfinished episodes from the beginning (their LLM "
-            "calls are then answered by the response cache, when it is on). `mcu debug`, "
+            "LangGraph's durability mode for the runner's episodes (passed to the graph's "
+            "astream). sync: each step's checkpoint is written before the next step "
+            "starts, so a crash redoes at most the steps in progress. async: written while "
+            "the next step runs (LangGraph's default); a crash may also redo the step "
+            "before. exit: written only when the episode finishes, stops (budget) or "
+            "fails; a crash restarts its unfinished episodes from the beginning (their "
+            "LLM calls are then answered by the response cache, when it is on). A "
+            "finished episode is never redone: its file is the record. `mcu debug`, "
             "replay and forks always checkpoint every step."
         ),
     )
@@ -292,11 +297,10 @@ class RunConfig(Strict):
         "all",
         description=(
             "What stays of a finished episode's checkpoints. all: every step, for "
-            "`mcu history`, show, fork and replay of any step. last: only the final "
-            "checkpoint (the episode can still be rewritten from it); the rest is "
-            "deleted once the episode file is written, which keeps the checkpoint "
-            "database a small fraction of its size in long runs, and a task's pending "
-            "writes are not stored once its step's checkpoint holds them (less CPU)."
+            "`mcu history`, show, fork and replay of any step. last: the episode's "
+            "checkpoints are kept while it runs (for resume) and deleted once its file "
+            "is written (the file is the record), so the checkpoint database holds only "
+            "unfinished episodes."
         ),
     )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
@@ -307,16 +311,13 @@ class RunConfig(Strict):
             "when it is installed."
         ),
     )
-    gc_tuning: bool = Field(
-        True,
-        description=(
-            "During a run, freeze the objects that exist when it starts (imports, the "
-            "compiled graph) so full garbage collections skip them, and collect young "
-            "objects every 10,000 allocations instead of 700 (collections took 3-14 % "
-            "of the framework's CPU, about 1 % tuned; bench/throughput.py). The previous "
-            "settings come back when the run ends."
-        ),
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        if isinstance(data, dict) and RETIRED_RUN_FIELDS & data.keys():
+            return {key: value for key, value in data.items() if key not in RETIRED_RUN_FIELDS}
+        return data
 
 
 # Settings that change how fast or where a run goes, never what an episode contains.
@@ -330,7 +331,6 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
         "postgres_dsn_env",
         "durability",
         "keep_checkpoints",
-        "gc_tuning",
         "event_loop",
     },
     "llm": {

@@ -26,7 +26,6 @@ class Endpoint:
 
     process: subprocess.Popen
     url: str
-    server_package: str = ""  # the mcu_sim folder its fake server was imported from
 
     def cpu_seconds(self) -> float | None:
         """CPU the endpoint process has used so far (from /proc; None where it is missing)."""
@@ -74,7 +73,7 @@ def start_endpoint(
         process.kill()
         raise RuntimeError(f"bench/endpoint.py did not start (said {line!r})")
     hello = json.loads(line)
-    return Endpoint(process, hello["url"], hello.get("server_package", ""))
+    return Endpoint(process, hello["url"])
 
 
 def bench_overrides(url: str, sessions: int | None, concurrency: int, **provider: Any) -> list[str]:

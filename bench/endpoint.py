@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 FAULT_KINDS = ("429", "500", "timeout", "malformed_body", "malformed_answer")
@@ -104,11 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
-    import mcu_sim
-
-    package = str(Path(mcu_sim.__file__).parent)  # whose server answers (bench/ab.py checks)
     hello = {"url": server.url, "latency": args.latency, "capacity": args.capacity}
-    print(json.dumps({**hello, "server_package": package}))
+    print(json.dumps(hello))
     sys.stdout.flush()
     if args.smoke:
         print(json.dumps({"smoke_answer": ask_once(server.url)}))

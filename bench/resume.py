@@ -48,8 +48,9 @@ def cli_command(run_dir: Path, episodes: int, overrides: list[str]) -> list[str]
 
 def checkpoint_state(path: Path) -> tuple[int, str]:
     """(checkpoint rows, newest checkpoint id) so far; ``(0, "")`` before the database or
-    its table exists. With ``run.keep_checkpoints: last`` a step rewrites its episode's row,
-    so the count grows only with new episodes and the newest id shows every step."""
+    its table exists. The newest id (time-ordered) changes with every step; with
+    ``run.keep_checkpoints: last`` the count also drops as finished episodes' threads are
+    deleted."""
     if not path.is_file():
         return 0, ""
     try:
@@ -89,7 +90,8 @@ def kill_round(command: list[str], run_dir: Path, delay: float, episodes: int) -
     item: dict[str, Any] = {
         "killed_after_work_s": round(delay, 2),
         "episodes_done": done,
-        "checkpoints_written": after[0] - before[0],  # rows added (new episodes under `last`)
+        # rows added; under `last` minus the rows of episodes finished (and deleted) meanwhile
+        "checkpoints_written": after[0] - before[0],
         "landed_mid_run": working and not finished_early and after != before and done < episodes,
     }
     if finished_early:

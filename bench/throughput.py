@@ -249,14 +249,14 @@ def main(argv: list[str] | None = None) -> None:
         help="sessions per episode (default: the config's own range, 4-6, as `mcu run` has it)",
     )
     parser.add_argument(
-        "--durability", choices=["sync", "exit"], default="sync", help="run.durability"
+        "--durability", choices=["sync", "async", "exit"], default="sync", help="run.durability"
     )
     parser.add_argument(
         "--keep-checkpoints",
         choices=["all", "last"],
         default="all",
-        help="run.keep_checkpoints (last: a finished episode keeps only its final checkpoint, "
-        "and pending writes a checkpoint supersedes are not stored)",
+        help="run.keep_checkpoints (last: a finished episode's checkpoints are deleted once "
+        "its file is written)",
     )
     add_event_loop_option(parser)
     parser.add_argument(

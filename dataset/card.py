@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from mcu_sim.runner.outputs import RunDir
 from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.outputs import RunDir
 
 GENERATED_NOTE = {
     "face": "SDXL (+ SDXL-Lightning) portraits",

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.runner.outputs import RunDir
 from mcu_sim.personas.schema import DATE_FORMAT, Episode
+from mcu_sim.runner.outputs import RunDir
 
 FORMATS = ("hf", "parquet", "stark", "jsonl")
 DEFAULT_TARGETS = {

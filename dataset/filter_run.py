@@ -14,10 +14,11 @@ from mcu_sim.graphs.filters import (
     OverMatchedCounter,
     iter_filter_run,
 )
-from mcu_sim.runner.outputs import RunDir, atomic_write_json, index_line
 from mcu_sim.graphs.quality import filter_settings
-from mcu_sim.runner.manifest import run_lock
 from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.manifest import run_lock
+from mcu_sim.runner.outputs import RunDir, atomic_write_json, index_line
+from mcu_sim.runner.shards import rebuild_shards
 
 OVER_MATCHED = "over_matched_image"  # the rule graphs.filters.OverMatchedCounter writes
 
@@ -72,7 +73,7 @@ def refilter(run_dir: Path, config: Any, write: bool = True) -> dict[str, Any]:
         shards = 0
         if write:
             run.rebuild_index()
-            shards = run.rebuild_shards(shard_size(run, config))
+            shards = rebuild_shards(run, shard_size(run, config))
         report = {
             "episodes": seen,
             "episodes_filtered": filtered,
@@ -142,5 +143,5 @@ def apply_run_rules(run: RunDir, settings: FilterSettings, size: int) -> dict[st
             changed.append(index_line(data))
     if changed:
         run.replace_index_lines(changed)
-        run.rebuild_shards(size)
+        rebuild_shards(run, size)
     return {OVER_MATCHED: total} if total else {}

@@ -73,10 +73,10 @@ def debug(
     """Run one episode step by step: stop before each node, show, edit, re-run, go back, fork."""
     from mcu_sim.config import ConfigError, load_config
     from mcu_sim.debug.debugger import debug_episode
-    from mcu_sim.runner.outputs import RunDir
-    from mcu_sim.runner.manifest import FingerprintMismatch, RunLocked
-    from mcu_sim.runner.runner import episode_id_for
     from mcu_sim.debug.timetravel import load_run_config
+    from mcu_sim.runner.manifest import FingerprintMismatch, RunLocked
+    from mcu_sim.runner.outputs import RunDir
+    from mcu_sim.runner.runner import episode_id_for
 
     if seed is not None and episode is not None:
         raise _fail("give --seed or --episode, not both")
@@ -118,8 +118,8 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List an episode's checkpoints: #, id, step, node that wrote it, next node, time, tokens."""
-    from mcu_sim.debug.view import history_table
     from mcu_sim.debug.timetravel import history as list_history
+    from mcu_sim.debug.view import history_table
 
     found = _run(list_history(_ref(episode)))
     if as_json:

@@ -25,7 +25,6 @@ from rich.markup import escape
 
 from mcu_sim.config import Config
 from mcu_sim.debug import view as view
-from mcu_sim.graphs.context import EpisodeContext
 from mcu_sim.debug.state import (
     StateEditError,
     diff,
@@ -37,7 +36,6 @@ from mcu_sim.debug.state import (
     parse_value,
     step_overrides,
 )
-from mcu_sim.runner.outputs import RunDir
 from mcu_sim.debug.timetravel import (
     History,
     RunGraph,
@@ -51,6 +49,8 @@ from mcu_sim.debug.timetravel import (
     write_if_finished,
     writer_node,
 )
+from mcu_sim.graphs.context import EpisodeContext
+from mcu_sim.runner.outputs import RunDir
 
 HELP = """\
 commands:

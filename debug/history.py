@@ -18,6 +18,10 @@ class TimeTravelError(ValueError):
     """A checkpoint, episode or run directory could not be used; the message says why."""
 
 
+class NoCheckpoints(TimeTravelError):
+    """The episode's thread has no checkpoint in this store."""
+
+
 @dataclass
 class CheckpointRow:
     """One checkpoint of an episode, as ``mcu history`` shows it."""
@@ -58,27 +62,21 @@ def _parent_id(snapshot: Any) -> str | None:
     return parent["configurable"]["checkpoint_id"] if parent else None
 
 
-async def thread_ids(graph: Any, limit: int = 20, prefix: str = "") -> list[str]:
-    """Some episode ids that have checkpoints (for error messages): threads starting with
-    ``prefix`` (a run's ``<run id>/`` in a shared Postgres store), the prefix cut off."""
-    sql = "SELECT DISTINCT thread_id FROM checkpoints WHERE checkpoint_ns = '' AND thread_id LIKE "
-    pattern = prefix.replace("%", r"\%").replace("_", r"\_") + "%"
+async def thread_ids(graph: Any, limit: int = 20, prefix: str = "", scan: int = 200) -> list[str]:
+    """Some episode ids that have checkpoints (for error messages): the threads of the
+    saver's ``scan`` newest checkpoints (its ``alist``) that start with ``prefix`` (a run's
+    ``<run id>/`` in a shared Postgres store), the prefix cut off."""
+    found: list[str] = []
     try:
-        conn = graph.checkpointer.conn
-        if hasattr(conn, "cursor") and type(conn).__module__.startswith("psycopg"):
-            async with conn.cursor() as cursor:
-                await cursor.execute(sql + "%s ESCAPE '\\' LIMIT %s", (pattern, limit))
-                rows = await cursor.fetchall()
-        else:
-            cursor = await conn.execute(sql + "? ESCAPE '\\' LIMIT ?", (pattern, limit))
-            rows = await cursor.fetchall()
+        async for item in graph.checkpointer.alist(None, limit=scan):
+            thread = str(item.config["configurable"]["thread_id"])
+            if thread.startswith(prefix) and thread not in found:
+                found.append(thread)
+                if len(found) >= limit:
+                    break
     except Exception:  # the listing only decorates an error message
         return []
-    return sorted(_row_value(row)[len(prefix) :] for row in rows)
-
-
-def _row_value(row: Any) -> str:
-    return row["thread_id"] if isinstance(row, dict) else row[0]
+    return sorted(thread[len(prefix) :] for thread in found)
 
 
 def _count_names(names: list[str]) -> str:
@@ -109,7 +107,7 @@ async def load_history(graph: Any, thread_id: str, prefix: str = "") -> History:
         known = await thread_ids(graph, prefix=prefix)
         listing = ", ".join(known) if known else "none"
         episode_id = thread_id.removeprefix(prefix)
-        raise TimeTravelError(f"episode {episode_id} has no checkpoints here (episodes: {listing})")
+        raise NoCheckpoints(f"episode {episode_id} has no checkpoints here (episodes: {listing})")
     snapshots.reverse()
     by_id = {checkpoint_id_of(s): s for s in snapshots}
     rows = []

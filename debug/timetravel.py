@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from mcu_sim.config import Config, load_config
-from mcu_sim.graphs.context import EpisodeContext
 from mcu_sim.debug.history import (  # noqa: F401 - part of this module's API
     CheckpointRow,
     History,
+    NoCheckpoints,
     TimeTravelError,
     checkpoint_id_of,
     format_time,
@@ -48,7 +48,9 @@ from mcu_sim.debug.state import (
     set_path,
     validate_field,
 )
+from mcu_sim.graphs.context import EpisodeContext
 from mcu_sim.runner.outputs import RunDir, atomic_write_json
+from mcu_sim.runner.shards import rebuild_shards
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,17 @@ class RunGraph:
 
     async def history(self, episode_id: str) -> History:
         prefix = self.thread_id("")
-        return await load_history(self.graph, self.thread_id(episode_id), prefix)
+        try:
+            return await load_history(self.graph, self.thread_id(episode_id), prefix)
+        except NoCheckpoints:
+            if not self.run.is_finished(episode_id):
+                raise
+        raise NoCheckpoints(
+            f"episode {episode_id} is finished and has no checkpoint history: they are "
+            "deleted once the episode file is written when run.keep_checkpoints is last. "
+            f"The episode is {self.run.episode_path(episode_id)} (mcu view shows it); "
+            "run with run.keep_checkpoints=all to keep the history for debugging."
+        ) from None
 
 
 @asynccontextmanager
@@ -124,7 +136,7 @@ async def open_graph(run: RunDir, config: Config | None = None) -> AsyncIterator
     batch runner opens it: SQLite in the run directory, or the configured Postgres.
     ``config`` defaults to the run's own ``config.yaml``."""
     from mcu_sim.runner.checkpoints import checkpointer_for, postgres_dsn
-    from mcu_sim.runner.runner import compile_graph
+    from mcu_sim.runner.drive import compile_graph
 
     config = config or load_run_config(run)
     shared = postgres_dsn(config) is not None
@@ -340,7 +352,7 @@ def write_if_finished(run: RunDir, snapshot: Any, shard_size: int = 1000) -> Pat
     atomic_write_json(path, episode)
     run.rebuild_index()
     if run.shard_paths():
-        run.rebuild_shards(int(run.shard_state().get("shard_size") or shard_size))
+        rebuild_shards(run, int(run.shard_state().get("shard_size") or shard_size))
     return path
 
 

@@ -26,7 +26,6 @@ from langgraph.types import Send
 from mcu_sim.agents import planner, rewriter
 from mcu_sim.agents.llm.client import LLMError
 from mcu_sim.graphs.context import IMAGES_DISABLED, EpisodeContext, derive_seed
-from mcu_sim.graphs.lean_steps import inline_route, lean_graph
 from mcu_sim.graphs.state import EpisodeState, append, merge_dict, merge_usage, node_reads
 from mcu_sim.tools.base import ToolUnavailable
 from mcu_sim.tools.toolbox import ToolDisabled
@@ -348,15 +347,11 @@ def build_aligner_graph() -> StateGraph:
     graph.add_node("rewrite", rewrite_node)
     graph.add_node("give_up", give_up_node)
     graph.add_edge(START, "plan")
-    graph.add_conditional_edges(
-        "plan", inline_route(after_plan), {"execute": "execute", "done": END}
-    )
-    graph.add_conditional_edges(
-        "execute", inline_route(after_execute), {"plan": "plan", "qa": "qa"}
-    )
+    graph.add_conditional_edges("plan", after_plan, {"execute": "execute", "done": END})
+    graph.add_conditional_edges("execute", after_execute, {"plan": "plan", "qa": "qa"})
     graph.add_conditional_edges(
         "qa",
-        inline_route(after_qa),
+        after_qa,
         {"done": END, "execute": "execute", "rewrite": "rewrite", "give_up": "give_up"},
     )
     graph.add_edge("rewrite", "plan")
@@ -365,7 +360,7 @@ def build_aligner_graph() -> StateGraph:
 
 
 def compile_aligner_graph(checkpointer: Any = None) -> Any:
-    return lean_graph(build_aligner_graph().compile(checkpointer=checkpointer))
+    return build_aligner_graph().compile(checkpointer=checkpointer)
 
 
 # ---------------------------------------------------------------- fan-out from the episode

@@ -17,8 +17,7 @@ from mcu_sim.agents.llm.client import LLMTransportError
 from mcu_sim.graphs import aligner, nodes, quality
 from mcu_sim.graphs.context import EpisodeContext, derive_seed
 from mcu_sim.graphs.filters import filter_episode
-from mcu_sim.graphs.lean_steps import inline_route, lean_graph
-from mcu_sim.graphs.state import EpisodeState, RouteState, merge_updates, node_reads
+from mcu_sim.graphs.state import EpisodeState, merge_updates, node_reads
 from mcu_sim.personas.schema import Episode
 
 # Order of the nodes as they first run; the debugger and progress bars use it.
@@ -57,9 +56,7 @@ async def filter_node(state: EpisodeState, runtime: Any) -> dict[str, Any]:
 
     Three steps in one superstep: link sharing requests to album photos, judge each
     session's text, then assemble and filter the Episode. Each step sees the state the
-    previous one left; as one node they cost one checkpoint instead of three (a LangGraph
-    step with the runner's saver costs 0.3-0.45 ms, bench/graph_floor.py, against 1.2-1.5
-    ms of framework CPU per LLM call, bench/throughput.py).
+    previous one left; as one node they cost one checkpoint instead of three.
     """
     runtime.context.executions["filter"] += 1
     update: dict[str, Any] = {}
@@ -109,16 +106,16 @@ def assemble_episode(
     return {"episode": episode.model_dump(mode="json")}
 
 
-def after_device_images(state: RouteState) -> Any:  # type: ignore[valid-type]
+def after_device_images(state: EpisodeState) -> Any:
     """Fan the album photos out to the aligner, or straight on to the sessions."""
-    return aligner.fan_out_album(state)  # type: ignore[arg-type]
+    return aligner.fan_out_album(state)
 
 
-def after_session(state: RouteState) -> Any:  # type: ignore[valid-type]
+def after_session(state: EpisodeState) -> Any:
     """Another session, or fan the sharing moments out to the aligner."""
-    if nodes.more_sessions(state) == "session":  # type: ignore[arg-type]
+    if nodes.more_sessions(state) == "session":
         return "session"
-    return aligner.fan_out_sharing(state)  # type: ignore[arg-type]
+    return aligner.fan_out_sharing(state)
 
 
 def build_episode_graph() -> StateGraph:
@@ -142,17 +139,13 @@ def build_episode_graph() -> StateGraph:
     graph.add_edge(START, "demographics")
     for before, after in itertools.pairwise(NODE_ORDER[:7]):
         graph.add_edge(before, after)
-    graph.add_conditional_edges(
-        "device_images", inline_route(after_device_images), ["align_album", "session"]
-    )
+    graph.add_conditional_edges("device_images", after_device_images, ["align_album", "session"])
     graph.add_edge("align_album", "session")
-    graph.add_conditional_edges(
-        "session", inline_route(after_session), ["session", "align_sharing", "filter"]
-    )
+    graph.add_conditional_edges("session", after_session, ["session", "align_sharing", "filter"])
     graph.add_edge("align_sharing", "filter")
     graph.add_edge("filter", END)
     return graph
 
 
 def compile_episode_graph(checkpointer: Any = None) -> Any:
-    return lean_graph(build_episode_graph().compile(checkpointer=checkpointer))
+    return build_episode_graph().compile(checkpointer=checkpointer)

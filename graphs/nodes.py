@@ -319,7 +319,7 @@ def sharing_requests(turns: list[Turn], session_index: int) -> list[dict[str, An
 # session variables kept for the session record, not given to the dialogue prompt
 _NOT_PROMPT_VARIABLES = frozenset({"event_id", "event_date", "experience_op"})
 # one call dumps a session's turns instead of a model_dump per turn (with the date taken
-# from the event, 1.2 % fewer instructions per LLM call: bench/instructions.py)
+# from the event)
 _TURNS: TypeAdapter[list[Turn]] = TypeAdapter(list[Turn])
 
 

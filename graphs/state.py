@@ -22,7 +22,7 @@ def _upsert(key: str):
 
 # Reducers are module constants: with postponed annotations every get_type_hints call
 # evaluates the annotations again, and a fresh closure per call would make the same key
-# look like a different channel to LangGraph (a state view, state_view, shares them).
+# look like a different channel to LangGraph.
 upsert_by_id = _upsert("id")
 upsert_by_index = _upsert("index")
 
@@ -66,34 +66,6 @@ class EpisodeState(TypedDict, total=False):
     removals: Annotated[list[dict[str, Any]], append]
     notes: Annotated[list[str], append]
     episode: dict[str, Any]
-
-
-def state_view(name: str, *keys: str) -> type:
-    """A TypedDict of some of ``EpisodeState``'s keys, with their types and reducers.
-
-    A conditional edge whose function is annotated with one is given only those keys
-    (LangGraph takes an edge's input schema from its first parameter), so building its
-    view of the state copies and updates those channels alone
-    (:func:`mcu_sim.graphs.lean_steps.fresh_selected_read`)."""
-    hints = get_type_hints(EpisodeState, include_extras=True)
-    unknown = [key for key in keys if key not in hints]
-    if unknown:
-        raise ValueError(f"not keys of EpisodeState: {unknown}")
-    return TypedDict(name, {key: hints[key] for key in keys}, total=False)  # type: ignore[operator]
-
-
-# What the episode graph's conditional edges read: the session count and the requests to
-# fan out, with what each aligner branch is given (graphs.aligner._branch).
-RouteState = state_view(
-    "RouteState",
-    "episode_id",
-    "seed",
-    "n_sessions",
-    "demographics",
-    "face",
-    "sessions",
-    "image_requests",
-)
 
 
 def node_reads(*fields: str):

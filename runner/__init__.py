@@ -1,1 +1,2 @@
-"""Running many episodes: the batch runner, checkpointers, output files, manifest, progress, cost estimate, the Ray backend."""
+"""Running many episodes: the batch runner, checkpointers, output files, manifest,
+progress, cost estimate, the Ray backend."""

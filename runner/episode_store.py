@@ -4,7 +4,7 @@ worker thread.
 An episode's file write (a temp file, fsync, rename, its index line) takes well under a
 millisecond on a local disk. Handed to a thread, the hand-off and the GIL passing back and
 forth around each system call cost about as much again, a few percent of the framework's
-CPU (``bench/ab.py``). A slow disk (a network file system, a busy volume) must not hold up
+CPU. A slow disk (a network file system, a busy volume) must not hold up
 every episode in flight: once a write has taken longer than :data:`INLINE_LIMIT_S`, every
 later one goes to a thread, and so does any write that completes a shard (a thousand
 episodes in one file).
@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.runner.outputs import RunDir, ShardWriter
+from mcu_sim.runner.outputs import RunDir
 from mcu_sim.runner.scrub import Scrubber
+from mcu_sim.runner.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@ builds them once, on an
 event loop it keeps, and reuses them for every task of the same run and config
 (:class:`WorkerSession`). A task with another run directory or config replaces the session.
 
-Durability is the local runner's: a checkpoint is committed when it is written, and the
-pending writes still open when a task ends are committed before its result goes back. A
-task that raises (anything but an episode failure, which is a result) closes the session,
-so the next task starts from fresh parts.
+Durability is the local runner's (``run.durability``, LangGraph's own modes, on the same
+stock saver). A task that raises (anything but an episode failure, which is a result)
+closes the session, so the next task starts from fresh parts. A worker never deletes an
+episode's checkpoints: with ``run.keep_checkpoints: last`` the driver does, once it has
+written the episode file.
 """
 
 from __future__ import annotations
@@ -20,14 +21,22 @@ import atexit
 import contextlib
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from mcu_sim.agents.llm.client import LLMClient
 from mcu_sim.config import Config
-from mcu_sim.runner.checkpoints import inline_connection
+from mcu_sim.graphs.context import EpisodeContext
+from mcu_sim.runner.checkpoints import checkpointer_for
+from mcu_sim.runner.drive import compile_graph, drive_episode, failure_record, next_nodes
 from mcu_sim.runner.event_loop import loop_factory
+from mcu_sim.runner.jobs import EpisodeJob
+from mcu_sim.runner.outputs import RunDir
+from mcu_sim.runner.ray_tools import RemoteToolbox
+from mcu_sim.runner.scrub import Scrubber
 
 T = TypeVar("T")
 
@@ -54,17 +63,14 @@ class WorkerSession:
     _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run one task's coroutine on the session's loop, then commit what it left open."""
+        """Run one task's coroutine on the session's loop."""
         try:
             return self.runner.run(coroutine)
         finally:
             self.tasks_run += 1
-            conn = inline_connection(self.saver)  # Postgres commits every statement
-            if conn is not None:
-                conn.commit_now()
 
     def close(self) -> None:
-        """Close the checkpointer (committing), the LLM client and the loop."""
+        """Close the checkpointer, the LLM client and the loop."""
         try:
             self.runner.run(self._exits.aclose())
         finally:
@@ -105,8 +111,6 @@ atexit.register(_close_at_exit)
 
 def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
     from mcu_sim.agents.llm.client import build_client
-    from mcu_sim.runner.outputs import RunDir
-    from mcu_sim.runner.runner import checkpointer_for, compile_graph
 
     runner = asyncio.Runner(loop_factory=loop_factory(config.run.event_loop))
     exits = contextlib.AsyncExitStack()
@@ -115,7 +119,7 @@ def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
         llm = build_client(config.llm, cache_path=config.llm.cache.path)
         exits.push_async_callback(llm.aclose)
         saver = await exits.enter_async_context(
-            checkpointer_for(config, RunDir(run_root).checkpoints, for_run=True)
+            checkpointer_for(config, RunDir(run_root).checkpoints)
         )
         return llm, saver
 
@@ -131,3 +135,60 @@ def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
     return WorkerSession(
         key, config, runner, llm, saver, graph, fingerprint=fingerprint, _exits=exits
     )
+
+
+# ---------------------------------------------------------------- one episode task
+
+
+def run_episode_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """The body of one Ray task (a plain function, so it can also be called directly): one
+    episode run (or resumed) on the worker's kept session (event loop of
+    ``run.event_loop``, LLM client, checkpointer, compiled graph)."""
+    session = worker_session(payload)
+    try:
+        return session.run(_episode_in_worker(payload, session))
+    except BaseException:
+        close_worker_session()  # a broken loop or checkpointer is not kept for the next task
+        raise
+
+
+async def _episode_in_worker(payload: dict[str, Any], session: WorkerSession) -> dict[str, Any]:
+    """The episode, or a failure record, or ``stopped``, with this task's usage."""
+    config, llm, graph = session.config, session.llm, session.graph
+    job = EpisodeJob(*payload["job"])
+    executions: Counter = Counter()
+    monitor = payload.get("monitor")
+    actors = payload["tool_actors"]
+    tools = RemoteToolbox(actors, payload["tool_info"]) if actors else None
+    started = reported = llm.usage  # the client is the session's: count this task's share
+
+    async def after_step(nodes: list[str]) -> bool:
+        nonlocal reported
+        if monitor is None:
+            return False
+        delta, reported = llm.usage - reported, llm.usage
+        return bool(await monitor.report.remote(delta.as_dict(), len(nodes)))
+
+    context = EpisodeContext(
+        config, llm, Path(payload["run_root"]), tools, payload["use_cache"], executions,
+        config_fingerprint=session.fingerprint,
+    )  # fmt: skip
+    pending: list[str] = []
+    try:
+        episode = await drive_episode(
+            graph, job, context, payload["thread_id"], on_node=pending.append,
+            should_stop=lambda: _drain(after_step, pending), durability=config.run.durability,
+        )  # fmt: skip
+        result = {"episode": episode} if episode is not None else {"stopped": True}
+    except Exception as exc:
+        failed_at = await next_nodes(graph, payload["thread_id"])
+        result = {"failure": failure_record(job, exc, failed_at, Scrubber.for_config(config))}
+    await after_step([])
+    result.update(usage=(llm.usage - started).as_dict(), executions=dict(executions))
+    return result
+
+
+def _drain(after_step: Any, pending: list[str]) -> Any:
+    nodes = list(pending)
+    pending.clear()
+    return after_step(nodes)

@@ -3,226 +3,67 @@
 Each episode is a LangGraph thread (``thread_id`` = episode id) on a durable checkpointer:
 SQLite in the run directory by default, Postgres when ``run.postgres_dsn_env`` names a
 variable holding a connection string. A re-run of the same command continues unfinished
-episodes from their last checkpoint and never redoes or duplicates a finished one; a
-changed config fingerprint is refused unless forced. ``max_in_flight=1`` is the sequential
-path for debugging; :mod:`mcu_sim.runner.ray_backend` runs the same jobs on Ray.
+episodes from their last checkpoint and never redoes or duplicates a finished one (its
+episode file is the record); a changed config fingerprint is refused unless forced.
+``max_in_flight=1`` is the sequential path for debugging;
+:mod:`mcu_sim.runner.ray_backend` runs the same jobs on Ray, and
+:func:`mcu_sim.runner.backends.make_runner` picks one from the config.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
-import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.agents.llm.client import LLMClient, LLMOutputError, Usage, build_client
-from mcu_sim.config import Config, ConfigError
-from mcu_sim.runner.checkpoints import (  # noqa: F401 - open_checkpointer re-exported
-    checkpointer_for,
-    open_checkpointer,
-    postgres_dsn,
-    prune_finished,
-    thread_id_for,
-    threads_with_checkpoints,
-)
+from mcu_sim.agents.llm.client import LLMClient, Usage, build_client
+from mcu_sim.config import Config
 from mcu_sim.graphs.context import EpisodeContext
+from mcu_sim.runner.checkpoints import (
+    checkpointer_for,
+    forget_finished,
+    postgres_dsn,
+    thread_id_for,
+)
+from mcu_sim.runner.drive import (
+    STORE_STEP,
+    compile_graph,
+    drive_episode,
+    failure_record,
+    next_nodes,
+)
 from mcu_sim.runner.episode_store import EpisodeWriter
-from mcu_sim.runner.gc_tuning import tuned_gc
-from mcu_sim.runner.outputs import RunDir, ShardWriter
+from mcu_sim.runner.jobs import (  # noqa: F401 - re-exported
+    EpisodeJob,
+    RunReport,
+    failed_jobs,
+    is_planned,
+    manifest_jobs,
+    plan_jobs,
+    unique_jobs,
+)
 from mcu_sim.runner.manifest import (  # noqa: F401 - re-exported
     FingerprintMismatch,
     RunLocked,
     episode_id_for,
     finish_manifest,
-    forks_in_manifest,
-    jobs_in_manifest,
     run_lock,
     start_manifest,
 )
+from mcu_sim.runner.outputs import RunDir
 from mcu_sim.runner.scrub import Scrubber
+from mcu_sim.runner.shards import ShardWriter
 
 EventHandler = Callable[[str, dict[str, Any]], None]
-STORE_STEP = "store_episode"  # ``failed_at`` of an episode whose file could not be written
 _NO_TOOLS = object()  # images disabled: distinct from "not built yet"
 
 
 class BudgetExceeded(RuntimeError):
     """Kept for callers that catch it; the runner itself stops cleanly instead of raising."""
-
-
-@dataclass(frozen=True)
-class EpisodeJob:
-    episode_id: str
-    seed: int
-
-
-@dataclass
-class RunReport:
-    finished: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    stopped_for_budget: bool = False
-    interrupted: bool = False
-    usage: Usage = field(default_factory=Usage)
-    seconds: float = 0.0
-    executions: Counter = field(default_factory=Counter)
-    backend: str = "local"
-    run_removals: dict[str, int] = field(default_factory=dict)  # run-level filter marks
-
-
-def plan_jobs(episodes: int, base_seed: int) -> list[EpisodeJob]:
-    """Episode i gets seed ``base_seed + i``; its id is derived from that seed."""
-    return [EpisodeJob(episode_id_for(base_seed + i), base_seed + i) for i in range(episodes)]
-
-
-def unique_jobs(jobs: list[EpisodeJob]) -> list[EpisodeJob]:
-    """``jobs`` without repeats: two workers on one episode thread would corrupt it."""
-    seen: set[str] = set()
-    unique = []
-    for job in jobs:
-        if job.episode_id not in seen:
-            seen.add(job.episode_id)
-            unique.append(job)
-    return unique
-
-
-def is_planned(job: EpisodeJob) -> bool:
-    """A job of the run's plan (its id derives from its seed); forks and other ids are not."""
-    return job.episode_id == episode_id_for(job.seed)
-
-
-def failed_jobs(run: RunDir) -> list[EpisodeJob]:
-    """The jobs recorded in ``failures/`` (what ``mcu retry-failed`` re-runs)."""
-    return [EpisodeJob(i, int(run.read_failure(i)["seed"])) for i in run.failed_ids()]
-
-
-def manifest_jobs(run: RunDir) -> list[EpisodeJob]:
-    """Every job the run directory's manifest has planned, then its forks (what
-    ``--resume`` continues)."""
-    planned = [EpisodeJob(episode_id_for(s), s) for s in jobs_in_manifest(run)]
-    return planned + [EpisodeJob(f["episode_id"], int(f["seed"])) for f in forks_in_manifest(run)]
-
-
-# ---------------------------------------------------------------- one episode
-
-
-async def drive_episode(
-    graph: Any,
-    job: EpisodeJob,
-    context: EpisodeContext,
-    thread_id: str,
-    on_node: Callable[[str], None] | None = None,
-    should_stop: Callable[[], bool | Awaitable[bool]] | None = None,
-    durability: str = "sync",
-    fresh: bool = False,
-) -> dict[str, Any] | None:
-    """Run (or resume) one episode to its end; return the episode dict.
-
-    ``fresh``: the caller knows the thread has no checkpoint yet (the runner reads the
-    thread ids once per run), so its state is not read first; reading a state builds
-    LangGraph's whole snapshot, about 2-3 % of a fresh run's CPU (``bench/ab.py``).
-
-    With ``durability="sync"`` (``run.durability``) a step counts as done only once its
-    checkpoint is written, so an interruption redoes at most the steps in progress. With
-    ``"exit"`` the checkpoint is written when the stream ends (finished, stopped after a
-    step, or failed): a kill before that loses the episode's progress, never a finished
-    episode.
-
-    Returns None when ``should_stop`` said so after a step: the checkpoint keeps every
-    finished step and the next call continues from there. Raises what a node raised.
-    """
-    config = {"configurable": {"thread_id": thread_id}}
-    payload: dict[str, Any] | None = {"episode_id": job.episode_id, "seed": job.seed}
-    if not fresh:
-        snapshot = await graph.aget_state(config)
-        if snapshot.values and not snapshot.next and "episode" not in snapshot.values:
-            snapshot = await _continue_at_filter(graph, config, snapshot)
-        finished = bool(snapshot.values) and not snapshot.next and "episode" in snapshot.values
-        if finished:  # a finished graph whose file write was lost: no step to run
-            return snapshot.values["episode"]
-        if snapshot.values:
-            payload = None  # continue from the checkpoint
-    stream = graph.astream(
-        payload, config, context=context, stream_mode="updates", durability=durability
-    )
-    episode = None
-    async for update in stream:
-        for node, values in update.items():
-            if on_node is not None:
-                on_node(node)
-            if isinstance(values, dict) and "episode" in values:
-                episode = values["episode"]  # the last step's output: no need to reload it
-        if should_stop is not None and episode is None:  # a finished episode is kept
-            stop = should_stop()
-            if inspect.isawaitable(stop):
-                stop = await stop
-            if stop:
-                return None
-    if episode is None:
-        snapshot = await graph.aget_state(config)
-        episode = snapshot.values.get("episode")
-    if episode is None:
-        raise RuntimeError(f"the graph stopped before filter (next: {list(snapshot.next)})")
-    return episode
-
-
-async def _continue_at_filter(graph: Any, config: dict[str, Any], snapshot: Any) -> Any:
-    """A thread stopped with nothing to run and no episode was checkpointed by a version
-    whose last steps were ``link_album``, ``safety`` and ``finalize`` (now the steps of the
-    ``filter`` node), before one of them: point it at ``filter``, which redoes all three
-    (each skips what is already done). Graphs without those nodes are left as they are."""
-    if not {"align_sharing", "filter"} <= set(graph.nodes):
-        return snapshot
-    await graph.aupdate_state(config, None, as_node="align_sharing")  # its edge: filter
-    return await graph.aget_state(config)
-
-
-def failure_record(
-    job: EpisodeJob, exc: BaseException, failed_at: list[str], scrubber: Scrubber | None = None
-) -> dict[str, Any]:
-    """What ``failures/<id>.json`` holds: reason, traceback, the model's raw text if any,
-    with the configured secrets masked (a server may echo a key into its error). The
-    ``attempts`` count is set when the record is stored (:meth:`EpisodeRunner.save_failure`)."""
-    record: dict[str, Any] = {
-        "episode_id": job.episode_id,
-        "seed": job.seed,
-        "failed_at": failed_at,
-        "error_type": type(exc).__name__,
-        "reason": str(exc),
-        "traceback": traceback.format_exception(exc),
-        "time": time.time(),
-        "attempts": 1,
-    }
-    if isinstance(exc, LLMOutputError):
-        record["raw_text"] = exc.raw_text
-    return scrubber.data(record) if scrubber else record
-
-
-async def next_nodes(graph: Any, thread_id: str) -> list[str]:
-    try:
-        snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-    except Exception:  # the failure record must still be written
-        return []
-    return list(snapshot.next)
-
-
-def compile_graph(checkpointer: Any, graph_factory: Callable[[], Any] | None = None) -> Any:
-    """The episode graph (or ``graph_factory()``'s) compiled on ``checkpointer``, its nodes
-    run in place when nothing listens (:mod:`mcu_sim.graphs.lean_steps`)."""
-    from mcu_sim.graphs.lean_steps import lean_graph
-
-    if graph_factory is None:
-        from mcu_sim.graphs.episode import build_episode_graph as graph_factory
-    return lean_graph(graph_factory().compile(checkpointer=checkpointer))
-
-
-# ---------------------------------------------------------------- the runner
 
 
 class EpisodeRunner:
@@ -299,7 +140,7 @@ class EpisodeRunner:
         """Run ``jobs``; skip finished ones, resume unfinished ones; never raise for one
         episode's failure (it is recorded in ``failures/``)."""
         self.run.create()
-        with run_lock(self.run), tuned_gc(self.config.run.gc_tuning):
+        with run_lock(self.run):
             return await self._run_locked(jobs, force_config)
 
     async def _run_locked(self, jobs: list[EpisodeJob], force_config: bool) -> RunReport:
@@ -361,22 +202,18 @@ class EpisodeRunner:
     async def _execute(self, jobs: list[EpisodeJob], report: RunReport) -> None:
         """Local backend: one event loop, ``max_in_flight`` episodes at a time."""
         self._client()
-        async with checkpointer_for(
-            self.config, self.run.checkpoints, single_writer=True, for_run=True
-        ) as saver:
+        async with checkpointer_for(self.config, self.run.checkpoints) as saver:
             graph = compile_graph(saver, self.graph_factory)
             shared = postgres_dsn(self.config) is not None
-            started = threads_with_checkpoints(saver)  # None: unknown, read each state
 
             async def one(job: EpisodeJob) -> None:
                 thread = thread_id_for(self.run_id, job.episode_id, shared)
-                fresh = started is not None and thread not in started
-                await self._run_one(graph, job, report, thread, fresh)
+                await self._run_one(graph, job, report, thread)
 
             await run_bounded(jobs, one, self.max_in_flight, self._over_budget)
 
     async def _run_one(
-        self, graph: Any, job: EpisodeJob, report: RunReport, thread_id: str, fresh: bool = False
+        self, graph: Any, job: EpisodeJob, report: RunReport, thread_id: str
     ) -> None:
         context = EpisodeContext(
             config=self.config,
@@ -397,7 +234,6 @@ class EpisodeRunner:
                 on_node=lambda node: self._emit("node", episode_id=job.episode_id, node=node),
                 should_stop=self._over_budget,
                 durability=self.config.run.durability,
-                fresh=fresh,
             )
         except (asyncio.CancelledError, KeyboardInterrupt):
             self._emit("stopped", episode_id=job.episode_id)
@@ -408,25 +244,27 @@ class EpisodeRunner:
         if episode is None:
             self._emit("stopped", episode_id=job.episode_id)
             return
-        await self.store_episode(job, episode, report)
-        await prune_finished(graph.checkpointer, thread_id, self.config)
+        if await self.store_episode(job, episode, report):
+            await forget_finished(graph.checkpointer, thread_id, self.config)
 
     async def store_episode(
         self, job: EpisodeJob, episode: dict[str, Any], report: RunReport
-    ) -> None:
-        """Write the episode file, its index line and (when full) its shard. A write that
-        fails (disk full, a bad path) is that episode's failure, not the run's: the graph
-        is finished, so ``retry-failed`` only writes it again."""
+    ) -> bool:
+        """Write the episode file, its index line and (when full) its shard; whether it was
+        written. A write that fails (disk full, a bad path) is that episode's failure, not
+        the run's: the graph is finished and its checkpoints stay, so ``retry-failed`` only
+        writes it again."""
         try:
             assert self.episodes is not None
             shards = await self.episodes.write(episode)
         except Exception as exc:
             await self.store_failure(job, exc, [STORE_STEP], report)
-            return
+            return False
         report.finished.append(episode["episode_id"])
         self._emit("done", episode_id=episode["episode_id"])
         for path in shards:
             self._emit("shard", path=str(path))
+        return True
 
     async def store_failure(
         self, job: EpisodeJob, exc: BaseException, failed_at: list[str], report: RunReport
@@ -477,24 +315,3 @@ def build_toolbox(config: Config) -> Any:
 
     settings = ImagesConfig.model_validate(config.images)
     return ImageToolbox(settings) if settings.enabled else None
-
-
-def make_runner(
-    config: Config,
-    out_dir: str | Path,
-    *,
-    backend: str | None = None,
-    ray_address: str | None = None,
-    **options: Any,
-) -> EpisodeRunner:
-    """An :class:`EpisodeRunner` for ``backend`` (``local`` or ``ray``; default from
-    ``run.backend``). ``options`` are the runner's keyword arguments."""
-    backend = backend or getattr(config.run, "backend", "local")
-    if backend == "local":
-        return EpisodeRunner(config, out_dir, **options)
-    if backend == "ray":
-        from mcu_sim.runner.ray_backend import RayEpisodeRunner
-
-        address = ray_address or getattr(config.run, "ray_address", None)
-        return RayEpisodeRunner(config, out_dir, address=address, **options)
-    raise ConfigError(f"unknown backend {backend!r}: choose local or ray (run.backend)")

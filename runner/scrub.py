@@ -5,8 +5,8 @@ The config holds only the *names* of the variables with secrets (``llm.provider.
 a server that answers 401 with the key it was sent echoes it into the exception message,
 the chained exception lands in a failure record's traceback, and LangGraph serializes a
 failed node's exception into the checkpoint database. :class:`Scrubber` replaces every
-such value in texts, nested data and serialized bytes; :func:`mask_checkpoints` applies it
-to each checkpoint write.
+such value in texts, nested data and serialized bytes; :func:`checkpoint_serializer` gives
+the savers a serializer that applies it to each checkpoint write.
 """
 
 from __future__ import annotations
@@ -93,13 +93,14 @@ class Scrubber:
 
 @functools.cache
 def _masking_serializer_class() -> type:
-    """LangGraph's serializer with masked writes (made on first use: no langgraph import
-    when this module is imported). A subclass, so LangGraph's msgpack allowlist handling
-    (``with_msgpack_allowlist`` clones it) keeps working."""
+    """LangGraph's public ``JsonPlusSerializer`` with masked writes (made on first use: no
+    langgraph import when this module is imported); reading is unchanged."""
     from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
     class MaskingSerializer(JsonPlusSerializer):
-        scrubber: Scrubber
+        def __init__(self, scrubber: Scrubber, **options: Any) -> None:
+            super().__init__(**options)
+            self.scrubber = scrubber
 
         def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
             kind, data = super().dumps_typed(obj)
@@ -108,11 +109,10 @@ def _masking_serializer_class() -> type:
     return MaskingSerializer
 
 
-def mask_checkpoints(saver: Any, scrubber: Scrubber | None) -> Any:
-    """``saver`` with a serializer that masks ``scrubber``'s secrets in every checkpoint and
-    pending write (a failed node's exception included); reading is unchanged."""
-    if scrubber:
-        serde = _masking_serializer_class()()
-        serde.scrubber = scrubber
-        saver.serde = serde
-    return saver
+def checkpoint_serializer(scrubber: Scrubber | None) -> Any:
+    """The ``serde=`` for a LangGraph saver: one that masks ``scrubber``'s secrets in every
+    checkpoint and pending write (a failed node's exception included), or None (the
+    saver's default) when there is nothing to mask."""
+    if not scrubber:
+        return None
+    return _masking_serializer_class()(scrubber)

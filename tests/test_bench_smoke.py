@@ -5,7 +5,7 @@ or corrupted (counts, never times)."""
 from __future__ import annotations
 
 import json
-import shutil
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +47,12 @@ def test_throughput_smoke() -> None:
     assert result["llm_calls"] > 6 * 5
     assert result["calls_per_s"] > 0 and result["peak_rss_mb"] > 0
     assert 0 < result["ratio"] <= 1.1  # the endpoint's capacity C/L bounds it
-    assert result["steady_ratio"] > 0
+    # six episodes end in a few bursts: the steady window (10-90 % of the calls) may not
+    # exist at this size, so its figures are only present and finite here
+    for steady in ("steady_ratio", "steady_cpu_ms_per_call"):
+        assert math.isfinite(result[steady]) and result[steady] >= 0
     assert result["cpu_ms_per_call"] > 0 and result["rss_per_in_flight_mb"] >= 0
-    assert result["steady_cpu_ms_per_call"] > 0 and result["framework_to_endpoint_cpu"] > 0
+    assert result["framework_to_endpoint_cpu"] > 0
     assert result["calls_per_s"] == pytest.approx(result["llm_calls"] / result["seconds"], 0.05)
     assert result["event_loop"] == "uvloop"  # run.event_loop=auto, uvloop installed
     assert result["cache"] is False
@@ -63,34 +66,9 @@ def test_throughput_smoke() -> None:
     assert not Path("/proc/self/io").exists() or "KiB per LLM call" in plain
 
 
-def test_ab_smoke() -> None:
-    result = _json("ab.py")  # --smoke: HEAD (a git archive) against this tree
-    assert result["rounds"] == 2 and result["failed"] == 0 and result["base"] == "HEAD"
-    assert result["a_ms_per_call_median"] > 0 and result["b_ms_per_call_median"] > 0
-    low, high = result["b_over_a_range"]
-    assert 0 < low <= result["b_over_a_median"] <= high
-    packages = result["packages"]
-    assert Path(packages["B"]) == BENCH.parent  # this tree
-    assert Path(packages["A"]) != BENCH.parent and Path(packages["A"]).name == "mcu_sim"
-    # both sides are answered by this tree's fake server, whatever the base's
-    assert {Path(p) for p in result["server_packages"].values()} == {BENCH.parent}
-
-
-def test_graph_floor_smoke() -> None:
-    result = _json("graph_floor.py")
-    per_step = result["cpu_ms_per_step"]
-    assert set(per_step) == {"none", "memory", "sqlite-sync", "sqlite-exit", "sqlite-last"}
-    assert all(ms > 0 for ms in per_step.values())
-    steps = result["steps_per_bench_call"]
-    assert steps == 1.0  # a five-session bench episode: 15 checkpoints for 15 LLM calls
-    for variant, ms in per_step.items():
-        assert result["floor_ms_per_bench_call"][variant] == pytest.approx(ms * steps, abs=2e-3)
-    assert "ms CPU per step" in _bench("graph_floor.py")
-
-
 @pytest.mark.parametrize("keep", ["all", "last"])
 def test_resume_smoke(keep: str) -> None:
-    # `last` rewrites each episode's checkpoint row in place: a kill mid-rewrite too
+    # `last` deletes each finished episode's thread: a kill mid-delete too
     result = _json("resume.py", f"--set=run.keep_checkpoints={keep}")
     assert result["set"] == [f"run.keep_checkpoints={keep}"]
     assert result["kills"] == 2 and result["final_exit_code"] == 0
@@ -98,7 +76,7 @@ def test_resume_smoke(keep: str) -> None:
     # started or after it ended), and still nothing was lost, duplicated or corrupt
     assert result["kills_mid_run"] >= 1
     mid_run = [r for r in result["rounds"] if r["landed_mid_run"]]
-    assert any(r["episodes_done"] < 4 and r["checkpoints_written"] > 0 for r in mid_run)
+    assert any(r["episodes_done"] < 4 for r in mid_run)
     assert result["episodes_found"] == result["episodes_expected"] == 4
     assert result["lost"] == result["duplicated"] == result["corrupt"] == 0
     assert result["shards_hold_every_episode"]
@@ -131,16 +109,3 @@ def test_qa_scorers_smoke(tmp_path: Path) -> None:
         sum(rows[n]["ms_per_image"] for n in ("clip", "aesthetic", "nsfw.open_nsfw"))
     )
     assert "ms/image" in out.splitlines()[0]
-
-
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
-def test_instructions_smoke() -> None:
-    result = _json("instructions.py", timeout=600)  # two runs under callgrind, ~1.5 min
-    figures = result["this_tree"]
-    small, large = figures["calls"]
-    assert 0 < small < large  # the larger batch made more calls: the difference is per call
-    low, high = figures["instructions"]
-    assert 0 < low < high
-    assert figures["instructions_per_call"] == round((high - low) / (large - small))
-    assert 10**5 < figures["instructions_per_call"] < 10**8  # a call, not a run or a no-op
-    assert Path(figures["package"]) == BENCH.parent and result["base_revision"] is None

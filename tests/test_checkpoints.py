@@ -1,261 +1,182 @@
-"""The runner's SQLite saver writes exactly the rows LangGraph's own saver writes.
-
-Its two writes repeat LangGraph's INSERT statements on the inline connection (no lock, no
-cursor wrappers); this test keeps them in step with the installed langgraph-checkpoint-sqlite:
-the same checkpoint and pending writes go through both savers, and the tables must match
-row for row, then read back through LangGraph's reader."""
+"""The runner's checkpointers are LangGraph's stock savers, built through their documented
+constructors: SQLite on a connection with WAL and a busy timeout, Postgres from its
+connection string, both with the masking serializer passed as ``serde=``."""
 
 from __future__ import annotations
 
-import json
-import operator
+import asyncio
+import contextlib
+import os
 import sqlite3
+import time
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any, TypedDict
 
+import pytest
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
 
-from mcu_sim.runner.checkpoints import PAGE_SIZE, metadata_bytes, open_checkpointer
+from mcu_sim.config import load_config
+from mcu_sim.runner.checkpoints import (
+    BUSY_TIMEOUT_S,
+    checkpointer_for,
+    forget_finished,
+    open_checkpointer,
+)
+from tests.pg_fixture import postgres_dsn, postgres_env  # noqa: F401 - fixtures
 
+SECRET = "sk-test-0123456789abcdef"
 THREAD = {"configurable": {"thread_id": "ep-00000001", "checkpoint_ns": ""}}
 
 
-def _checkpoint() -> dict[str, Any]:
+async def _pragma(saver: Any, name: str) -> Any:
+    cursor = await saver.conn.execute(f"PRAGMA {name}")
+    (value,) = await cursor.fetchone()
+    return value
+
+
+async def test_the_sqlite_saver_is_langgraphs_on_a_wal_connection_with_a_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    saver = await open_checkpointer(tmp_path / "c.sqlite")
+    try:
+        assert type(saver) is AsyncSqliteSaver
+        assert await _pragma(saver, "journal_mode") == "wal"
+        assert await _pragma(saver, "busy_timeout") == BUSY_TIMEOUT_S * 1000
+        assert await _pragma(saver, "synchronous") == 1  # NORMAL
+    finally:
+        await saver.conn.close()
+
+
+def _checkpoint(number: int) -> dict[str, Any]:
     checkpoint = empty_checkpoint()
-    checkpoint["id"] = "1f0a0000-0000-6000-8000-000000000001"
-    checkpoint["ts"] = "2026-12-01T00:00:00+00:00"
-    checkpoint["channel_values"] = {"persona": [{"sentence": "I keep bees."}], "seed": 7}
-    checkpoint["channel_versions"] = {"persona": "1", "seed": "1"}
+    checkpoint["id"] = f"1f0a0000-0000-6000-8000-{number:012d}"
+    checkpoint["channel_values"] = {"notes": [f"step {number}"]}
+    checkpoint["channel_versions"] = {"notes": str(number)}
     return checkpoint
 
 
-async def _write(saver: Any) -> None:
-    stored = await saver.aput(THREAD, _checkpoint(), {"source": "loop", "step": 3}, {})
-    await saver.aput_writes(stored, [("sessions", [{"index": 1}]), ("notes", ["n"])], "task-1")
-    await saver.aput_writes(stored, [("__error__", "ValueError('x')")], "task-2", "~path")
-
-
-def _rows(path: Path) -> dict[str, list[tuple]]:
-    """Both tables' rows; a checkpoint's metadata parsed (its JSON's spacing may differ)."""
-    with sqlite3.connect(path) as db:
-        rows = {
-            table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5").fetchall()
-            for table in ("checkpoints", "writes")
-        }
-    rows["checkpoints"] = [(*row[:-1], json.loads(row[-1])) for row in rows["checkpoints"]]
-    return rows
-
-
-async def test_inline_saver_writes_the_rows_langgraphs_saver_writes(tmp_path: Path) -> None:
-    ours = await open_checkpointer(tmp_path / "ours.sqlite")
-    theirs = await open_checkpointer(tmp_path / "theirs.sqlite", inline=False)
-    assert type(ours).__name__ == "InlineSqliteSaver"
-    assert type(theirs).__name__ == "AsyncSqliteSaver"
-    try:
-        await _write(ours)
-        await _write(theirs)
-        read_back = await ours.aget_tuple(THREAD)
-    finally:
-        await ours.conn.close()
-        await theirs.conn.close()
-    rows = _rows(tmp_path / "ours.sqlite")
-    assert rows == _rows(tmp_path / "theirs.sqlite")
-    assert len(rows["checkpoints"]) == 1 and len(rows["writes"]) == 3
-    assert read_back is not None
-    assert read_back.checkpoint["channel_values"] == _checkpoint()["channel_values"]
-    assert read_back.metadata["step"] == 3
-    assert sorted((task, channel) for task, channel, _ in read_back.pending_writes) == [
-        ("task-1", "notes"),
-        ("task-1", "sessions"),
-        ("task-2", "__error__"),
-    ]
-
-
-def test_metadata_is_the_json_langgraphs_saver_stores() -> None:
-    """The same JSON as ``json.dumps(..., ensure_ascii=False)`` encoded with ``ignore``:
-    text as UTF-8, an integer beyond 64 bits kept, a lone surrogate dropped."""
-    for metadata in (
-        {"source": "loop", "step": 3, "parents": {}, "thread_id": "ep-00000001"},
-        {"source": "update", "mcu_note": "edit persona — Zoë's café", "step": -1},
-        {"source": "loop", "step": 2**70},
-        {"source": "loop", "mcu_note": "half a pair \ud83d here"},
-    ):
-        theirs = json.dumps(metadata, ensure_ascii=False).encode("utf-8", "ignore")
-        ours = metadata_bytes(metadata)
-        assert json.loads(ours) == json.loads(theirs)
-    assert metadata_bytes({"note": "café"}) == '{"note":"café"}'.encode()
-    assert json.loads(metadata_bytes({"step": 2**70}))["step"] == 2**70
-    assert json.loads(metadata_bytes({"note": "a\ud83db"}))["note"] == "ab"
-
-
-async def test_pending_writes_are_committed_with_the_next_checkpoint_or_soon(
-    tmp_path: Path,
-) -> None:
-    """A task's writes share a commit (the next checkpoint's, or one COMMIT_DELAY_S later);
-    another reader sees them then, and closing the saver commits what is still open."""
-    import asyncio
-
-    from mcu_sim.runner.checkpoints import COMMIT_DELAY_S
-
-    path = tmp_path / "ours.sqlite"
+async def test_a_writer_waits_for_another_ones_lock_instead_of_failing(tmp_path: Path) -> None:
+    """Ray workers on one machine share the file: a write that meets another process's
+    write lock waits (busy timeout) and then lands."""
+    path = tmp_path / "c.sqlite"
     saver = await open_checkpointer(path)
-    stored = await saver.aput(THREAD, _checkpoint(), {"source": "loop", "step": 3}, {})
+    other = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
-        await saver.aput_writes(stored, [("notes", ["a"])], "task-1")
-        assert _rows(path)["writes"] == []  # not committed yet
-        await asyncio.sleep(COMMIT_DELAY_S * 5)
-        assert len(_rows(path)["writes"]) == 1  # the delayed commit
-        await saver.aput_writes(stored, [("notes", ["b"])], "task-2")
-        later = {**_checkpoint(), "id": "1f0a0000-0000-6000-8000-000000000002"}
-        await saver.aput(stored, later, {"source": "loop", "step": 4}, {})
-        assert len(_rows(path)["writes"]) == 2  # taken along by the checkpoint's commit
-        await saver.aput_writes(stored, [("notes", ["c"])], "task-3")
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        asyncio.get_running_loop().call_later(0.4, other.execute, "COMMIT")
+        start = time.monotonic()
+        await saver.aput(THREAD, _checkpoint(1), {"source": "loop", "step": 1}, {})
+        assert time.monotonic() - start >= 0.3  # it waited for the lock
+        stored = await saver.aget_tuple(THREAD)
+        assert stored is not None and stored.checkpoint["channel_values"]["notes"] == ["step 1"]
     finally:
+        other.close()
         await saver.conn.close()
-    assert len(_rows(path)["writes"]) == 3  # close committed the last one
 
 
-async def test_a_single_writer_groups_checkpoint_commits(tmp_path: Path) -> None:
-    """With group_commit (the local runner, the file's only writer) a checkpoint is
-    committed within COMMIT_DELAY_S, with the others of that moment; without it, at once."""
-    import asyncio
-
-    from mcu_sim.runner.checkpoints import COMMIT_DELAY_S
-
-    grouped_path, plain_path = tmp_path / "grouped.sqlite", tmp_path / "plain.sqlite"
-    grouped = await open_checkpointer(grouped_path, group_commit=True)
-    plain = await open_checkpointer(plain_path)
-    try:
-        await plain.aput(THREAD, _checkpoint(), {"source": "loop", "step": 1}, {})
-        assert len(_rows(plain_path)["checkpoints"]) == 1  # at once
-        first = await grouped.aput(THREAD, _checkpoint(), {"source": "loop", "step": 1}, {})
-        await grouped.aput_writes(first, [("notes", ["a"])], "task-1")
-        later = {**_checkpoint(), "id": "1f0a0000-0000-6000-8000-000000000002"}
-        await grouped.aput(first, later, {"source": "loop", "step": 2}, {})
-        assert _rows(grouped_path)["checkpoints"] == []  # one open transaction for all three
-        await asyncio.sleep(COMMIT_DELAY_S * 5)
-        rows = _rows(grouped_path)
-        assert len(rows["checkpoints"]) == 2 and len(rows["writes"]) == 1
-        third = {**_checkpoint(), "id": "1f0a0000-0000-6000-8000-000000000003"}
-        await grouped.aput(first, third, {"source": "loop", "step": 3}, {})
-    finally:
-        await grouped.conn.close()
-        await plain.conn.close()
-    assert len(_rows(grouped_path)["checkpoints"]) == 3  # close committed the last one
+class _State(TypedDict, total=False):
+    notes: list[str]
 
 
-async def test_a_busy_single_writer_commits_on_a_checkpoint_not_a_timer(
-    tmp_path: Path, monkeypatch: Any
-) -> None:
-    """With group_commit, a checkpoint that comes once the open transaction is
-    COMMIT_EARLY_S old commits it at once; a younger one waits (here for no timer: the
-    window is made long enough that only the early commit can happen)."""
-    import asyncio
+def _leaky_graph(checkpointer: Any) -> Any:
+    """A node that writes the secret into the state, then one that fails with it."""
 
-    from mcu_sim.runner import checkpoints
+    def echo(state: _State) -> _State:
+        return {"notes": [f"the server said: bad key {SECRET}"]}
 
-    monkeypatch.setattr(checkpoints, "COMMIT_DELAY_S", 60.0)
-    path = tmp_path / "grouped.sqlite"
-    saver = await open_checkpointer(path, group_commit=True)
-    second, third = (f"1f0a0000-0000-6000-8000-00000000000{n}" for n in (2, 3))
-    try:
-        first = await saver.aput(THREAD, _checkpoint(), {"source": "loop", "step": 1}, {})
-        assert _rows(path)["checkpoints"] == []  # the transaction is young
-        await asyncio.sleep(checkpoints.COMMIT_EARLY_S * 1.5)
-        await saver.aput(first, {**_checkpoint(), "id": second}, {"source": "loop", "step": 2}, {})
-        assert len(_rows(path)["checkpoints"]) == 2  # committed with this checkpoint
-        await saver.aput(first, {**_checkpoint(), "id": third}, {"source": "loop", "step": 3}, {})
-        assert len(_rows(path)["checkpoints"]) == 2  # a new transaction, young again
-    finally:
-        await saver.conn.close()
-    assert len(_rows(path)["checkpoints"]) == 3
+    def fail(state: _State) -> _State:
+        raise PermissionError(f"401: incorrect API key provided: {SECRET}")
+
+    graph = StateGraph(_State)
+    graph.add_node("echo", echo)
+    graph.add_node("fail", fail)
+    graph.add_edge(START, "echo")
+    graph.add_edge("echo", "fail")
+    graph.add_edge("fail", END)
+    return graph.compile(checkpointer=checkpointer)
 
 
-def _page_size(path: Path) -> int:
-    with sqlite3.connect(path) as db:
-        return db.execute("PRAGMA page_size").fetchone()[0]
+def _secret_config(monkeypatch: pytest.MonkeyPatch, *extra: str) -> Any:
+    monkeypatch.setenv("MCU_TEST_KEY", SECRET)
+    provider = ["llm.provider.kind=openai_compatible", "llm.provider.api_key_env=MCU_TEST_KEY"]
+    return load_config(None, [*provider, *extra])
 
 
-async def test_a_new_database_gets_larger_pages_an_old_one_keeps_its_own(tmp_path: Path) -> None:
-    old = tmp_path / "old.sqlite"
-    with sqlite3.connect(old) as db:  # a file made before: SQLite's default pages, WAL
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE kept (x)")
-    before = _page_size(old)
-    for path in (tmp_path / "new.sqlite", old):
-        saver = await open_checkpointer(path)
-        try:
-            await _write(saver)
-            assert await saver.aget_tuple(THREAD) is not None
-        finally:
-            await saver.conn.close()
-    assert _page_size(tmp_path / "new.sqlite") == PAGE_SIZE != before
-    assert _page_size(old) == before  # readable and written as it was
-    assert len(_rows(old)["writes"]) == 3
+async def _run_leaky(saver: Any) -> Any:
+    graph = _leaky_graph(saver)
+    config = {"configurable": {"thread_id": "leaky"}}
+    with pytest.raises(PermissionError):
+        await graph.ainvoke({"notes": []}, config, durability="sync")
+    return await graph.aget_state(config)
 
 
-class _Tally(TypedDict, total=False):
-    n: int
-    log: Annotated[list[str], operator.add]
+def _stored_bytes(path: Path) -> bytes:
+    """The database and its WAL as they are on disk."""
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
 
 
-def _tally_graph(checkpointer: Any) -> Any:
-    async def bump(state: _Tally) -> dict[str, Any]:
-        return {"n": state.get("n", 0) + 1, "log": [f"bump {state.get('n', 0)}"]}
-
-    graph = StateGraph(_Tally)
-    graph.add_node("one", bump)
-    graph.add_node("two", bump)
-    graph.add_node("three", bump)
-    graph.add_edge(START, "one")
-    graph.add_edge("one", "two")
-    graph.add_edge("two", "three")
-    graph.add_edge("three", END)
-    return graph.compile(checkpointer=checkpointer, interrupt_after=["one"])
-
-
-def _versions(path: Path, thread_id: str) -> list[Any]:
-    """Every channel version of the thread's checkpoints, read back from the file."""
-    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-
-    serde = JsonPlusSerializer()
-    with sqlite3.connect(path) as db:
-        rows = db.execute(
-            "SELECT type, checkpoint FROM checkpoints WHERE thread_id = ?", (thread_id,)
-        ).fetchall()
-    return [
-        version
-        for kind, blob in rows
-        for version in serde.loads_typed((kind, blob))["channel_versions"].values()
-    ]
-
-
-async def test_a_new_thread_gets_integer_versions_an_old_one_keeps_its_strings(
-    tmp_path: Path,
-) -> None:
-    """Our saver numbers a new thread's channel versions 1, 2, 3...; a thread that LangGraph's
-    own saver began (string versions) goes on with strings after a resume, and both end in
-    the same state."""
+async def test_sqlite_stores_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _secret_config(monkeypatch)
     path = tmp_path / "checkpoints.sqlite"
-    new, old = {"configurable": {"thread_id": "new"}}, {"configurable": {"thread_id": "old"}}
-    theirs = await open_checkpointer(path, inline=False)
+    async with checkpointer_for(config, path) as saver:
+        assert type(saver) is AsyncSqliteSaver and isinstance(saver.serde, JsonPlusSerializer)
+        state = await _run_leaky(saver)
+        stored = _stored_bytes(path)
+    assert SECRET.encode() not in stored
+    assert b"*" * len(SECRET) in stored  # masked where it was, lengths intact
+    assert state.values["notes"] == [f"the server said: bad key {'*' * len(SECRET)}"]
+    assert state.next == ("fail",)  # the failed step is still there to resume
+
+
+async def test_postgres_stores_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    config = _secret_config(monkeypatch, request.getfixturevalue("postgres_env"))
+    async with checkpointer_for(config, tmp_path / "unused.sqlite") as saver:
+        assert type(saver) is AsyncPostgresSaver
+        state = await _run_leaky(saver)
+    assert state.values["notes"] == [f"the server said: bad key {'*' * len(SECRET)}"]
+    assert not (tmp_path / "unused.sqlite").exists()
+    dsn = config.run.postgres_dsn_env
+    async with await psycopg.AsyncConnection.connect(os.environ[dsn]) as conn:
+        for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+            cursor = await conn.execute(f"SELECT * FROM {table}")
+            rows = await cursor.fetchall()
+            assert rows or table == "checkpoint_blobs"
+            assert SECRET not in repr(rows), table
+
+
+async def test_forget_finished_deletes_the_thread_only_with_keep_last(tmp_path: Path) -> None:
+    keep_all = load_config(None, [])
+    keep_last = load_config(None, ["run.keep_checkpoints=last"])
+    saver = await open_checkpointer(tmp_path / "c.sqlite")
     try:
-        await _tally_graph(theirs).ainvoke({"n": 0}, old)  # stops after "one"
+        stored = await saver.aput(THREAD, _checkpoint(1), {"source": "loop", "step": 1}, {})
+        await saver.aput_writes(stored, [("notes", ["n"])], "task-1")
+        other = {"configurable": {"thread_id": "ep-00000002", "checkpoint_ns": ""}}
+        await saver.aput(other, _checkpoint(2), {"source": "loop", "step": 1}, {})
+        assert not await forget_finished(saver, "ep-00000001", keep_all)
+        assert await saver.aget_tuple(THREAD) is not None
+        assert await forget_finished(saver, "ep-00000001", keep_last)
+        assert await saver.aget_tuple(THREAD) is None
+        assert await saver.aget_tuple(other) is not None  # other threads are left
     finally:
-        await theirs.conn.close()
-    ours = await open_checkpointer(path)
-    try:
-        graph = _tally_graph(ours)
-        await graph.ainvoke({"n": 0}, new)
-        finished = [await graph.ainvoke(None, config) for config in (new, old)]
-        history = [s async for s in graph.aget_state_history(old)]
-    finally:
-        await ours.conn.close()
-    assert finished[0] == finished[1] == {"n": 3, "log": ["bump 0", "bump 1", "bump 2"]}
-    assert len(history) == 5 and history[0].next == ()
-    new_versions, old_versions = _versions(path, "new"), _versions(path, "old")
-    assert new_versions and all(type(v) is int for v in new_versions)
-    assert max(new_versions) == 5  # input, three nodes: one more version per step
-    assert old_versions and all(isinstance(v, str) for v in old_versions)
-    assert len({v.split(".")[0] for v in old_versions}) == 5
+        await saver.conn.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "c.sqlite")) as db:
+        assert db.execute("SELECT COUNT(*) FROM writes").fetchone() == (0,)
+
+
+async def test_a_failed_delete_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saver = await open_checkpointer(tmp_path / "c.sqlite")
+    await saver.conn.close()  # every statement now fails
+    keep_last = load_config(None, ["run.keep_checkpoints=last"])
+    assert not await forget_finished(saver, "ep-00000001", keep_last)
+    assert "could not delete the checkpoints of ep-00000001" in caplog.text

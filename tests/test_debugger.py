@@ -21,6 +21,7 @@ from langgraph.types import Overwrite
 from rich.console import Console
 
 from mcu_sim.config import load_config
+from mcu_sim.debug.debugger import debug_episode
 from mcu_sim.debug.state import (
     StateEditError,
     diff,
@@ -29,10 +30,9 @@ from mcu_sim.debug.state import (
     set_path,
     step_overrides,
 )
-from mcu_sim.debug.debugger import debug_episode
+from mcu_sim.debug.timetravel import history, parse_episode_ref, show
 from mcu_sim.runner.outputs import RunDir
 from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
-from mcu_sim.debug.timetravel import history, parse_episode_ref, show
 from mcu_sim.testing.fake_openai import client_for, schema_name
 from mcu_sim.testing.scripted import scripted_answer, scripted_object
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from mcu_sim.config import load_config
-from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 
 pytestmark = pytest.mark.slow
 

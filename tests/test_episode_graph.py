@@ -16,8 +16,8 @@ import pytest
 from mcu_sim.agents.prompting import load_prompt
 from mcu_sim.config import load_config
 from mcu_sim.graphs.context import derive_seed
-from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import ASSISTANT, Episode
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.testing.fake_openai import client_for, schema_name
 from mcu_sim.testing.scripted import scripted_answer, scripted_object
 
@@ -370,9 +370,9 @@ def test_the_filter_node_equals_its_steps_run_as_separate_nodes(
     from langgraph.graph import END, START, StateGraph
 
     from mcu_sim.graphs import aligner, episode, quality
-    from mcu_sim.runner.checkpoints import open_checkpointer
     from mcu_sim.graphs.context import EpisodeContext
     from mcu_sim.graphs.state import EpisodeState
+    from mcu_sim.runner.checkpoints import open_checkpointer
 
     config = _config(tmp_path, sessions_min=2, sessions_max=2)
     out = tmp_path / "run"

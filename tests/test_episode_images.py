@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from mcu_sim.config import load_config
-from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.testing.fake_openai import client_for, schema_name
 from mcu_sim.testing.scripted import scripted_answer, scripted_object
 

@@ -11,8 +11,9 @@ import pytest
 
 from mcu_sim.runner import episode_store
 from mcu_sim.runner.episode_store import EpisodeWriter
-from mcu_sim.runner.outputs import RunDir, ShardWriter
+from mcu_sim.runner.outputs import RunDir
 from mcu_sim.runner.scrub import Scrubber
+from mcu_sim.runner.shards import ShardWriter
 
 
 class ThreadNotingRun(RunDir):

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from mcu_sim.cli import app
 from mcu_sim.dataset.export import export_run, image_paths
-from mcu_sim.runner.outputs import RunDir
 from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.outputs import RunDir
 from mcu_sim.testing.fake_openai import FakeOpenAIServer
 from mcu_sim.viewer.sample import build_sample_run, edit_episode
 

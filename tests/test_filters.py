@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from mcu_sim.cli import app
 from mcu_sim.config import ConfigError, load_config
 from mcu_sim.graphs.filters import FilterSettings, filter_run
-from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.testing.fake_openai import client_for, schema_name
 from mcu_sim.testing.scripted import scripted_answer
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from typing import Any
 import pytest
 
 from mcu_sim.config import Config, load_config
+from mcu_sim.runner.backends import make_runner
 from mcu_sim.runner.outputs import RunDir
-from mcu_sim.runner.ray_backend import BatchingScorer, RayEpisodeRunner
-from mcu_sim.runner.runner import EpisodeRunner, make_runner, plan_jobs
+from mcu_sim.runner.ray_backend import RayEpisodeRunner
+from mcu_sim.runner.ray_tools import BatchingScorer
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, schema_name
 from mcu_sim.testing.image_site import serve_image_site
 from mcu_sim.testing.scripted import scripted_answer
@@ -258,7 +261,7 @@ def test_a_worker_keeps_its_session_between_tasks_and_reports_each_tasks_own_usa
 ) -> None:
     import sqlite3
 
-    from mcu_sim.runner.ray_backend import run_episode_task
+    from mcu_sim.runner.ray_worker import run_episode_task
 
     fake_openai.handler = scripted_answer
     config = _config(fake_openai, tmp_path, "images.enabled=false")
@@ -277,13 +280,17 @@ def test_a_worker_keeps_its_session_between_tasks_and_reports_each_tasks_own_usa
         sessions_run = len(result["episode"]["sessions"])
         assert result["executions"]["demographics"] == 1
         assert result["executions"]["session"] == sessions_run
-    # what each task wrote is committed when its result goes back: another reader sees it
+    # what each task wrote is committed when its result goes back: another reader sees
+    # every checkpoint the session's saver lists
     with sqlite3.connect(RunDir(run_root).checkpoints) as reader:
-        seen = dict(reader.execute("SELECT thread_id, COUNT(*) FROM writes GROUP BY thread_id"))
-    own = sessions[0].saver.conn.sqlite.execute(
-        "SELECT thread_id, COUNT(*) FROM writes GROUP BY thread_id"
-    )
-    assert seen == dict(own) and set(seen) == {"ep-0", "ep-1", "ep-2"}
+        rows = reader.execute("SELECT thread_id, COUNT(*) FROM checkpoints GROUP BY thread_id")
+        seen = dict(rows)
+
+    async def listed() -> Counter:
+        saver = sessions[0].saver
+        return Counter([c.config["configurable"]["thread_id"] async for c in saver.alist(None)])
+
+    assert seen == dict(sessions[0].run(listed())) and set(seen) == {"ep-0", "ep-1", "ep-2"}
     # another run directory gets a session of its own; the old one is closed
     other = run_episode_task(_task_payload(config, tmp_path / "other", "ep-9", 9))
     assert "episode" in other and fresh_worker._current is not sessions[0]
@@ -293,7 +300,7 @@ def test_a_worker_keeps_its_session_between_tasks_and_reports_each_tasks_own_usa
 def test_a_task_that_breaks_closes_the_workers_session(
     fake_openai: FakeOpenAIServer, tmp_path: Path, fresh_worker: Any
 ) -> None:
-    from mcu_sim.runner.ray_backend import run_episode_task
+    from mcu_sim.runner.ray_worker import run_episode_task
 
     class _BrokenMonitor:  # its actor handle fails, as when the monitor actor died
         class report:  # the shape of a Ray actor method: monitor.report.remote(...)
@@ -314,12 +321,14 @@ def test_a_task_that_breaks_closes_the_workers_session(
     assert "episode" in run_episode_task({**payload, "job": ["ep-2", 3], "thread_id": "ep-2"})
 
 
-def test_a_worker_prunes_a_finished_episode_with_keep_checkpoints_last(
+def test_a_worker_leaves_a_finished_episodes_checkpoints_to_the_driver(
     fake_openai: FakeOpenAIServer, tmp_path: Path, fresh_worker: Any
 ) -> None:
+    """With keep_checkpoints=last the thread goes only once the driver has written the
+    episode file: a task that finished never deletes it (its result may yet be lost)."""
     import sqlite3
 
-    from mcu_sim.runner.ray_backend import run_episode_task
+    from mcu_sim.runner.ray_worker import run_episode_task
 
     fake_openai.handler = scripted_answer
     config = _config(fake_openai, tmp_path, "images.enabled=false", "run.keep_checkpoints=last")
@@ -327,5 +336,21 @@ def test_a_worker_prunes_a_finished_episode_with_keep_checkpoints_last(
     result = run_episode_task(_task_payload(config, run_root, "ep-0", 5))
     assert "episode" in result
     with sqlite3.connect(RunDir(run_root).checkpoints) as reader:
-        rows = reader.execute("SELECT thread_id, COUNT(*) FROM checkpoints GROUP BY thread_id")
-        assert dict(rows) == {"ep-0": 1}  # committed when the task ended, final one kept
+        rows = dict(reader.execute("SELECT thread_id, COUNT(*) FROM checkpoints GROUP BY 1"))
+    assert set(rows) == {"ep-0"} and rows["ep-0"] > 1
+
+
+def test_the_ray_driver_deletes_each_written_episodes_thread_with_keep_last(
+    local_ray: None, fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    fake_openai.handler = scripted_answer
+    config = _config(fake_openai, tmp_path, "images.enabled=false", "run.keep_checkpoints=last")
+    jobs = plan_jobs(2, 40)
+    report = asyncio.run(make_runner(config, tmp_path / "ray", backend="ray").run_jobs(jobs))
+    assert sorted(report.finished) == [job.episode_id for job in jobs]
+    with sqlite3.connect(RunDir(tmp_path / "ray").checkpoints) as reader:
+        assert reader.execute("SELECT COUNT(*) FROM checkpoints").fetchone() == (0,)
+    again = asyncio.run(make_runner(config, tmp_path / "ray", backend="ray").run_jobs(jobs))
+    assert again.finished == [] and len(again.skipped) == 2

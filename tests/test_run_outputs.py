@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from mcu_sim.cli import app
 from mcu_sim.config import load_config
-from mcu_sim.runner.outputs import RunDir, ShardWriter, atomic_write_json, json_document
-from mcu_sim.runner.manifest import run_lock
-from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.manifest import run_lock
+from mcu_sim.runner.outputs import RunDir, atomic_write_json, json_document
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
+from mcu_sim.runner.shards import ShardWriter, rebuild_shards
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, client_for
 from mcu_sim.testing.scripted import scripted_answer
 
@@ -96,7 +97,7 @@ def test_rebuilding_shards_survives_a_crash_at_every_step(
     with monkeypatch.context() as patch:
         patch.setattr(os, "replace", counter.fake_replace)
         patch.setattr(os, "unlink", counter.fake_unlink)
-        assert probe.rebuild_shards(3) == 2
+        assert rebuild_shards(probe, 3) == 2
     steps = counter.count
     assert steps >= 2 + 1 + 3  # two new files, the swap, three old files removed
     assert [p.name for p in probe.shard_paths()] == [
@@ -113,7 +114,7 @@ def test_rebuilding_shards_survives_a_crash_at_every_step(
             patch.setattr(os, "replace", crash.fake_replace)
             patch.setattr(os, "unlink", crash.fake_unlink)
             with pytest.raises(_Crash):
-                run.rebuild_shards(3)
+                rebuild_shards(run, 3)
         seen = _shard_texts(run)
         assert seen == old or all('"v":"new"' in line for line in seen), at
         assert sorted(_shard_ids(run)) == ids, at  # a complete set, old or new
@@ -123,7 +124,7 @@ def test_rebuilding_shards_survives_a_crash_at_every_step(
         assert writer.pending == [] and sorted(_shard_ids(run)) == ids, at
         listed = {p.name for p in run.shard_paths()}
         assert {p.name for p in run.shards.glob("shard-*.jsonl")} == listed, at
-        run.rebuild_shards(3)
+        rebuild_shards(run, 3)
         assert all('"v":"new"' in line for line in _shard_texts(run)), at
         assert sorted(_shard_ids(run)) == ids and len(run.shard_paths()) == 2, at
 
@@ -136,11 +137,11 @@ def test_a_shard_is_written_line_by_line_and_a_failure_midway_leaves_the_old_one
     _rewrite_all(run)
     run.episode_path("e1").write_text("{cut", encoding="utf-8")  # a file that fails to parse
     with pytest.raises(json.JSONDecodeError):
-        run.rebuild_shards(2)
+        rebuild_shards(run, 2)
     assert _shard_texts(run) == old  # the readers' set is untouched
     assert not [p for p in run.shards.iterdir() if p.name.startswith(".")]  # no temp file left
     atomic_write_json(run.episode_path("e1"), {"episode_id": "e1", "v": "new"})
-    run.rebuild_shards(2)
+    rebuild_shards(run, 2)
     lines = _shard_texts(run)
     assert [json.loads(line)["episode_id"] for line in lines] == ["e0", "e1", "e2"]
     assert all('"v":"new"' in line for line in lines)
@@ -148,7 +149,7 @@ def test_a_shard_is_written_line_by_line_and_a_failure_midway_leaves_the_old_one
 
 def test_shard_writer_extends_a_rebuilt_set(tmp_path: Path) -> None:
     run = _episode_run(tmp_path / "run", 3)
-    run.rebuild_shards(2)
+    rebuild_shards(run, 2)
     atomic_write_json(run.episode_path("e3"), {"episode_id": "e3"})
     atomic_write_json(run.episode_path("e4"), {"episode_id": "e4"})
     writer = ShardWriter(run, 2)
@@ -369,7 +370,7 @@ def test_the_shard_writer_continues_at_the_highest_numbered_shard_after_a_reload
 
 
 def test_a_shard_line_holds_the_episode_file_exactly_in_one_compact_line() -> None:
-    from mcu_sim.runner.outputs import shard_line
+    from mcu_sim.runner.shards import shard_line
 
     data = {
         "episode_id": "ep-1",
@@ -394,7 +395,7 @@ def test_a_long_number_is_any_run_of_19_digits() -> None:
     import random
     import re
 
-    from mcu_sim.runner.outputs import has_long_number
+    from mcu_sim.runner.shards import has_long_number
 
     nineteen = re.compile(rb"[0-9]{19}")  # the definition
     draw = random.Random(7)

@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 
 from mcu_sim.cli import app
 from mcu_sim.config import Config, load_config
+from mcu_sim.personas.schema import Episode
 from mcu_sim.runner.estimate import estimate_run
-from mcu_sim.runner.outputs import RunDir, ShardWriter, atomic_write_text
-from mcu_sim.runner.progress import RunProgress, compact, eta_seconds, format_duration
 from mcu_sim.runner.manifest import run_lock
+from mcu_sim.runner.outputs import RunDir, atomic_write_text
+from mcu_sim.runner.progress import RunProgress, compact, eta_seconds, format_duration
 from mcu_sim.runner.runner import (
     EpisodeRunner,
     FingerprintMismatch,
@@ -32,7 +33,7 @@ from mcu_sim.runner.runner import (
     failed_jobs,
     plan_jobs,
 )
-from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.shards import ShardWriter
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, Fault, schema_name
 from mcu_sim.testing.scripted import scripted_answer
 from tests.pg_fixture import postgres_dsn  # noqa: F401 - a fixture
@@ -198,13 +199,11 @@ def test_interrupted_at_a_node_resumes_without_redoing_finished_nodes(
 
 
 @pytest.mark.parametrize("keep", ["all", "last"])
-def test_a_run_keeping_only_last_checkpoints_stores_no_superseded_writes(
+def test_an_interrupted_episode_resumes_whatever_checkpoints_are_kept(
     fake_openai: FakeOpenAIServer, tmp_path: Path, keep: str
 ) -> None:
-    """With ``run.keep_checkpoints: last`` a task's pending writes are dropped once its
-    step's checkpoint holds them; an interrupted episode still resumes where it was."""
-    import sqlite3
-
+    """An unfinished episode keeps every step's checkpoint under either setting and resumes
+    where it was; with ``last`` its thread goes once its file is written."""
     hold = _HoldAtEvents()
     fake_openai.handler = hold
     config = _config(fake_openai, tmp_path, f"run.keep_checkpoints={keep}", sessions=2)
@@ -212,20 +211,13 @@ def test_a_run_keeping_only_last_checkpoints_stores_no_superseded_writes(
     job = plan_jobs(1, 7)
     first = EpisodeRunner(config, out)
     _interrupt_at_events(first, hold, job)
-    with sqlite3.connect(RunDir(out).checkpoints) as db:
-        newest = db.execute("SELECT MAX(checkpoint_id) FROM checkpoints").fetchone()[0]
-        superseded = db.execute(
-            "SELECT COUNT(*) FROM writes WHERE idx >= 0 AND checkpoint_id != ?", (newest,)
-        ).fetchone()[0]
-    if keep == "last":
-        assert superseded == 0
-    else:  # every finished step's writes, for history and replay
-        assert superseded >= len(PRE_EVENTS)
+    assert _checkpoints_per_thread(out)["ep-00000007"] > len(PRE_EVENTS)
     report, second = _run(config, out, job)
     assert report.finished == ["ep-00000007"]
     assert all(second.executions[node] == 0 for node in PRE_EVENTS)
     assert second.executions["events"] == 1 and second.executions["session"] == 2
     assert _requests(fake_openai, "PersonaOutput") == 1
+    assert ("ep-00000007" in _checkpoints_per_thread(out)) == (keep == "all")
 
 
 # ---------------------------------------------------------------- failures
@@ -316,7 +308,7 @@ def test_second_runner_on_the_same_directory_is_refused(
 # ---------------------------------------------------------------- budget
 
 
-@pytest.mark.parametrize("durability", ["sync", "exit"])
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
 def test_budget_stop_keeps_everything_and_a_rerun_continues(
     fake_openai: FakeOpenAIServer, tmp_path: Path, durability: str
 ) -> None:
@@ -357,13 +349,15 @@ def _checkpoints_per_thread(run: Path) -> dict[str, int]:
         return dict(rows.fetchall())
 
 
-def test_exit_durability_checkpoints_once_per_episode_and_changes_no_episode(
+def test_each_durability_reaches_langgraph_and_changes_no_episode(
     fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
+    """run.durability is LangGraph's own: sync and async write a checkpoint per step,
+    exit only when the episode's run ends; the episodes are the same."""
     fake_openai.handler = scripted_answer
     jobs = plan_jobs(2, 60)
     episodes = {}
-    for durability in ("sync", "exit"):
+    for durability in ("sync", "async", "exit"):
         config = _config(
             fake_openai, tmp_path, f"run.durability={durability}", "llm.cache.enabled=false"
         )
@@ -371,13 +365,31 @@ def test_exit_durability_checkpoints_once_per_episode_and_changes_no_episode(
         report, runner = _run(config, out, jobs, max_in_flight=2)
         assert len(report.finished) == 2
         per_thread = _checkpoints_per_thread(out)
+        assert set(per_thread) == {job.episode_id for job in jobs}
         steps = sum(runner.executions.values()) // 2
-        if durability == "sync":
-            assert all(n > steps for n in per_thread.values()), (per_thread, steps)
-        else:
+        if durability == "exit":
             assert all(n <= 2 for n in per_thread.values()), per_thread
+        else:
+            assert all(n > steps for n in per_thread.values()), (per_thread, steps)
         episodes[durability] = [RunDir(out).read_episode(j.episode_id) for j in jobs]
-    assert episodes["sync"] == episodes["exit"]  # an operational setting: same fingerprint too
+    # an operational setting: same fingerprint, same episodes
+    assert episodes["sync"] == episodes["async"] == episodes["exit"]
+
+
+def test_a_run_directorys_config_with_a_retired_setting_still_loads(tmp_path: Path) -> None:
+    """run.gc_tuning is gone; config.yaml of a run made before still loads, same fingerprint."""
+    old = tmp_path / "config.yaml"
+    old.write_text("run:\n  gc_tuning: true\n  durability: exit\n")
+    config = load_config(old)
+    assert config.run.durability == "exit" and not hasattr(config.run, "gc_tuning")
+    assert config.fingerprint() == load_config(None).fingerprint()
+
+
+def test_an_unknown_durability_is_a_config_error(fake_openai: FakeOpenAIServer, tmp_path) -> None:
+    from mcu_sim.config import ConfigError
+
+    with pytest.raises(ConfigError, match="durability"):
+        _config(fake_openai, tmp_path, "run.durability=group")
 
 
 def test_exit_durability_failure_resumes_at_the_failed_node(
@@ -402,9 +414,12 @@ def test_exit_durability_failure_resumes_at_the_failed_node(
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
-def test_keep_checkpoints_last_leaves_one_checkpoint_per_finished_episode(
+def test_keep_checkpoints_last_deletes_a_finished_episodes_thread(
     fake_openai: FakeOpenAIServer, tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
+    """Once its file is written, a finished episode's thread is deleted (adelete_thread):
+    `mcu history` says why it has none, and a re-run skips it (the file is the record)."""
+    from mcu_sim.debug.history import NoCheckpoints
     from mcu_sim.debug.timetravel import history, parse_episode_ref
 
     extra = _store_overrides(store, request)
@@ -414,59 +429,62 @@ def test_keep_checkpoints_last_leaves_one_checkpoint_per_finished_episode(
     jobs = plan_jobs(3, 80)
     report, _ = _run(config, out, jobs, max_in_flight=3)
     assert len(report.finished) == 3
-
-    def steps_kept(episode_id: str) -> int:
-        return len(asyncio.run(history(parse_episode_ref(out / episode_id))))
-
-    assert [steps_kept(j.episode_id) for j in jobs] == [1, 1, 1]
-    run = RunDir(out)
-    written = run.read_episode("ep-00000081")
-    # the final state is what remains: a lost episode file is written again from it,
-    # without a step or a call
-    run.episode_path("ep-00000081").unlink()
+    if store == "sqlite":
+        assert _checkpoints_per_thread(out) == {}
+    for job in jobs:
+        with pytest.raises(NoCheckpoints, match=r"is finished and has no checkpoint history"):
+            asyncio.run(history(parse_episode_ref(out / job.episode_id)))
     calls = len(fake_openai.chat_requests)
     report, runner = _run(config, out, jobs)
-    assert report.finished == ["ep-00000081"] and sum(runner.executions.values()) == 0
-    assert len(fake_openai.chat_requests) == calls
-    assert run.read_episode("ep-00000081") == written
+    assert sorted(report.skipped) == [j.episode_id for j in jobs] and not report.finished
+    assert sum(runner.executions.values()) == 0 and len(fake_openai.chat_requests) == calls
     # the setting is operational: the same run directory takes `all` again, unrefused
     keep_all = _config(fake_openai, tmp_path, *extra, sessions=2)
     report, _ = _run(keep_all, out, plan_jobs(4, 80))
-    assert report.finished == ["ep-00000083"] and steps_kept("ep-00000083") > 1
+    assert report.finished == ["ep-00000083"]
+    assert len(asyncio.run(history(parse_episode_ref(out / "ep-00000083")))) > 1
 
 
-def test_a_new_episode_starts_without_reading_its_state(
-    fake_openai: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_keep_checkpoints_last_keeps_an_unfinished_episodes_checkpoints(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
-    """The runner reads which threads have checkpoints once; only those have their state
-    read before they run (a new thread's empty snapshot cost about 3 % of the CPU)."""
-    from mcu_sim.runner import runner as runner_module
+    """Only a written episode loses its thread: a failed one keeps its checkpoints, and
+    retry-failed continues it at the failed node."""
 
-    reads: list[str] = []
-    compile_graph = runner_module.compile_graph
+    def broken(body: dict[str, Any]) -> Any:
+        if schema_name(body) == "EventsOutput":
+            return Fault.status(400, message="this model cannot do events")
+        return scripted_answer(body)
 
-    def counting_compile(saver: Any, factory: Any = None) -> Any:
-        graph = compile_graph(saver, factory)
-        read_state = graph.aget_state
+    fake_openai.handler = broken
+    config = _config(fake_openai, tmp_path, "run.keep_checkpoints=last")
+    out = tmp_path / "run"
+    report, _ = _run(config, out, plan_jobs(2, 85))
+    assert len(report.failed) == 2 and set(_checkpoints_per_thread(out)) == set(report.failed)
+    fake_openai.handler = scripted_answer
+    report, runner = _run(config, out, failed_jobs(RunDir(out)))
+    assert len(report.finished) == 2 and runner.executions["demographics"] == 0
+    assert _checkpoints_per_thread(out) == {}
 
-        async def counted(config: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-            reads.append(config["configurable"]["thread_id"])
-            return await read_state(config, *args, **kwargs)
 
-        graph.aget_state = counted
-        return graph
-
-    monkeypatch.setattr(runner_module, "compile_graph", counting_compile)
+def test_a_lost_episode_file_is_written_again_from_its_checkpoints(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
     fake_openai.handler = scripted_answer
     config = _config(fake_openai, tmp_path)
     out = tmp_path / "run"
     report, _ = _run(config, out, plan_jobs(3, 90))
-    assert len(report.finished) == 3 and reads == []
-    # a thread with checkpoints is read first: its lost file is written again from them
+    assert len(report.finished) == 3
+    written = RunDir(out).read_episode("ep-00000091")
     RunDir(out).episode_path("ep-00000091").unlink()
+    calls = len(fake_openai.chat_requests)
     report, runner = _run(config, out, plan_jobs(3, 90))
-    assert report.finished == ["ep-00000091"] and reads == ["ep-00000091"]
-    assert sum(runner.executions.values()) == 0
+    assert report.finished == ["ep-00000091"] and sorted(report.skipped) == [
+        "ep-00000090",
+        "ep-00000092",
+    ]
+    assert sum(runner.executions.values()) == 0 and len(fake_openai.chat_requests) == calls
+    assert RunDir(out).read_episode("ep-00000091") == written
 
 
 def test_shards_survive_a_crash_between_shard_and_state(tmp_path: Path) -> None:
@@ -638,28 +656,6 @@ def _seen_in_each_episode(monkeypatch: Any, probe: Any) -> list[Any]:
     return seen
 
 
-def test_a_run_tunes_the_garbage_collector_and_restores_it(
-    fake_openai, tmp_path, monkeypatch
-) -> None:
-    """Inside a run the objects that existed at its start are frozen and young objects are
-    collected less often; afterwards the process is as it was; run.gc_tuning=false
-    leaves it alone throughout."""
-    import gc
-
-    from mcu_sim.runner.gc_tuning import RUN_THRESHOLDS
-
-    seen = _seen_in_each_episode(monkeypatch, lambda: (gc.get_threshold(), gc.get_freeze_count()))
-    before = gc.get_threshold()
-    for tuning in ("true", "false"):
-        config = _config(fake_openai, tmp_path / tuning, f"run.gc_tuning={tuning}")
-        report, _ = _run(config, tmp_path / f"run-{tuning}", plan_jobs(1, 70))
-        assert len(report.finished) == 1
-        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
-    (tuned_threshold, frozen), (plain_threshold, none_frozen) = seen
-    assert tuned_threshold == RUN_THRESHOLDS and frozen > 10_000
-    assert plain_threshold == before and none_frozen == 0
-
-
 @pytest.mark.parametrize(("choice", "loop_module"), [("auto", "uvloop"), ("asyncio", "asyncio")])
 def test_mcu_run_uses_the_configured_event_loop(
     fake_openai, tmp_path, monkeypatch, choice: str, loop_module: str
@@ -698,9 +694,9 @@ def test_an_episode_checkpointed_before_the_filter_node_existed_finishes(
     import sqlite3
 
     from mcu_sim.agents.llm.client import build_client
-    from mcu_sim.runner.checkpoints import open_checkpointer
     from mcu_sim.graphs.context import EpisodeContext
     from mcu_sim.graphs.episode import compile_episode_graph
+    from mcu_sim.runner.checkpoints import open_checkpointer
     from mcu_sim.runner.runner import drive_episode
 
     config = _config(fake_openai, tmp_path, sessions=2)

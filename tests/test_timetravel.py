@@ -16,10 +16,6 @@ from typer.testing import CliRunner
 
 from mcu_sim.cli import app
 from mcu_sim.config import load_config
-from mcu_sim.graphs.episode import NODE_ORDER
-from mcu_sim.runner.outputs import RunDir
-from mcu_sim.runner.manifest import RunLocked, run_lock
-from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.debug.timetravel import (
     TimeTravelError,
     fork,
@@ -31,6 +27,10 @@ from mcu_sim.debug.timetravel import (
     show,
     write_if_finished,
 )
+from mcu_sim.graphs.episode import NODE_ORDER
+from mcu_sim.runner.manifest import RunLocked, run_lock
+from mcu_sim.runner.outputs import RunDir
+from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.testing.fake_openai import client_for, schema_name
 from mcu_sim.testing.scripted import scripted_answer
 from tests import pg_fixture

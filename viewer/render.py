@@ -17,8 +17,8 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from mcu_sim import __version__
-from mcu_sim.runner.outputs import atomic_write_text
 from mcu_sim.personas.schema import DATE_FORMAT, Episode
+from mcu_sim.runner.outputs import atomic_write_text
 from mcu_sim.viewer.images import ImageResolver
 from mcu_sim.viewer.load import (
     EpisodeEntry,
