@@ -185,13 +185,20 @@ class ProviderConfig(Strict):
                 )
         return self
 
+    def api_key_variable(self) -> str | None:
+        """The environment variable the key is read from (None: llama.cpp needs no key)."""
+        if self.kind == "llamacpp":
+            return None
+        if self.api_key_env:
+            return self.api_key_env
+        return "AZURE_OPENAI_API_KEY" if self.kind == "azure_openai" else "OPENAI_API_KEY"
+
     def resolve_api_key(self, environ: typing.Mapping[str, str] | None = None) -> str:
         """Return the API key from the environment, or explain exactly what to set."""
         env = os.environ if environ is None else environ
-        if self.kind == "llamacpp":
+        var = self.api_key_variable()
+        if var is None:
             return ""
-        default_var = "AZURE_OPENAI_API_KEY" if self.kind == "azure_openai" else "OPENAI_API_KEY"
-        var = self.api_key_env or default_var
         key = env.get(var)
         if key:
             return key
