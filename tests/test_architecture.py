@@ -188,6 +188,19 @@ def private_imports(root: Path) -> list[str]:
     return found
 
 
+def unresolved_imports(root: Path) -> list[str]:
+    """``file:line imports x`` for each import of a ``mcu_sim`` module that does not exist
+    (the checks above would otherwise count it as an import of its nearest parent)."""
+    modules = product_modules(root)
+    found = []
+    for module, path in modules.items():
+        for imp in imports_of(path, module):
+            top = imp.module.split(".")[0]
+            if top == PACKAGE and imp.module not in modules:
+                found.append(f"{path.relative_to(root)}:{imp.line} imports {imp.module}")
+    return found
+
+
 def import_graph(root: Path, with_type_checking: bool = False) -> dict[str, dict[str, int]]:
     """module -> {imported product module: first line}."""
     modules = product_modules(root)
@@ -326,6 +339,11 @@ def test_no_product_module_imports_a_private_module_of_another_package() -> None
     assert not found, "private imports of other packages:" + _listing(found)
 
 
+def test_every_import_of_the_package_names_a_module_that_exists() -> None:
+    found = unresolved_imports(REPO)
+    assert not found, "imports of modules that do not exist:" + _listing(found)
+
+
 def test_no_import_cycles() -> None:
     found = import_cycles(REPO)
     assert not found, "import cycles (break them; a lazy import counts):" + _listing(found)
@@ -439,6 +457,18 @@ def test_the_private_import_check_reports_each_form(tmp_path: Path) -> None:
         "a.py:4 imports aiosqlite import _thread, connect",
         "a.py:9 imports pkg._lazy import z",
     ]
+
+
+def test_the_resolution_check_reports_a_missing_module(tmp_path: Path) -> None:
+    root = _plant(
+        tmp_path,
+        {
+            "llm/__init__.py": "",
+            "llm/client.py": "from mcu_sim.llm.client.cache import x\nfrom mcu_sim.llm import y\n",
+            "llm/cache.py": "import mcu_sim.llm.cache\nfrom mcu_sim.llm.cache import z\n",
+        },
+    )
+    assert unresolved_imports(root) == ["llm/client.py:1 imports mcu_sim.llm.client.cache"]
 
 
 def test_the_line_limit_check_reports_a_long_module(tmp_path: Path) -> None:
