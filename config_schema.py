@@ -16,9 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mcu_sim.config_errors import ConfigError, unknown_key_message
-from mcu_sim.graphs.filters import FilterSettings
+from mcu_sim.config_filters import FilterSettings
+from mcu_sim.config_images import ImagesConfig
 from mcu_sim.redaction import has_masked_credentials, redacted
-from mcu_sim.tools.settings import ImagesConfig
 
 __all__ = [
     "OPERATIONAL_FIELDS",

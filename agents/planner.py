@@ -17,10 +17,10 @@ from pydantic import BaseModel, Field, create_model
 
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm.client import Completion
-from mcu_sim.tools.photomaker import check_trigger_prompt
+from mcu_sim.personas.trigger import TRIGGER_WORD, check_trigger_prompt
 
 PROMPT = "planner"
-TRIGGER = "img"
+TRIGGER = TRIGGER_WORD
 
 
 Module = Literal["personalized_t2i", "retrieval", "web_search"]

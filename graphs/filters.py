@@ -18,47 +18,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
+from mcu_sim.config_filters import FilterSettings
 from mcu_sim.personas.schema import Episode, ImageRequest, Removal
 
 EPISODE = "episode"
 NOT_APPLIED = "filter_not_applied"
 NO_SIMILARITY = "no CLIP image similarity available (configure images.scorers.clip weights)"
-
-
-class FilterSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    min_sessions: int | None = Field(None, ge=1, description="None: episode.sessions_min")
-    max_sessions: int | None = Field(None, ge=1, description="None: episode.sessions_max")
-    text_safety: Literal["llm", "classifier", "off"] = "llm"
-
-    @field_validator("text_safety", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: Any) -> Any:
-        """YAML reads a bare ``off`` as ``False``."""
-        return "off" if value is False else value
-
-    safety_classifier: str | None = Field(None, description="Local text-classification model")
-    clip_threshold: float = 0.21
-    nsfw_threshold: float = 0.5
-    unsafe_labels: list[str] = Field(default_factory=lambda: ["unsafe"])
-    max_matches_per_db_image: int = Field(100, ge=1, description="DialogCC over-matching K")
-    inconsistent_similarity: float = Field(0.8, description="DialogCC tau")
-    inconsistent_drop_fraction: float = Field(0.2, ge=0, le=1, description="Top-K% dropped")
-
-    @model_validator(mode="after")
-    def _classifier_needs_a_model(self) -> FilterSettings:
-        if self.text_safety == "classifier" and not self.safety_classifier:
-            raise ValueError(
-                "filters.text_safety is 'classifier' but 'filters.safety_classifier' is not "
-                "set: give the folder of a local text-classification model, or use "
-                "text_safety: llm (the LLM judge) or off"
-            )
-        return self
 
 
 ImageSimilarity = Callable[[Sequence[str]], Any]  # paths -> (n, n) cosine matrix

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import random
-from collections import OrderedDict
 from typing import Any, NamedTuple, TypeVar
 
 from langgraph.runtime import Runtime
@@ -52,29 +51,13 @@ def _count(runtime: Ctx, node: str) -> EpisodeContext:
     return runtime.context
 
 
-# Models validated from state values lately read, keyed by the model class and the value's
-# id, each entry holding the value itself so an id is never reused while its entry lives.
-# Several nodes of an episode read the same dicts (the person in five, the event graph and
-# the album in every session); validating them each time was 1-2 % of the CPU per call.
-_VALIDATED: OrderedDict[tuple[type, int], tuple[Any, Any]] = OrderedDict()
-_VALIDATED_KEPT = 8192  # the values of more episodes than a runner has in flight
-
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _validated(model: type[ModelT], raw: Any) -> ModelT:
-    """``model.model_validate(raw)``, once per state value: nodes never change a state value
-    in place (a checkpoint read or an edit makes a new one), and callers only read the
-    model they get."""
-    key = (model, id(raw))
-    seen = _VALIDATED.get(key)
-    if seen is not None and seen[0] is raw:
-        return seen[1]
-    checked = model.model_validate(raw)
-    _VALIDATED[key] = (raw, checked)
-    if len(_VALIDATED) > _VALIDATED_KEPT:
-        _VALIDATED.popitem(last=False)
-    return checked
+    """``model.model_validate(raw)``: every node checks the state values it reads, because
+    a checkpoint read or a debugger edit may have replaced them."""
+    return model.model_validate(raw)
 
 
 def _demo(state: EpisodeState) -> Demographics:

@@ -14,6 +14,7 @@ before country names that need it (``born in the United Kingdom``).
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import random
 from collections.abc import Mapping
@@ -132,27 +133,16 @@ def sample_persona_category(rng: random.Random) -> PersonaCategory:
 # ------------------------------------------------------------------ face
 
 
-# The phrases of a value list a person of one age and gender may get, with their
-# cumulative weights, keyed by the list's id (each entry holding the list, so an id is
-# never reused while its entry lives). A face draws about ten such lists; filtering and
-# summing them afresh was most of sample_person's time.
-_OPTIONS: dict[tuple[int, int, str], tuple[tuple[AttributeValue, ...], tuple[str, ...], list]] = {}
-_OPTIONS_KEPT = 65_536  # lists x ages x genders of the shipped pool: a few thousand
-
-
+@functools.lru_cache(maxsize=16_384)  # lists x ages x genders of the shipped pool: a few thousand
 def _options(
     values: tuple[AttributeValue, ...], age: int, gender: str
-) -> tuple[tuple[str, ...], list[float]]:
-    key = (id(values), age, gender)
-    seen = _OPTIONS.get(key)
-    if seen is not None and seen[0] is values:
-        return seen[1], seen[2]
+) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The phrases of a value list a person of this age and gender may get, with their
+    cumulative weights. Cached on the (frozen, hashable) values themselves: a face draws
+    about ten such lists, and filtering and summing them afresh was most of the draw."""
     options = eligible(values, age, gender)
     phrases = tuple(o.value for o in options)
-    cumulative = list(itertools.accumulate(o.weight for o in options))
-    if len(_OPTIONS) >= _OPTIONS_KEPT:
-        _OPTIONS.clear()
-    _OPTIONS[key] = (values, phrases, cumulative)
+    cumulative = tuple(itertools.accumulate(o.weight for o in options))
     return phrases, cumulative
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcu_sim.tools.base import ToolUnavailable
 from mcu_sim.tools.clip_score import ClipBackbone, file_fingerprint
-from mcu_sim.tools.scorers import ImageScorer
+from mcu_sim.tools.scoring import ImageScorer
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcu_sim.tools.base import ToolUnavailable, resolve_device
-from mcu_sim.tools.scorers import IMAGE_KEY, ImageScorer, Score, missing_package, open_rgb
+from mcu_sim.tools.scoring import IMAGE_KEY, ImageScorer, Score, missing_package, open_rgb
 
 if TYPE_CHECKING:
     import numpy as np

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcu_sim.tools.base import ToolUnavailable
 from mcu_sim.tools.clip_score import file_fingerprint
-from mcu_sim.tools.scorers import ImageScorer, missing_package
+from mcu_sim.tools.scoring import ImageScorer, missing_package
 
 if TYPE_CHECKING:
     from PIL.Image import Image

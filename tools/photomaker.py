@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcu_sim.personas.trigger import TRIGGER_WORD, check_trigger_prompt
 from mcu_sim.tools.base import Candidate
 from mcu_sim.tools.sdxl import (
     SDXLTool,
@@ -38,26 +39,14 @@ from mcu_sim.tools.sdxl import (
     torch_dtype,
 )
 
+__all__ = ["PhotoMakerGenerator", "check_trigger_prompt", "split_trigger"]
+
 DEFAULT_NEGATIVE = (
     "blurry, low quality, lowres, deformed face, distorted features, bad anatomy, extra fingers, "
     "extra limbs, watermark, text, cartoon, painting"
 )
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def check_trigger_prompt(prompt: str, trigger_word: str = "img") -> None:
-    """Raise ``ValueError`` unless ``prompt`` contains exactly one ``<class word> <trigger>``."""
-    trigger = re.escape(trigger_word)
-    hits = re.findall(rf"(?i)(?:^|(\S+)\s+){trigger}\b", prompt)
-    expected = (
-        f"PhotoMaker prompts need the subject written as '<class word> {trigger_word}' "
-        f"exactly once, e.g. 'a photo of a woman {trigger_word} at the beach'"
-    )
-    if len(hits) != 1:
-        raise ValueError(f"{expected}; found the trigger word {len(hits)} times in {prompt!r}")
-    if not hits[0] or not re.search(r"\w", hits[0]):
-        raise ValueError(f"{expected}; no class word before {trigger_word!r} in {prompt!r}")
 
 
 @dataclass(frozen=True)
@@ -243,7 +232,7 @@ class PhotoMakerGenerator(SDXLTool):
         *,
         base_model: str | None,
         photomaker_ckpt: str | None,
-        trigger_word: str = "img",
+        trigger_word: str = TRIGGER_WORD,
         steps: int = 30,
         device: str = "cpu",
         dtype: str = "float32",

@@ -10,20 +10,30 @@ weights, or it raised while scoring) records ``not scored: <why>`` and
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcu_sim.tools.base import Candidate, image_record
-from mcu_sim.tools.scorers import not_scored, scores_record, scoring_failed
+from mcu_sim.tools.scorers import build_scorers, not_scored, scores_record, scoring_failed
 from mcu_sim.tools.settings import ImagesConfig
 
 log = logging.getLogger(__name__)
 HIGHER_IS_BETTER = {"clip": True, "aesthetic": True, "nsfw": False}
 
 
-def build_qa_scorers(settings: ImagesConfig) -> dict[str, Any]:
-    from mcu_sim.tools.scorers import build_scorers
+@dataclass
+class Verdict:
+    """QA outcome over all candidates of one try; ``record`` is the try's QA record
+    (per-candidate scores with scorer versions, thresholds, reasons, what was kept)."""
 
+    best: dict[str, Any] | None
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def build_qa_scorers(settings: ImagesConfig) -> dict[str, Any]:
     if not settings.qa.enabled:
         return {}
     scorers = build_scorers(settings.scorers)
@@ -122,10 +132,11 @@ def _record(candidate: dict[str, Any], scores: dict[str, Any], run_dir: Path) ->
 
 async def judge(
     toolbox: Any, candidates: list[dict[str, Any]], description: str, run_dir: Path
-) -> Any:
-    """Score, rank and keep; the returned ``Verdict.record`` is this try's QA record."""
-    from mcu_sim.tools.toolbox import Verdict
+) -> Verdict:
+    """Score, rank and keep; the returned ``Verdict.record`` is this try's QA record.
 
+    ``toolbox`` is the :class:`~mcu_sim.tools.toolbox.ImageToolbox` calling (its
+    ``settings`` and ``scorers()``); typed loosely so this module never imports it back."""
     settings: ImagesConfig = toolbox.settings
     scorers = toolbox.scorers()
     paths = [Path(c["path"]) for c in candidates]

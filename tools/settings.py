@@ -1,102 +1,35 @@
-"""Settings of the image tools (the ``images:`` section of the config)."""
+"""Settings of the image tools (the ``images:`` section of the config).
 
-from __future__ import annotations
+They are defined at the configuration layer, :mod:`mcu_sim.config_images`, so that the
+config imports no tools; this module is where the tools (and their users) name them.
+"""
 
-from typing import Literal
+from mcu_sim.config_images import (
+    MODULES,
+    AestheticSettings,
+    ClipSettings,
+    FaceSettings,
+    ImagesConfig,
+    Module,
+    NsfwSettings,
+    PhotoMakerSettings,
+    QASettings,
+    RetrievalSettings,
+    ScorerSettings,
+    WebSearchSettings,
+)
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from mcu_sim.tools.scorers import ScorerSettings
-
-Module = Literal["personalized_t2i", "retrieval", "web_search"]
-MODULES: tuple[Module, ...] = ("personalized_t2i", "retrieval", "web_search")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class FaceSettings(Strict):
-    enabled: bool = True
-    base_model: str | None = Field(None, description="Local SDXL base folder or file.")
-    lightning_unet: str | None = None
-    lightning_lora: str | None = None
-    steps: int = Field(4, ge=1, le=50)
-    height: int = 1024
-    width: int = 1024
-
-
-class PhotoMakerSettings(Strict):
-    enabled: bool = True
-    base_model: str | None = None
-    checkpoint: str | None = Field(None, description="photomaker-v1.bin")
-    steps: int = Field(30, ge=1, le=100)
-    height: int = 1024
-    width: int = 1024
-
-
-class RetrievalSettings(Strict):
-    enabled: bool = True
-    database: str | None = Field(None, description="Index folder; None = the shipped DB.")
-    clip_model: str | None = None
-    clip_pretrained: str | None = None
-    top_k: int = Field(5, ge=1, le=100)
-
-
-class WebSearchSettings(Strict):
-    enabled: bool = False
-    crawler: str = "bing"
-    top_k: int = Field(3, ge=1, le=20)
-    max_bytes: int = 10_000_000
-    timeout_s: float = 15.0
-    allow_loopback: bool = False
-    search_url: str | None = None
-
-
-class QASettings(Strict):
-    """MAGID's quality loop (App. I) and which scorers run.
-
-    A generated image of one description may fail ``failures_before_rewrite`` times (MAGID:
-    two), then the rewriter writes a new description, up to ``max_rewrites`` times. Retrieval
-    and web search return the same images for the same description, so they get one try per
-    description. ``max_attempts`` caps the tries (executions that produced or failed to produce
-    an image) of one request over all descriptions and modules.
-    """
-
-    enabled: bool = True
-    clip_threshold: float = 0.21
-    aesthetic_threshold: float = 0.51
-    nsfw_threshold: float = 0.5
-    scorers: list[Literal["clip", "aesthetic", "nsfw"]] = Field(
-        default_factory=lambda: ["clip", "aesthetic", "nsfw"]
-    )
-    accept_unscored: bool = Field(
-        True, description="Accept an image a scorer could not score (recorded as such)."
-    )
-    failures_before_rewrite: int = Field(
-        2, ge=1, le=10, description="Failed generations of one description before a rewrite."
-    )
-    max_rewrites: int = Field(1, ge=0, le=5)
-    max_attempts: int = Field(
-        6, ge=1, le=50, description="Total tries per request, over all rewrites and modules."
-    )
-    max_alternatives: int = Field(
-        2,
-        ge=0,
-        le=20,
-        description="Other passing candidates kept beside the chosen one (DialogCC's "
-        "inconsistent-images rule compares them); the rest are deleted.",
-    )
-
-
-class ImagesConfig(Strict):
-    enabled: bool = True
-    device: Literal["cpu", "cuda", "mps"] = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    router_order: list[Module] = Field(default_factory=lambda: list(MODULES))
-    face: FaceSettings = Field(default_factory=FaceSettings)
-    photomaker: PhotoMakerSettings = Field(default_factory=PhotoMakerSettings)
-    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
-    web_search: WebSearchSettings = Field(default_factory=WebSearchSettings)
-    qa: QASettings = Field(default_factory=QASettings)
-    scorers: ScorerSettings = Field(default_factory=ScorerSettings)
+__all__ = [
+    "MODULES",
+    "AestheticSettings",
+    "ClipSettings",
+    "FaceSettings",
+    "ImagesConfig",
+    "Module",
+    "NsfwSettings",
+    "PhotoMakerSettings",
+    "QASettings",
+    "RetrievalSettings",
+    "ScorerSettings",
+    "WebSearchSettings",
+]

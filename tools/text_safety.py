@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mcu_sim.tools.base import ToolUnavailable
 from mcu_sim.tools.clip_score import file_fingerprint
-from mcu_sim.tools.scorers import missing_package
+from mcu_sim.tools.scoring import missing_package
 
 if TYPE_CHECKING:
     from mcu_sim.agents.llm.client import LLMClient

@@ -18,11 +18,11 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcu_sim.tools.base import Candidate, ToolUnavailable, image_record
+from mcu_sim.tools.qa import Verdict, build_qa_scorers, judge
 from mcu_sim.tools.settings import ImagesConfig
 
 GENERATORS = {"personalized_t2i"}
@@ -31,17 +31,6 @@ GENERATORS = {"personalized_t2i"}
 class ToolDisabled(ToolUnavailable):
     """The tool cannot run in this process at all (failed to load, or disabled): the router
     stops offering it to every episode, not just the current request."""
-
-
-@dataclass
-class Verdict:
-    """QA outcome over all candidates of one try; ``record`` is the try's QA record
-    (per-candidate scores with scorer versions, thresholds, reasons, what was kept)."""
-
-    best: dict[str, Any] | None
-    alternatives: list[dict[str, Any]] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    record: dict[str, Any] = field(default_factory=dict)
 
 
 def candidate_dict(candidate: Candidate) -> dict[str, Any]:
@@ -252,16 +241,12 @@ class ImageToolbox:
     # ------------------------------------------------------------ QA
     def scorers(self) -> dict[str, Any]:
         if self._scorers is None:
-            from mcu_sim.tools.qa import build_qa_scorers
-
             self._scorers = build_qa_scorers(self.settings)
         return self._scorers
 
     async def judge_candidates(
         self, candidates: list[dict[str, Any]], description: str, run_dir: Path
     ) -> Verdict:
-        from mcu_sim.tools.qa import judge
-
         return await judge(self, candidates, description, run_dir)
 
     def image_similarity(self) -> tuple[Callable[[list[str]], Any] | None, str]:
