@@ -111,6 +111,19 @@ DEFAULT_API_KEY_VARIABLES = {
 }
 
 
+# Operational settings since removed: a run directory's config.yaml written before may
+# still hold them; they changed no episode, so they are dropped when read.
+RETIRED_RUN_FIELDS = frozenset({"gc_tuning"})
+RETIRED_PROVIDER_FIELDS = frozenset({"http_client", "cpu_extra_buffers"})
+
+
+def without_retired(data: Any, retired: frozenset[str]) -> Any:
+    """``data`` without the ``retired`` keys (a copy only when one is there)."""
+    if isinstance(data, dict) and retired & data.keys():
+        return {key: value for key, value in data.items() if key not in retired}
+    return data
+
+
 class ProviderConfig(Strict):
     """Where LLM calls go. ``kind`` names the wire protocol, not the vendor."""
 
@@ -150,6 +163,11 @@ class ProviderConfig(Strict):
     requests_per_minute: float | None = Field(None, gt=0)
     prices: dict[str, Price] = Field(default_factory=dict)
     supports_seed: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        return without_retired(data, RETIRED_PROVIDER_FIELDS)
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> ProviderConfig:
@@ -260,11 +278,6 @@ class EpisodeConfig(Strict):
         return self
 
 
-# Operational settings since removed: a run directory's config.yaml written before may
-# still hold them; they changed no episode, so they are dropped when read.
-RETIRED_RUN_FIELDS = frozenset({"gc_tuning"})
-
-
 class RunConfig(Strict):
     out_dir: str = "runs/default"
     seed: int = 0
@@ -315,9 +328,7 @@ class RunConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _drop_retired(cls, data: Any) -> Any:
-        if isinstance(data, dict) and RETIRED_RUN_FIELDS & data.keys():
-            return {key: value for key, value in data.items() if key not in RETIRED_RUN_FIELDS}
-        return data
+        return without_retired(data, RETIRED_RUN_FIELDS)
 
 
 # Settings that change how fast or where a run goes, never what an episode contains.

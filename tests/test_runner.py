@@ -377,11 +377,16 @@ def test_each_durability_reaches_langgraph_and_changes_no_episode(
 
 
 def test_a_run_directorys_config_with_a_retired_setting_still_loads(tmp_path: Path) -> None:
-    """run.gc_tuning is gone; config.yaml of a run made before still loads, same fingerprint."""
+    """run.gc_tuning, llm.provider.http_client and cpu_extra_buffers are gone; config.yaml of
+    a run made before still loads, same fingerprint."""
     old = tmp_path / "config.yaml"
-    old.write_text("run:\n  gc_tuning: true\n  durability: exit\n")
+    old.write_text(
+        "run:\n  gc_tuning: true\n  durability: exit\n"
+        "llm:\n  provider:\n    http_client: direct\n    cpu_extra_buffers: false\n"
+    )
     config = load_config(old)
     assert config.run.durability == "exit" and not hasattr(config.run, "gc_tuning")
+    assert not hasattr(config.llm.provider, "http_client")
     assert config.fingerprint() == load_config(None).fingerprint()
 
 
