@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mcu_sim.config_errors import ConfigError, unknown_key_message
 from mcu_sim.graphs.filters import FilterSettings
-from mcu_sim.redaction import has_masked_credentials, redacted
+from mcu_sim.redaction import has_masked_credentials, masked_url_keys, redacted
 from mcu_sim.tools.settings import ImagesConfig
 
 __all__ = [
@@ -367,6 +367,21 @@ class Config(Strict):
     filters: FilterSettings = Field(
         default_factory=FilterSettings, description="Post-processing filters (STARK §3.9)."
     )
+
+    @model_validator(mode="after")
+    def _refuse_masked_urls(self) -> Config:
+        """A URL masked by mcu (``***`` for its credentials, as in a run's config.yaml) is
+        refused wherever it sits, so a resume never runs with a broken URL or template."""
+        keys = masked_url_keys(self.model_dump(mode="json"))
+        if keys:
+            key = keys[0]
+            variable = "MCU__" + key.upper().replace(".", "__")
+            raise ValueError(
+                f"'{key}' holds masked credentials (***), as mcu writes them into run "
+                f"directories and `mcu config show`: give the real value with {variable} "
+                f"or --set {key}=..."
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of everything that changes what an episode contains.
