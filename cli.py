@@ -254,12 +254,21 @@ def validate(path: Annotated[Path, typer.Argument(help="An episode JSON file.")]
     from pydantic import ValidationError
 
     from mcu_sim.personas.schema import Episode
+    from mcu_sim.viewer.load import ViewerError, read_json
 
     try:
-        Episode.model_validate(json.loads(path.read_text()))
+        data = read_json(path)  # missing, not UTF-8, not JSON, too deep: one clear line
+    except ViewerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        Episode.model_validate(data)
     except ValidationError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    except RecursionError:
+        typer.echo(f"error: {path}: nested too deeply to be an episode", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{path}: valid")
 
 
@@ -331,8 +340,8 @@ def filter_run_cmd(
     config.yaml unless --config is given; e.g.
     ``mcu filter runs/x --set filters.clip_threshold=0.15``."""
     from mcu_sim.dataset.filter_run import refilter
-    from mcu_sim.runner.outputs import RunDir
     from mcu_sim.runner.manifest import RunLocked
+    from mcu_sim.runner.outputs import RunDir
 
     run = RunDir(run_dir)
     if not run.episodes.is_dir():

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mcu_sim.runner.outputs import RunDir, atomic_write_json
 from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.outputs import RunDir, atomic_write_json
 
 HOSTILE = '<script>window.__pwned = 1</script><img src="x" onerror="window.__pwned = 2">'
 
