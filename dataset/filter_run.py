@@ -14,10 +14,10 @@ from mcu_sim.graphs.filters import (
     OverMatchedCounter,
     iter_filter_run,
 )
-from mcu_sim.runner.outputs import RunDir, atomic_write_json, index_line
 from mcu_sim.graphs.quality import filter_settings
-from mcu_sim.runner.manifest import run_lock
 from mcu_sim.personas.schema import Episode
+from mcu_sim.runner.manifest import run_lock
+from mcu_sim.runner.outputs import RunDir, atomic_write_json, index_line
 
 OVER_MATCHED = "over_matched_image"  # the rule graphs.filters.OverMatchedCounter writes
 
@@ -37,11 +37,11 @@ def clip_similarity(config: Any, run_root: Path) -> ImageSimilarity | None:
     )
 
     def similarity(paths: list[str]) -> Any:
-        from PIL import Image
+        from mcu_sim.tools.base import open_image
 
         images = []
         for path in paths:
-            with Image.open(run_root / path) as img:
+            with open_image(run_root / path) as img:
                 images.append(img.convert("RGB"))
         vectors = backbone.embed_images(images)
         return vectors @ vectors.T
