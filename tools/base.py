@@ -103,7 +103,8 @@ def verify_image_bytes(data: bytes, max_pixels: int = 40_000_000) -> tuple[str, 
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"decompression bomb: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
-        raise InvalidImage(f"not a {', '.join(IMAGE_FORMATS)} image") from exc
+        accepted = ", ".join(IMAGE_FORMATS)
+        raise InvalidImage(f"not a decodable image: only {accepted} are opened") from exc
     except Exception as exc:
         raise InvalidImage(f"not a decodable image: {type(exc).__name__}: {exc}") from exc
     return fmt, width, height
