@@ -98,8 +98,8 @@ def default_step_settings() -> dict[str, StepSettings]:
 class Price(Strict):
     """US dollars per million tokens."""
 
-    input: float = Field(0.0, ge=0)
-    output: float = Field(0.0, ge=0)
+    input: float = Field(0.0, ge=0, le=100_000)
+    output: float = Field(0.0, ge=0, le=100_000)
 
 
 StructuredMode = Literal["json_schema", "json_object", "json_object_schema", "prompt"]
@@ -128,8 +128,8 @@ class ProviderConfig(Strict):
         ),
     )
     model_path: str | None = Field(None, description="GGUF file for llamacpp; None = bundled.")
-    n_ctx: int = Field(8192, gt=0)
-    n_threads: int | None = None
+    n_ctx: int = Field(8192, gt=0, le=10_000_000)
+    n_threads: int | None = Field(None, ge=1, le=4096)
     cpu_extra_buffers: bool = Field(
         False,
         description=(
@@ -138,7 +138,7 @@ class ProviderConfig(Strict):
             "(SIGSEGV on prompts longer than one token) on some virtual machines."
         ),
     )
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, le=86_400)
     http_client: Literal["httpx", "aiohttp", "direct"] = Field(
         "httpx",
         description=(
@@ -153,14 +153,15 @@ class ProviderConfig(Strict):
     max_retry_seconds: float = Field(
         300.0,
         gt=0,
+        le=7 * 86_400,
         description=(
             "The longest one request keeps retrying, counted from when its first attempt "
             "is sent (time queued for a max_concurrency slot or the rate limit before that "
             "does not count)."
         ),
     )
-    max_concurrency: int = Field(8, ge=1)
-    requests_per_minute: float | None = Field(None, gt=0)
+    max_concurrency: int = Field(8, ge=1, le=100_000)
+    requests_per_minute: float | None = Field(None, gt=0, le=100_000_000)
     prices: dict[str, Price] = Field(default_factory=dict)
     supports_seed: bool = True
 
@@ -270,9 +271,11 @@ class EpisodeConfig(Strict):
 
 class RunConfig(Strict):
     out_dir: str = "runs/default"
-    seed: int = 0
-    max_in_flight: int = Field(4, ge=1)
-    shard_size: int = Field(1000, ge=1, description="Finished episodes per JSONL shard.")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    max_in_flight: int = Field(4, ge=1, le=100_000)
+    shard_size: int = Field(
+        1000, ge=1, le=100_000_000, description="Finished episodes per JSONL shard."
+    )
     backend: Literal["local", "ray"] = "local"
     ray_address: str | None = Field(None, description="Ray cluster; None starts a local one.")
     postgres_dsn_env: str | None = Field(

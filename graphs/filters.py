@@ -32,8 +32,8 @@ NO_SIMILARITY = "no CLIP image similarity available (configure images.scorers.cl
 class FilterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min_sessions: int | None = Field(None, ge=1, description="None: episode.sessions_min")
-    max_sessions: int | None = Field(None, ge=1, description="None: episode.sessions_max")
+    min_sessions: int | None = Field(None, ge=1, le=100, description="None: episode.sessions_min")
+    max_sessions: int | None = Field(None, ge=1, le=100, description="None: episode.sessions_max")
     text_safety: Literal["llm", "classifier", "off"] = "llm"
 
     @field_validator("text_safety", mode="before")
@@ -43,11 +43,13 @@ class FilterSettings(BaseModel):
         return "off" if value is False else value
 
     safety_classifier: str | None = Field(None, description="Local text-classification model")
-    clip_threshold: float = 0.21
-    nsfw_threshold: float = 0.5
+    clip_threshold: float = Field(0.21, ge=-1, le=1)
+    nsfw_threshold: float = Field(0.5, ge=0, le=1)
     unsafe_labels: list[str] = Field(default_factory=lambda: ["unsafe"])
-    max_matches_per_db_image: int = Field(100, ge=1, description="DialogCC over-matching K")
-    inconsistent_similarity: float = Field(0.8, description="DialogCC tau")
+    max_matches_per_db_image: int = Field(
+        100, ge=1, le=1_000_000, description="DialogCC over-matching K"
+    )
+    inconsistent_similarity: float = Field(0.8, ge=-1, le=1, description="DialogCC tau")
     inconsistent_drop_fraction: float = Field(0.2, ge=0, le=1, description="Top-K% dropped")
 
     @model_validator(mode="after")
