@@ -80,7 +80,12 @@ def load_episode(path: Path) -> Episode:
 
 
 def _text(value: Any, limit: int = 2000) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str)[:limit]
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, default=str)[:limit]
+    except (RecursionError, ValueError):
+        return f"<{type(value).__name__}>"
 
 
 def failure_fields(record: Any) -> dict[str, Any]:
