@@ -255,12 +255,21 @@ def validate(path: Annotated[Path, typer.Argument(help="An episode JSON file.")]
     from pydantic import ValidationError
 
     from mcu_sim.personas.schema import Episode
+    from mcu_sim.viewer.load import ViewerError, read_json
 
     try:
-        Episode.model_validate(json.loads(path.read_text()))
+        data = read_json(path)  # missing, not UTF-8, not JSON, too deep: one clear line
+    except ViewerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        Episode.model_validate(data)
     except ValidationError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    except RecursionError:
+        typer.echo(f"error: {path}: nested too deeply to be an episode", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{path}: valid")
 
 

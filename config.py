@@ -40,6 +40,7 @@ from mcu_sim.config_schema import (
     StructuredMode,
     default_step_settings,
 )
+from mcu_sim.config_yaml import load_yaml
 from mcu_sim.redaction import MASK, NOT_SECRET, SECRET_MARKERS, is_secret_key, mask_url, redacted
 
 __all__ = [
@@ -104,16 +105,14 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _yaml_value(raw: str, where: str) -> Any:
-    try:
-        return yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: the value is not valid YAML ({exc}).") from None
+    """A value parsed as YAML; errors name ``where`` and a position, never the value."""
+    return load_yaml(raw, f"{where}: the value") if raw else ""
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``a.b=value`` with the value parsed as YAML (so numbers and booleans keep their type)."""
-    if "=" not in text:
-        raise ConfigError(f"Override '{text}' must look like section.key=value.")
+    if "=" not in text:  # not quoted: it may be a key pasted in the wrong place
+        raise ConfigError("An override has no '=': each --set must look like section.key=value.")
     key, raw = text.split("=", 1)
     return key.strip(), _yaml_value(raw.strip(), f"Override '{key.strip()}'")
 
@@ -144,9 +143,10 @@ def load_config(
         if not file.is_file():
             raise ConfigError(f"Config file not found: {file}")
         try:
-            loaded = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+            raw = file.read_bytes()  # bytes: the YAML reader checks the encoding itself
+        except OSError as exc:
+            raise ConfigError(f"Cannot read {file}: {exc.strerror or exc}") from None
+        loaded = load_yaml(raw, str(file)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file} must hold a mapping at the top level.")
         data = loaded

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from mcu_sim.redaction import MASK, is_secret_key, redacted
+from mcu_sim.redaction import MASK, is_secret_key, mask_url
 
 
 class ConfigError(ValueError):
@@ -68,11 +68,43 @@ def model_at(root: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | 
     return None if mapping_of is not None else model
 
 
+SHOWN_CHARS = 80
+MAX_LINES = 20
+
+
+def _brief(value: Any, room: int, depth: int = 0) -> str:
+    """A masked repr of ``value`` cut at about ``room`` characters, built by walking only
+    as much of it as is shown: a value built from YAML aliases can be enormous, and is
+    never expanded just to describe it."""
+    if isinstance(value, str):
+        return repr(mask_url(value))[:room]
+    if isinstance(value, dict | list | tuple):
+        if depth >= 3 or room < 8:
+            return f"<{type(value).__name__} of {len(value)}>"
+        is_dict = isinstance(value, dict)
+        items = value.items() if is_dict else ((None, v) for v in value)
+        parts: list[str] = []
+        used = 2
+        for key, item in items:
+            if used >= room:
+                parts.append("...")
+                break
+            shown = MASK if is_dict and is_secret_key(str(key)) else None
+            text = shown or _brief(item, room - used, depth + 1)
+            if is_dict:
+                text = f"{_brief(key, 30, depth + 1)}: {text}"
+            parts.append(text)
+            used += len(text) + 2
+        opening, closing = ("{", "}") if is_dict else ("[", "]")
+        return opening + ", ".join(parts) + closing
+    return repr(value)[:room]
+
+
 def _show(value: Any, key: str) -> str:
     if is_secret_key(key):
         return repr(MASK)
-    text = repr(redacted(value))
-    return text if len(text) <= 80 else text[:77] + "..."
+    text = _brief(value, SHOWN_CHARS + 1)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 def _origin(path: str, origins: dict[str, str]) -> str:
@@ -90,7 +122,10 @@ def explain(
     ``origins`` maps dotted keys set outside the file to where they came from.
     """
     lines: list[str] = []
-    for item in error.errors():
+    for number, item in enumerate(error.errors()):
+        if number == MAX_LINES:
+            lines.append(f"... and {error.error_count() - MAX_LINES} more problems.")
+            break
         loc = tuple(item["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
         start = len(lines)
@@ -107,7 +142,11 @@ def explain(
             path = named.group(1) if named else path
             lines.append(message)
         else:
-            got = _show(item.get("input"), str(loc[-1]) if loc else "")
+            origin = _origin(path, origins or {})
+            if origin:  # an environment variable or --set: often a secret, never echoed
+                got = f"a {type(item.get('input')).__name__}, not shown"
+            else:
+                got = _show(item.get("input"), str(loc[-1]) if loc else "")
             lines.append(f"Invalid value for '{path}': {item['msg']} (got {got}).")
         if origins and len(lines) > start:
             lines[-1] += _origin(path, origins)

@@ -16,8 +16,8 @@ from mcu_sim.config_images import MAGID_CLIP_THRESHOLD, NSFW_THRESHOLD
 class FilterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min_sessions: int | None = Field(None, ge=1, description="None: episode.sessions_min")
-    max_sessions: int | None = Field(None, ge=1, description="None: episode.sessions_max")
+    min_sessions: int | None = Field(None, ge=1, le=100, description="None: episode.sessions_min")
+    max_sessions: int | None = Field(None, ge=1, le=100, description="None: episode.sessions_max")
     text_safety: Literal["llm", "classifier", "off"] = "llm"
 
     @field_validator("text_safety", mode="before")
@@ -27,11 +27,13 @@ class FilterSettings(BaseModel):
         return "off" if value is False else value
 
     safety_classifier: str | None = Field(None, description="Local text-classification model")
-    clip_threshold: float = MAGID_CLIP_THRESHOLD
-    nsfw_threshold: float = NSFW_THRESHOLD
+    clip_threshold: float = Field(MAGID_CLIP_THRESHOLD, ge=-1, le=1)
+    nsfw_threshold: float = Field(NSFW_THRESHOLD, ge=0, le=1)
     unsafe_labels: list[str] = Field(default_factory=lambda: ["unsafe"])
-    max_matches_per_db_image: int = Field(100, ge=1, description="DialogCC over-matching K")
-    inconsistent_similarity: float = Field(0.8, description="DialogCC tau")
+    max_matches_per_db_image: int = Field(
+        100, ge=1, le=1_000_000, description="DialogCC over-matching K"
+    )
+    inconsistent_similarity: float = Field(0.8, ge=-1, le=1, description="DialogCC tau")
     inconsistent_drop_fraction: float = Field(0.2, ge=0, le=1, description="Top-K% dropped")
 
     @model_validator(mode="after")

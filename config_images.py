@@ -79,8 +79,8 @@ class FaceSettings(Strict):
     lightning_unet: str | None = None
     lightning_lora: str | None = None
     steps: int = Field(4, ge=1, le=50)
-    height: int = 1024
-    width: int = 1024
+    height: int = Field(1024, ge=8, le=4096, multiple_of=8)
+    width: int = Field(1024, ge=8, le=4096, multiple_of=8)
 
 
 class PhotoMakerSettings(Strict):
@@ -88,8 +88,8 @@ class PhotoMakerSettings(Strict):
     base_model: str | None = None
     checkpoint: str | None = Field(None, description="photomaker-v1.bin")
     steps: int = Field(30, ge=1, le=100)
-    height: int = 1024
-    width: int = 1024
+    height: int = Field(1024, ge=8, le=4096, multiple_of=8)
+    width: int = Field(1024, ge=8, le=4096, multiple_of=8)
 
 
 class RetrievalSettings(Strict):
@@ -104,8 +104,8 @@ class WebSearchSettings(Strict):
     enabled: bool = False
     crawler: str = "bing"
     top_k: int = Field(3, ge=1, le=20)
-    max_bytes: int = 10_000_000
-    timeout_s: float = 15.0
+    max_bytes: int = Field(10_000_000, ge=1_000, le=500_000_000)
+    timeout_s: float = Field(15.0, gt=0, le=600)
     allow_loopback: bool = False
     search_url: str | None = None
 
@@ -121,9 +121,9 @@ class QASettings(Strict):
     """
 
     enabled: bool = True
-    clip_threshold: float = MAGID_CLIP_THRESHOLD
-    aesthetic_threshold: float = MAGID_AESTHETIC_THRESHOLD
-    nsfw_threshold: float = NSFW_THRESHOLD
+    clip_threshold: float = Field(MAGID_CLIP_THRESHOLD, ge=-1, le=1)
+    aesthetic_threshold: float = Field(MAGID_AESTHETIC_THRESHOLD, ge=0, le=10)
+    nsfw_threshold: float = Field(NSFW_THRESHOLD, ge=0, le=1)
     scorers: list[Literal["clip", "aesthetic", "nsfw"]] = Field(
         default_factory=lambda: ["clip", "aesthetic", "nsfw"]
     )

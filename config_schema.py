@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mcu_sim.config_errors import ConfigError, unknown_key_message
 from mcu_sim.config_filters import FilterSettings
 from mcu_sim.config_images import ImagesConfig
-from mcu_sim.redaction import has_masked_credentials, redacted
+from mcu_sim.redaction import has_masked_credentials, masked_url_keys, redacted
 
 __all__ = [
     "OPERATIONAL_FIELDS",
@@ -98,8 +98,8 @@ def default_step_settings() -> dict[str, StepSettings]:
 class Price(Strict):
     """US dollars per million tokens."""
 
-    input: float = Field(0.0, ge=0)
-    output: float = Field(0.0, ge=0)
+    input: float = Field(0.0, ge=0, le=100_000)
+    output: float = Field(0.0, ge=0, le=100_000)
 
 
 StructuredMode = Literal["json_schema", "json_object", "json_object_schema", "prompt"]
@@ -146,21 +146,22 @@ class ProviderConfig(Strict):
         ),
     )
     model_path: str | None = Field(None, description="GGUF file for llamacpp; None = bundled.")
-    n_ctx: int = Field(8192, gt=0)
-    n_threads: int | None = None
-    timeout_s: float = Field(120.0, gt=0)
+    n_ctx: int = Field(8192, gt=0, le=10_000_000)
+    n_threads: int | None = Field(None, ge=1, le=4096)
+    timeout_s: float = Field(120.0, gt=0, le=86_400)
     max_attempts: int = Field(6, ge=1, le=50)
     max_retry_seconds: float = Field(
         300.0,
         gt=0,
+        le=7 * 86_400,
         description=(
             "The longest one request keeps retrying, counted from when its first attempt "
             "is sent (time queued for a max_concurrency slot or the rate limit before that "
             "does not count)."
         ),
     )
-    max_concurrency: int = Field(8, ge=1)
-    requests_per_minute: float | None = Field(None, gt=0)
+    max_concurrency: int = Field(8, ge=1, le=100_000)
+    requests_per_minute: float | None = Field(None, gt=0, le=100_000_000)
     prices: dict[str, Price] = Field(default_factory=dict)
     supports_seed: bool = True
 
@@ -280,9 +281,11 @@ class EpisodeConfig(Strict):
 
 class RunConfig(Strict):
     out_dir: str = "runs/default"
-    seed: int = 0
-    max_in_flight: int = Field(4, ge=1)
-    shard_size: int = Field(1000, ge=1, description="Finished episodes per JSONL shard.")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    max_in_flight: int = Field(4, ge=1, le=100_000)
+    shard_size: int = Field(
+        1000, ge=1, le=100_000_000, description="Finished episodes per JSONL shard."
+    )
     backend: Literal["local", "ray"] = "local"
     ray_address: str | None = Field(None, description="Ray cluster; None starts a local one.")
     postgres_dsn_env: str | None = Field(
@@ -369,6 +372,21 @@ class Config(Strict):
     filters: FilterSettings = Field(
         default_factory=FilterSettings, description="Post-processing filters (STARK §3.9)."
     )
+
+    @model_validator(mode="after")
+    def _refuse_masked_urls(self) -> Config:
+        """A URL masked by mcu (``***`` for its credentials, as in a run's config.yaml) is
+        refused wherever it sits, so a resume never runs with a broken URL or template."""
+        keys = masked_url_keys(self.model_dump(mode="json"))
+        if keys:
+            key = keys[0]
+            variable = "MCU__" + key.upper().replace(".", "__")
+            raise ValueError(
+                f"'{key}' holds masked credentials (***), as mcu writes them into run "
+                f"directories and `mcu config show`: give the real value with {variable} "
+                f"or --set {key}=..."
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of everything that changes what an episode contains.

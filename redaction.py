@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus
 
 MASK = "***"
 SECRET_MARKERS = ("key", "secret", "token", "password", "credential")
@@ -18,6 +18,8 @@ NOT_SECRET = {"max_tokens"}
 # Query parameters that carry credentials without a marker word in their name.
 SECRET_QUERY_NAMES = {"sig", "signature", "auth", "authorization", "pass", "pwd", "code"}
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# What urllib strips around a URL before parsing it (C0 controls and space).
+_SPACE = "".join(chr(c) for c in range(0x21))
 
 
 def is_secret_key(key: str) -> bool:
@@ -32,28 +34,46 @@ def _secret_query_name(name: str) -> bool:
     return is_secret_key(name) or name.lower() in SECRET_QUERY_NAMES
 
 
+def _mask_query(query: str) -> str:
+    """Mask the values of secret-looking parameters; every other byte stays as written
+    (re-encoding would turn a template's ``{query}`` into ``%7Bquery%7D``)."""
+    pieces = []
+    for piece in query.split("&"):
+        name, sep, value = piece.partition("=")
+        if sep and value and _secret_query_name(unquote_plus(name)):
+            piece = f"{name}={MASK}"
+        pieces.append(piece)
+    return "&".join(pieces)
+
+
 def mask_url(url: str) -> str:
     """``url`` with its userinfo and secret-looking query values replaced by ``***``.
 
     ``https://user:pass@host/v1?api-key=abc&x=1`` becomes ``https://***@host/v1?api-key=***&x=1``.
-    Text that is not a URL comes back unchanged.
+    Surrounding whitespace does not hide a URL, and the rest of the text is kept byte for byte
+    (templates such as ``{query}`` survive). Text that is not a URL comes back unchanged.
     """
-    if not _URL.match(url):
+    core = url.strip(_SPACE)
+    if not _URL.match(core):
         return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an invalid IPv6 literal: mask everything after the scheme
-        return url.split("://", 1)[0] + "://" + MASK
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_secret_query_name(name) for name, _ in pairs):
-            masked = [(n, MASK if _secret_query_name(n) and v else v) for n, v in pairs]
-            query = urlencode(masked, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    lead = url[: len(url) - len(url.lstrip(_SPACE))]
+    trail = url[len(lead) + len(core) :]
+    scheme, rest = core.split("://", 1)
+    # The authority is read leniently, up to the first "/": a password holding "#", "?" or
+    # "@" must not push its tail into a fragment or query where it would be shown.
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        authority = MASK + "@" + authority.rsplit("@", 1)[1]
+    if slash:
+        before_hash, hash_, fragment = tail.partition("#")
+        path, qmark, query = before_hash.partition("?")
+        head = authority + slash + path
+    else:
+        before_hash, hash_, fragment = authority.partition("#")
+        head, qmark, query = before_hash.partition("?")
+    # fragments too: OAuth puts access_token=... there
+    query, fragment = _mask_query(query), _mask_query(fragment)
+    return f"{lead}{scheme}://{head}{qmark}{query}{hash_}{fragment}{trail}"
 
 
 def has_masked_credentials(url: str | None) -> bool:
@@ -75,3 +95,18 @@ def redacted(data: Any) -> Any:
     if isinstance(data, str):
         return mask_url(data)
     return data
+
+
+def masked_url_keys(data: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of the values in ``data`` that are URLs already masked by :func:`mask_url`
+    (a config copied from a run directory): such a value must never be used as if real."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found += masked_url_keys(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found += masked_url_keys(value, f"{prefix}.{index}")
+    elif isinstance(data, str) and has_masked_credentials(data):
+        found.append(prefix)
+    return found

@@ -38,11 +38,11 @@ def clip_similarity(config: Any, run_root: Path) -> ImageSimilarity | None:
     )
 
     def similarity(paths: list[str]) -> Any:
-        from PIL import Image
+        from mcu_sim.tools.base import open_image
 
         images = []
         for path in paths:
-            with Image.open(run_root / path) as img:
+            with open_image(run_root / path) as img:
                 images.append(img.convert("RGB"))
         vectors = backbone.embed_images(images)
         return vectors @ vectors.T

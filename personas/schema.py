@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCHEMA_VERSION = "1.0"
 ASSISTANT = "AI Assistant"
 DATE_FORMAT = "%Y.%m.%d"
+# Episode ids name files (episodes/<id>.json, view/<id>.html): a letter or digit first,
+# then letters, digits, ".", "_" or "-" only, so an id can never be a path.
+EPISODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 Gender = Literal["male", "female"]
 Relation = Literal["routine_habit", "characteristic", "experience", "goal_plan", "relationship"]
@@ -297,7 +300,7 @@ class Removal(Model):
 
 class Episode(Model):
     schema_version: str = SCHEMA_VERSION
-    episode_id: str
+    episode_id: str = Field(pattern=EPISODE_ID_PATTERN)
     seeds: dict[str, int]
     config_fingerprint: str
     prompt_versions: dict[str, str] = Field(default_factory=dict)

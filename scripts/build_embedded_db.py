@@ -24,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mcu_sim.tools.base import open_image
 from mcu_sim.tools.retrieval import build_index, default_database_dir
 
 MAX_SIDE = 512
@@ -163,7 +164,7 @@ def skimage_data_dir() -> Path:
 
 
 def shrink(source: Path) -> Image.Image:
-    with Image.open(source) as img:
+    with open_image(source) as img:
         img.load()
         if img.mode in ("RGBA", "LA", "P"):
             rgba = img.convert("RGBA")

@@ -27,6 +27,20 @@ class ToolUnavailable(RuntimeError):
         self.reason = reason
 
 
+# The only decoders Pillow may run on any image we read: Pillow otherwise picks by content
+# among every format it knows, including EPS (which runs Ghostscript on the file).
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")  # JPEG includes MPO (phone photos)
+
+
+def open_image(fp: Any) -> Any:
+    """``PIL.Image.open`` limited to :data:`IMAGE_FORMATS`; anything else raises
+    ``PIL.UnidentifiedImageError`` before a byte of it is decoded."""
+    from PIL import Image
+
+    Image.init()  # registers every plugin once, so each format named here is known
+    return Image.open(fp, formats=IMAGE_FORMATS)
+
+
 class InvalidImage(ValueError):
     """Bytes that are not a usable image (not decodable, too large, a decompression bomb)."""
 
@@ -54,9 +68,7 @@ def sha256_file(path: Path) -> str:
 
 def image_record(candidate: Candidate, relative_to: Path | None = None) -> dict[str, Any]:
     """The ``ImageRecord`` dict for a candidate (path relative to the run dir when given)."""
-    from PIL import Image
-
-    with Image.open(candidate.path) as img:
+    with open_image(candidate.path) as img:
         width, height = img.size
     path = candidate.path
     shown = str(path.relative_to(relative_to)) if relative_to else str(path)
@@ -78,18 +90,21 @@ def verify_image_bytes(data: bytes, max_pixels: int = 40_000_000) -> tuple[str, 
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with open_image(io.BytesIO(data)) as probe:
             width, height = probe.size
             fmt = probe.format or "?"
             if width * height > max_pixels:
                 raise InvalidImage(f"{width}x{height} exceeds the {max_pixels} pixel limit")
             probe.verify()
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data)) as img:
             img.load()
     except InvalidImage:
         raise
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"decompression bomb: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        accepted = ", ".join(IMAGE_FORMATS)
+        raise InvalidImage(f"not a decodable image: only {accepted} are opened") from exc
     except Exception as exc:
         raise InvalidImage(f"not a decodable image: {type(exc).__name__}: {exc}") from exc
     return fmt, width, height

@@ -153,8 +153,8 @@ def _embed_clip(
     progress: bool,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     import numpy as np
-    from PIL import Image
 
+    from mcu_sim.tools.base import open_image
     from mcu_sim.tools.embedders import ClipEmbedder
 
     embedder = ClipEmbedder(model_name, pretrained, device)
@@ -169,7 +169,7 @@ def _embed_clip(
             batch, rows = [], []
             for row in range(start, min(start + batch_size, len(items))):
                 try:
-                    with Image.open(files[row]) as img:
+                    with open_image(files[row]) as img:
                         img.load()
                         batch.append(img.convert("RGB"))
                     rows.append(row)
@@ -217,14 +217,14 @@ def _embed_clip(
 
 def _verify_files(items: list[DbItem], files: list[Path], progress: bool) -> list[tuple[str, str]]:
     """Without a CLIP pass nothing decodes the images: check them with Pillow instead."""
-    from PIL import Image
+    from mcu_sim.tools.base import open_image
 
     skipped = []
     with _progress(progress) as bar:
         task = bar.add_task("checking images", total=len(items))
         for item, file in zip(items, files, strict=True):
             try:
-                with Image.open(file) as img:
+                with open_image(file) as img:
                     img.verify()
             except Exception as exc:  # unreadable files are excluded from search, not fatal
                 skipped.append((item.id, f"{type(exc).__name__}: {exc}"))

@@ -199,9 +199,11 @@ def preprocess_faces(paths: list[Path], size: int) -> Any:
     import torch
     from PIL import Image
 
+    from mcu_sim.tools.base import open_image
+
     batch = []
     for path in paths:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img = img.convert("RGB")
             scale = size / min(img.size)
             new = (max(size, round(img.width * scale)), max(size, round(img.height * scale)))

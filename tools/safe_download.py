@@ -13,24 +13,32 @@ Web search results are URLs chosen by strangers. Before any byte is requested:
 
 While downloading: status 200, ``Content-Type: image/*`` (not SVG), no compressed
 transfer encoding (a gzip bomb would pass a byte cap on the wire), ``Content-Length`` and
-the streamed body both capped at ``max_bytes``, and one deadline of ``timeout_s`` for the
-whole fetch, redirects included, DNS lookups too (a lookup runs on a small thread pool and
-is given up at the deadline; the resolver thread ends on its own timeout).
-Afterwards Pillow decodes the bytes fully with a pixel cap (decompression bombs).
-Environment proxies are deliberately not used for image downloads.
+the streamed body both capped at ``max_bytes``.
+
+One deadline, ``timeout_s`` (or the caller's earlier one), holds for the whole fetch: DNS,
+connect, TLS, the status line, headers (also sent a byte at a time, or as endless
+``100 Continue`` lines), every redirect and the body. httpx applies its own per-phase
+timeouts and the event loop cancels the whole exchange at the deadline (``asyncio.timeout``),
+whatever phase it is in. A DNS lookup runs on a small thread pool and is given up at the
+deadline (the resolver thread ends on its own timeout).
+Afterwards Pillow decodes the bytes fully with a pixel cap (decompression bombs), as one
+of the formats we accept only. Environment proxies are deliberately not used.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import hashlib
 import ipaddress
 import socket
+import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urljoin, urlsplit
+
+import httpx
 
 from mcu_sim.tools.base import InvalidImage, verify_image_bytes
 
@@ -75,6 +83,16 @@ class FetchedImage:
     width: int
     height: int
     sha256: str
+
+
+def describe_problem(problem: str) -> str:
+    """``"loopback"`` -> ``"a loopback address"``; reads right for every label below."""
+    if problem.startswith("not "):  # "not globally routable"
+        return f"an address that is {problem}"
+    if " " in problem:  # "tunnels to a non-public address"
+        return f"an address that {problem}"
+    article = "an" if problem[0] in "aeiou" else "a"
+    return f"{article} {problem} address"
 
 
 def address_problem(ip: IPAddress, allow_loopback: bool = False) -> str | None:
@@ -130,36 +148,20 @@ def _target(url: str) -> tuple[str, str, int, str, str]:
     return scheme, host, port, host_header, path
 
 
-def _lookup(host: str, port: int, timeout_s: float | None) -> list[Any]:
-    """``socket.getaddrinfo`` given up after ``timeout_s`` (the system resolver has no
-    timeout of ours: a dead DNS server can hold a lookup for tens of seconds)."""
-    if timeout_s is None:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    try:
-        return lookup.result(timeout=max(timeout_s, 0.0))
-    except concurrent.futures.TimeoutError:
-        lookup.cancel()  # if still queued; a running lookup ends on the resolver's timeout
-        raise TimeoutError from None
-
-
 @functools.cache
 def _resolver() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mcu-dns")
 
 
-def resolve_public(
-    url: str, host: str, port: int, allow_loopback: bool, timeout_s: float | None = None
-) -> str:
-    """Resolve ``host`` (within ``timeout_s`` when given); every address must pass
-    :func:`address_problem`. Returns one to use."""
+async def resolve_public(url: str, host: str, port: int, allow_loopback: bool) -> str:
+    """Resolve ``host``; every address must pass :func:`address_problem`. Returns one to
+    use. The lookup runs on our own small pool, so a caller's deadline can abandon it."""
     try:
         addresses: list[IPAddress] = [ipaddress.ip_address(host)]
     except ValueError:
+        lookup = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
         try:
-            infos = _lookup(host, port, timeout_s)
-        except TimeoutError:
-            raise FetchError(url, f"no DNS answer for {host} within {timeout_s:.3g} s") from None
+            infos = await asyncio.wrap_future(lookup)
         except (socket.gaierror, UnicodeError) as exc:
             raise FetchError(url, f"cannot resolve {host}: {exc}") from exc
         addresses = []
@@ -172,131 +174,137 @@ def resolve_public(
     for address in addresses:
         problem = address_problem(address, allow_loopback)
         if problem and str(address) == host:
-            raise FetchError(url, f"{host} is a {problem} address")
+            raise FetchError(url, f"{host} is {describe_problem(problem)}")
         if problem:
-            raise FetchError(url, f"{host} resolves to {address}, a {problem} address")
+            raise FetchError(url, f"{host} resolves to {address}, {describe_problem(problem)}")
     return str(addresses[0])
 
 
-def _open(url: str, policy: FetchPolicy, deadline: float) -> tuple[Any, Any]:
-    """One GET to the checked address, redirects not followed: (pool, urllib3 response)."""
-    import urllib3
+def _client(policy: FetchPolicy, remaining: float) -> httpx.AsyncClient:
+    import certifi
 
-    scheme, host, port, host_header, path = _target(url)
-    address = resolve_public(url, host, port, policy.allow_loopback, deadline - time.monotonic())
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise FetchError(url, f"took longer than {policy.timeout_s:g} s")
-    timeout = urllib3.Timeout(connect=remaining, read=remaining)
-    common: dict[str, Any] = {"timeout": timeout, "retries": False, "maxsize": 1}
-    if scheme == "https":
-        import certifi
-
-        pool: Any = urllib3.HTTPSConnectionPool(
-            address,
-            port,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=policy.ca_certs or certifi.where(),
-            server_hostname=host,
-            assert_hostname=host,
-            **common,
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(address, port, **common)
-    headers = {
-        "Host": host_header,
-        "User-Agent": policy.user_agent,
-        "Accept": "image/*",
-        "Accept-Encoding": "identity",
-    }
-    try:
-        response = pool.urlopen(
-            "GET",
-            path,
-            headers=headers,
-            redirect=False,
-            preload_content=False,
-            assert_same_host=False,
-        )
-    except urllib3.exceptions.HTTPError as exc:
-        pool.close()
-        raise FetchError(url, f"network error: {type(exc).__name__}: {exc}") from exc
-    return pool, response
+    context = ssl.create_default_context(cafile=policy.ca_certs or certifi.where())
+    return httpx.AsyncClient(
+        verify=context,
+        trust_env=False,  # no environment proxies for strangers' URLs
+        follow_redirects=False,  # each hop is checked by us
+        timeout=httpx.Timeout(remaining),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
+    )
 
 
-def _read_body(url: str, response: Any, policy: FetchPolicy, deadline: float) -> bytes:
-    """Read at most ``max_bytes`` before ``deadline``, one socket read at a time.
+def _content_type(response: httpx.Response) -> str:
+    return response.headers.get("Content-Type", "").split(";")[0].strip().lower()
 
-    Each read waits only for the time left (the socket timeout is reset before every
-    read), so a server dripping one byte at a time cannot stretch the fetch.
-    """
-    import urllib3
 
+async def _read_body(url: str, response: httpx.Response, policy: FetchPolicy) -> bytes:
+    """At most ``max_bytes`` as sent (no decoding), refusing compressed bodies."""
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > policy.max_bytes:
         raise FetchError(url, f"Content-Length {declared} exceeds the {policy.max_bytes} byte cap")
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         raise FetchError(url, f"compressed body ({encoding}) refused; we asked for identity")
-    sock = getattr(response.connection, "sock", None)
     body = bytearray()
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise FetchError(url, f"took longer than {policy.timeout_s:g} s")
-        if sock is not None:
-            sock.settimeout(remaining)
-        try:
-            chunk = response.read1(CHUNK, decode_content=False)
-        except urllib3.exceptions.HTTPError as exc:
-            if time.monotonic() >= deadline:
-                raise FetchError(url, f"took longer than {policy.timeout_s:g} s") from exc
-            raise FetchError(url, f"network error: {type(exc).__name__}: {exc}") from exc
-        if not chunk:
-            return bytes(body)
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > policy.max_bytes:
             raise FetchError(url, f"body exceeds the {policy.max_bytes} byte cap")
+    return bytes(body)
 
 
-def fetch_image(url: str, policy: FetchPolicy | None = None) -> FetchedImage:
-    """Download and verify one image, or raise :class:`FetchError` with the reason."""
+async def _hop(
+    client: httpx.AsyncClient, current: str, policy: FetchPolicy, phase: list[str]
+) -> tuple[str | None, str, bytes]:
+    """One checked GET: (redirect target or None, content type, body)."""
+    scheme, host, port, host_header, path = _target(current)
+    phase[:] = ["dns", host]
+    address = await resolve_public(current, host, port, policy.allow_loopback)
+    phase[:] = ["http", host]
+    literal = f"[{address}]" if ":" in address else address
+    headers = {
+        "Host": host_header,
+        "User-Agent": policy.user_agent,
+        "Accept": "image/*",
+        "Accept-Encoding": "identity",
+    }
+    extensions = {"sni_hostname": host} if scheme == "https" else {}
+    request = client.build_request(
+        "GET", f"{scheme}://{literal}:{port}{path}", headers=headers, extensions=extensions
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise FetchError(current, f"network error: {type(exc).__name__}: {exc}") from exc
+    try:
+        if response.status_code in REDIRECT_CODES:
+            location = response.headers.get("Location")
+            if not location:
+                raise FetchError(current, f"HTTP {response.status_code} redirect without Location")
+            return urljoin(current, location.strip()), "", b""
+        if response.status_code != 200:
+            raise FetchError(current, f"HTTP {response.status_code}")
+        content_type = _content_type(response)
+        if not content_type.startswith("image/"):
+            raise FetchError(current, f"content-type {content_type or 'missing'} is not image/*")
+        if content_type == "image/svg+xml":
+            raise FetchError(current, "SVG is not a raster image")
+        try:
+            return None, content_type, await _read_body(current, response, policy)
+        except httpx.HTTPError as exc:
+            raise FetchError(current, f"network error: {type(exc).__name__}: {exc}") from exc
+    finally:
+        await response.aclose()
+
+
+async def fetch_image_async(
+    url: str, policy: FetchPolicy | None = None, deadline: float | None = None
+) -> FetchedImage:
+    """Download and verify one image, or raise :class:`FetchError` with the reason.
+
+    ``deadline`` (``time.monotonic()`` time) can end the fetch before ``timeout_s`` does,
+    e.g. the end of a whole search.
+    """
     policy = policy or FetchPolicy()
-    deadline = time.monotonic() + policy.timeout_s
+    started = time.monotonic()
+    limit = (
+        started + policy.timeout_s
+        if deadline is None
+        else min(deadline, started + policy.timeout_s)
+    )
+    phase = ["start", ""]
     current = url
-    for _hop in range(policy.max_redirects + 1):
-        try:
-            pool, response = _open(current, policy, deadline)
-        except FetchError as exc:
-            if current == url:
-                raise
-            raise FetchError(url, f"redirected to {current}: {exc.reason}") from exc
-        try:
-            if response.status in REDIRECT_CODES:
-                location = response.headers.get("Location")
-                if not location:
-                    raise FetchError(url, f"HTTP {response.status} redirect without Location")
-                current = urljoin(current, location.strip())
-                continue
-            if response.status != 200:
-                raise FetchError(url, f"HTTP {response.status}")
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if not content_type.startswith("image/"):
-                raise FetchError(url, f"content-type {content_type or 'missing'} is not image/*")
-            if content_type == "image/svg+xml":
-                raise FetchError(url, "SVG is not a raster image")
-            data = _read_body(url, response, policy, deadline)
-        except FetchError as exc:
-            if exc.url != url:  # report against the URL the search gave us
-                raise FetchError(url, exc.reason) from exc
-            raise
-        finally:
-            response.close()  # never reuse a connection we may have abandoned mid-body
-            pool.close()
-        try:
-            fmt, width, height = verify_image_bytes(data, max_pixels=policy.max_pixels)
-        except InvalidImage as exc:
-            raise FetchError(url, str(exc)) from exc
-        digest = hashlib.sha256(data).hexdigest()
-        return FetchedImage(url, current, data, content_type, fmt, width, height, digest)
-    raise FetchError(url, f"more than {policy.max_redirects} redirects")
+    try:
+        async with asyncio.timeout(max(limit - started, 0.0)):
+            async with _client(policy, max(limit - started, 0.001)) as client:
+                for _hop_number in range(policy.max_redirects + 1):
+                    try:
+                        target, content_type, data = await _hop(client, current, policy, phase)
+                    except FetchError as exc:
+                        if current == url:
+                            raise FetchError(url, exc.reason) from exc
+                        raise FetchError(url, f"redirected to {current}: {exc.reason}") from exc
+                    if target is None:
+                        break
+                    current = target
+                else:
+                    raise FetchError(url, f"more than {policy.max_redirects} redirects")
+    except TimeoutError:
+        waited = max(limit - started, 0.0)
+        if phase[0] == "dns":
+            raise FetchError(url, f"no DNS answer for {phase[1]} within {waited:.3g} s") from None
+        raise FetchError(url, f"took longer than {waited:g} s") from None
+    try:
+        fmt, width, height = verify_image_bytes(data, max_pixels=policy.max_pixels)
+    except InvalidImage as exc:
+        raise FetchError(url, str(exc)) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    return FetchedImage(url, current, data, content_type, fmt, width, height, digest)
+
+
+def fetch_image(
+    url: str, policy: FetchPolicy | None = None, deadline: float | None = None
+) -> FetchedImage:
+    """Blocking :func:`fetch_image_async` on an event loop of its own (for the crawler's
+    threads); from async code await :func:`fetch_image_async` instead."""
+    return asyncio.run(fetch_image_async(url, policy, deadline))

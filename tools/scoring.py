@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mcu_sim.tools.base import InvalidImage, ToolUnavailable, resolve_device
+from mcu_sim.tools.base import InvalidImage, ToolUnavailable, open_image, resolve_device
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -107,7 +107,7 @@ def open_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image:
     from PIL import Image as PILImage
 
     try:
-        with PILImage.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise InvalidImage(f"{width}x{height} exceeds the {max_pixels} pixel limit")

@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -43,10 +44,12 @@ RESULTS_PER_PAGE = 20  # the offset step icrawler's Bing feeder uses
 class _Collector:
     """Thread-safe results of one search: files written, duplicates, refusals."""
 
-    def __init__(self, out_dir: Path, policy: FetchPolicy, wanted: int) -> None:
+    def __init__(self, out_dir: Path, policy: FetchPolicy, wanted: int, deadline: float) -> None:
         self.out_dir = out_dir
         self.policy = policy
         self.wanted = wanted
+        self.deadline = deadline  # time.monotonic() when the search ends, fetches or not
+        self.closed = False  # set at the deadline: late fetches are dropped, never written
         self.lock = threading.Lock()
         self.sequence = 0
         self.by_hash: dict[str, str] = {}
@@ -73,28 +76,33 @@ class _Collector:
         """Fetch ``url``; keep it unless refused or a duplicate. True when kept."""
         rank = self.next_rank()
         try:
-            image = fetch_image(url, self.policy)
+            image = fetch_image(url, self.policy, deadline=self.deadline)
         except FetchError as exc:
             self.refuse(url, exc.reason)
             return False
-        with self.lock:
+        ext = EXTENSIONS.get(image.format.upper(), image.format.lower())
+        path = self.out_dir / f"web_{image.sha256[:16]}.{ext}"
+        with self.lock:  # held while writing: after close() nothing more lands on disk
+            if self.closed:
+                return False
             first = self.by_hash.get(image.sha256)
             if first is None:
                 self.by_hash[image.sha256] = url
+                if not path.exists():
+                    tmp = path.with_name(f"{path.name}.{threading.get_ident()}.part")
+                    tmp.write_bytes(image.data)
+                    tmp.replace(path)
+                # rank: position among the result URLs tried, 1 = the search engine's first
+                scores: dict[str, float | str] = {"rank": rank}
+                self.found.append((rank, Candidate(path, TOOL, source_url=url, scores=scores)))
         if first is not None:
             self.refuse(url, f"duplicate of {first} (same sha256)")
             return False
-        ext = EXTENSIONS.get(image.format.upper(), image.format.lower())
-        path = self.out_dir / f"web_{image.sha256[:16]}.{ext}"
-        if not path.exists():
-            tmp = path.with_name(f"{path.name}.{threading.get_ident()}.part")
-            tmp.write_bytes(image.data)
-            tmp.replace(path)
-        # rank: position among the result URLs tried, 1 = the search engine's first
-        candidate = Candidate(path=path, module=TOOL, source_url=url, scores={"rank": rank})
-        with self.lock:
-            self.found.append((rank, candidate))
         return True
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
 
     def candidates(self) -> list[Candidate]:
         with self.lock:
@@ -169,6 +177,10 @@ class _PageSession:
         self._collector = collector
 
     def get(self, url: str, **kwargs: Any) -> Any:
+        # requests' timeouts are per phase; the search's deadline caps each of them
+        remaining = max(self._collector.deadline - time.monotonic(), 0.01)
+        given = kwargs.get("timeout")
+        kwargs["timeout"] = min(given, remaining) if isinstance(given, int | float) else remaining
         try:
             response = self._session.get(url, **kwargs)
         except Exception as exc:
@@ -217,7 +229,7 @@ class WebImageSearch:
         self._crawler_cls: type | None = None
 
     def available(self) -> tuple[bool, str]:
-        for module in ("icrawler", "bs4", "lxml", "urllib3", "certifi"):
+        for module in ("icrawler", "bs4", "lxml", "httpx", "certifi"):
             if importlib.util.find_spec(module) is None:
                 return False, f"{module} is not installed: pip install 'mcu-sim[images]'"
         try:
@@ -264,7 +276,8 @@ class WebImageSearch:
         assert self._crawler_cls is not None
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        collector = _Collector(out_dir, self.policy, k)
+        deadline = time.monotonic() + self.crawl_timeout_s
+        collector = _Collector(out_dir, self.policy, k, deadline)
         kwargs: dict[str, Any] = {
             "downloader_cls": _hardened_downloader_cls(),
             "downloader_threads": self.threads,
@@ -278,14 +291,24 @@ class WebImageSearch:
             kwargs["extra_feeder_args"] = {"template": template, "pages": pages}
         crawler = self._crawler_cls(**kwargs)
         crawler.parser.session = _PageSession(crawler.session, collector)
-        stop = {"reach_max_num": True}  # icrawler threads stop taking new work on this
-        timer = threading.Timer(self.crawl_timeout_s, crawler.signal.set, kwargs=stop)
-        timer.daemon = True
-        timer.start()
-        try:
-            crawler.crawl(keyword=query[:200], max_num=k)
-        finally:
-            timer.cancel()
+        failure: list[BaseException] = []
+
+        def crawl() -> None:
+            try:
+                crawler.crawl(keyword=query[:200], max_num=k)
+            except BaseException as exc:  # handed to the caller below
+                failure.append(exc)
+
+        # The crawl runs beside us and is waited for until the deadline only: a result
+        # page or an image that drips past it is abandoned (each fetch also ends at the
+        # deadline), and nothing it brings afterwards is written.
+        worker = threading.Thread(target=crawl, name="mcu-web-search", daemon=True)
+        worker.start()
+        worker.join(max(deadline - time.monotonic(), 0.0))
+        crawler.signal.set(reach_max_num=True)  # icrawler threads stop taking new work
+        collector.close()
+        if failure:
+            raise failure[0]
         found = collector.candidates()
         if not found and collector.pages_ok == 0 and collector.page_errors:
             raise ToolUnavailable(TOOL, f"search page unreachable: {collector.page_errors[0]}")

@@ -56,7 +56,7 @@ def _serve(page: Path, run_root: Path, port: int) -> None:
 
     root = serve_root(page, run_root)
     try:
-        server = make_server(root, port)
+        server = make_server(root, port, page_dir=page.resolve().parent, run_root=run_root)
     except OSError as exc:
         typer.echo(f"error: cannot listen on 127.0.0.1:{port} ({exc}); try --port 0", err=True)
         raise typer.Exit(2) from None

@@ -55,10 +55,14 @@ def is_run_dir(path: Path) -> bool:
 
 
 def read_json(path: Path) -> Any:
+    """Parsed JSON, or a :class:`ViewerError` for anything unreadable (missing, not UTF-8,
+    not JSON, nested too deeply for the parser)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ViewerError(f"{path}: not a readable JSON file ({exc})") from None
+    except RecursionError:
+        raise ViewerError(f"{path}: not a readable JSON file (nested too deeply)") from None
 
 
 def load_episode(path: Path) -> Episode:
@@ -71,6 +75,39 @@ def load_episode(path: Path) -> Episode:
             f"{path} is not a valid episode ({exc.error_count()} problems; "
             f"`mcu validate {path}` lists them):\n{exc}"
         ) from None
+    except RecursionError:
+        raise ViewerError(f"{path} is not a valid episode (nested too deeply)") from None
+
+
+def _text(value: Any, limit: int = 2000) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, default=str)[:limit]
+    except (RecursionError, ValueError):
+        return f"<{type(value).__name__}>"
+
+
+def failure_fields(record: Any) -> dict[str, Any]:
+    """A failure record as the index shows it, whatever the file held: ``reason`` and
+    ``error_type`` as text, ``failed_at`` as a list of node names, ``seed`` an int or None."""
+    if not isinstance(record, dict):
+        return {"reason": f"unexpected failure record: {_text(record, 200)}"}
+    failed_at = record.get("failed_at")
+    if failed_at is None:
+        nodes: list[str] = []
+    elif isinstance(failed_at, list):
+        nodes = [_text(node, 200) for node in failed_at]
+    else:
+        nodes = [_text(failed_at, 200)]
+    seed = record.get("seed")
+    reason = record.get("reason")
+    return {
+        "error_type": _text(record.get("error_type") or "error", 200),
+        "failed_at": nodes,
+        "reason": _text(reason) if reason not in (None, "") else "",
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+    }
 
 
 def resolve_episode(target: Path) -> Path:
@@ -105,13 +142,15 @@ def load_run(root: Path) -> RunContents:
             record = read_json(path)
         except ViewerError as exc:
             record = {"reason": str(exc)}
-        if not isinstance(record, dict):
-            record = {"reason": f"unexpected failure record: {str(record)[:200]}"}
-        entries[path.stem] = EpisodeEntry(path.stem, "failed", source=path, failure=record)
+        entries[path.stem] = EpisodeEntry(
+            path.stem, "failed", source=path, failure=failure_fields(record)
+        )
     manifest = None
     if (root / "manifest.json").is_file():
         try:
             manifest = read_json(root / "manifest.json")
         except ViewerError:
+            manifest = None
+        if not isinstance(manifest, dict):  # a list, a number: nothing the index can use
             manifest = None
     return RunContents(root, [entries[k] for k in sorted(entries)], manifest)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -17,7 +18,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from mcu_sim import __version__
-from mcu_sim.personas.schema import DATE_FORMAT, Episode
+from mcu_sim.personas.schema import DATE_FORMAT, EPISODE_ID_PATTERN, Episode
 from mcu_sim.runner.outputs import atomic_write_text
 from mcu_sim.viewer.images import ImageResolver
 from mcu_sim.viewer.load import (
@@ -94,6 +95,17 @@ class Card:
     detail_href: str | None
 
 
+def page_path(page_dir: Path, episode_id: str) -> Path:
+    """``page_dir/<id>.html`` for an id the schema accepts; refuses any other id, and any
+    path that would land outside ``page_dir`` (page names come from episode files)."""
+    if not re.fullmatch(EPISODE_ID_PATTERN, episode_id):
+        raise ViewerError(f"episode id {episode_id!r} is not a valid id; no page written")
+    page = page_dir / f"{episode_id}.html"
+    if page.resolve().parent != page_dir.resolve():
+        raise ViewerError(f"episode id {episode_id!r} would write outside {page_dir}")
+    return page
+
+
 def render_index(contents: RunContents, page_dir: Path, pages: dict[str, Path], embed: bool) -> str:
     """The run index: one card per episode (incl. failed and unreadable ones)."""
     resolve = ImageResolver(contents.root, page_dir, embed)
@@ -157,7 +169,7 @@ def write_run_pages(run_dir: Path, out: Path, *, embed: bool = False) -> dict[st
     for entry in contents.entries:
         if entry.episode is None:
             continue
-        page = page_dir / f"{entry.episode_id}.html"
+        page = page_path(page_dir, entry.episode_id)
         if page.resolve() == out.resolve():
             raise ViewerError(f"-o {out} would overwrite the page of episode {entry.episode_id}")
         html = render_episode(entry.episode, run_dir, page_dir, embed=embed, index_href=index_href)
