@@ -331,8 +331,8 @@ def filter_run_cmd(
     config.yaml unless --config is given; e.g.
     ``mcu filter runs/x --set filters.clip_threshold=0.15``."""
     from mcu_sim.dataset.filter_run import refilter
-    from mcu_sim.runner.outputs import RunDir
     from mcu_sim.runner.manifest import RunLocked
+    from mcu_sim.runner.outputs import RunDir
 
     run = RunDir(run_dir)
     if not run.episodes.is_dir():
@@ -349,11 +349,13 @@ def filter_run_cmd(
 
 def _register_extensions() -> None:
     """Commands that live next to the code they drive (debugger, viewer)."""
+    from mcu_sim.dataset.report import cli as report_cli
     from mcu_sim.debug import cli as debug_cli
     from mcu_sim.viewer import cli as viewer_cli
 
     debug_cli.register(app)
     viewer_cli.register(app)
+    report_cli.register(app)
 
 
 _register_extensions()
