@@ -118,6 +118,7 @@ class _TextIndex:
     num_perm: int
     lsh: Any = None
     hashes: dict[str, Any] = field(default_factory=dict)
+    order: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from datasketch import MinHashLSH
@@ -133,20 +134,27 @@ class _TextIndex:
         minhash = MinHash(num_perm=self.num_perm)
         minhash.update_batch([g.encode("utf-8") for g in sorted(grams)])
         lean = LeanMinHash(minhash)
-        best: tuple[str, float] | None = None
+        found = []
         for other in self.lsh.query(lean):
             score = float(lean.jaccard(self.hashes[other]))
-            if score >= self.threshold and (best is None or score > best[1]):
-                best = (other, score)
+            if score >= self.threshold:  # LSH candidates include some false positives
+                found.append((-score, self.order[other], other))
         self.lsh.insert(key, lean)
         self.hashes[key] = lean
-        return best
+        self.order[key] = len(self.order)
+        if not found:
+            return None
+        _, _, best = min(found)  # the closest; among equals, the earliest in run order
+        return best, float(lean.jaccard(self.hashes[best]))
 
 
 @dataclass
 class _ImageIndex:
     distance: int
-    bands: list[dict[int, list[tuple[str, str, int, str | None]]]] = field(default_factory=list)
+    bands: list[dict[int, list[tuple[int, str, str, int, str | None]]]] = field(
+        default_factory=list
+    )
+    count: int = 0
 
     def __post_init__(self) -> None:
         self.bands = [{} for _ in range(self.distance + 1)]
@@ -156,19 +164,24 @@ class _ImageIndex:
     def add(
         self, episode_id: str, request_id: str, value: int, db_id: str | None
     ) -> tuple[str, str, int] | None:
-        best: tuple[str, str, int] | None = None
-        seen: set[tuple[str, str]] = set()
+        found: list[tuple[int, int, str, str]] = []
+        seen: set[int] = set()
         for band, mask in zip(self.bands, self.masks, strict=True):
-            for other_ep, other_req, other_value, other_db in band.get(value & mask, ()):
-                if (other_ep, other_req) in seen or (db_id and other_db == db_id):
+            for number, other_ep, other_req, other_value, other_db in band.get(value & mask, ()):
+                if number in seen or (db_id and other_db == db_id):
                     continue
-                seen.add((other_ep, other_req))
+                seen.add(number)
                 bits = (value ^ other_value).bit_count()
-                if bits <= self.distance and (best is None or bits < best[2]):
-                    best = (other_ep, other_req, bits)
+                if bits <= self.distance:
+                    found.append((bits, number, other_ep, other_req))
+        entry = (self.count, episode_id, request_id, value, db_id)
+        self.count += 1
         for band, mask in zip(self.bands, self.masks, strict=True):
-            band.setdefault(value & mask, []).append((episode_id, request_id, value, db_id))
-        return best
+            band.setdefault(value & mask, []).append(entry)
+        if not found:
+            return None
+        bits, _, other_ep, other_req = min(found)  # closest, then earliest in run order
+        return other_ep, other_req, bits
 
 
 def image_hash(path: Path) -> int | None:
