@@ -35,6 +35,21 @@ class FilterSettings(BaseModel):
     )
     inconsistent_similarity: float = Field(0.8, ge=-1, le=1, description="DialogCC tau")
     inconsistent_drop_fraction: float = Field(0.2, ge=0, le=1, description="Top-K% dropped")
+    near_duplicate: bool = Field(
+        True, description="mcu filter: mark near-duplicate dialogues, personas and images"
+    )
+    near_duplicate_text: float = Field(
+        0.7, ge=0.1, le=1.0, description="Estimated Jaccard (word 3-grams) of two dialogues"
+    )
+    near_duplicate_persona: float = Field(
+        0.8, ge=0.1, le=1.0, description="Estimated Jaccard (word 3-grams) of two personas"
+    )
+    near_duplicate_image_distance: int = Field(
+        4, ge=0, le=16, description="Most bits two 64-bit perceptual image hashes differ by"
+    )
+    near_duplicate_num_perm: int = Field(
+        128, ge=16, le=1024, description="MinHash permutations (more: finer estimates)"
+    )
 
     @model_validator(mode="after")
     def _classifier_needs_a_model(self) -> FilterSettings:

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from mcu_sim.graphs.filters import (
+    EPISODE,
     FilterSettings,
     ImageSimilarity,
     OverMatchedCounter,
     iter_filter_run,
 )
 from mcu_sim.graphs.quality import filter_settings
-from mcu_sim.personas.schema import Episode
+from mcu_sim.personas.schema import Episode, Removal
 from mcu_sim.runner.manifest import run_lock
 from mcu_sim.runner.outputs import RunDir, atomic_write_json, index_line
 from mcu_sim.runner.shards import rebuild_shards
@@ -63,12 +64,15 @@ def refilter(run_dir: Path, config: Any, write: bool = True) -> dict[str, Any]:
         episodes = (Episode.model_validate(run.read_episode(i)) for i in run.finished_ids())
         similarity = clip_similarity(config, run.root)
         seen = filtered = 0
+        near = near_duplicate_marker(settings, run.root)
         # one episode in memory at a time: a run of 93K episodes does not fit as a list
         for episode in iter_filter_run(episodes, settings, similarity, counts):
             seen += 1
-            filtered += episode.status == "filtered"
+            data = episode.model_dump(mode="json")
+            if near is not None:
+                data = with_marks(data, near.marks(data), counts)
+            filtered += data["status"] == "filtered"
             if write:
-                data = episode.model_dump(mode="json")
                 atomic_write_json(run.episode_path(episode.episode_id), data)
         shards = 0
         if write:
@@ -84,6 +88,25 @@ def refilter(run_dir: Path, config: Any, write: bool = True) -> dict[str, Any]:
         }
         atomic_write_json(run.root / "filter_report.json", report)
     return report
+
+
+def near_duplicate_marker(settings: FilterSettings, root: Path) -> Any:
+    """The run-level ``near_duplicate`` rule (None when ``filters.near_duplicate`` is off)."""
+    if not settings.near_duplicate:
+        return None
+    from mcu_sim.dataset.near_dups import NearDuplicateMarker
+
+    return NearDuplicateMarker(settings, root)
+
+
+def with_marks(data: dict[str, Any], marks: list[Removal], counts: Counter[str]) -> dict[str, Any]:
+    """``data`` with ``marks`` added (an episode-level mark filters it); counts updated."""
+    if not marks:
+        return data
+    counts.update(m.rule for m in marks)
+    removals = data["removals"] + [m.model_dump(mode="json") for m in marks]
+    status = "filtered" if any(m.target == EPISODE for m in marks) else data["status"]
+    return {**data, "removals": removals, "status": status}
 
 
 def shard_size(run: RunDir, config: Any) -> int:
