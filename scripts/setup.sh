@@ -16,7 +16,7 @@ fi
 # "images" and "scale" extras, so alternating demo.sh and test.sh does not reinstall.
 STAMP="$VENV/.mcu-installed"
 HASH="$(sha256sum pyproject.toml | cut -c1-16)"
-expand_extras() { tr ',' '\n' <<<"$1" | sed 's/^all$/images\nscale/' | sed '/^$/d' | sort -u; }
+expand_extras() { tr ',' '\n' <<<"$1" | sed 's/^all$/images\nscale\nreport/' | sed '/^$/d' | sort -u; }
 if [ -f "$STAMP" ] && [ "$(head -1 "$STAMP")" = "$HASH" ]; then
   HAVE="$(tail -n +2 "$STAMP")"
   MISSING="$(comm -23 <(expand_extras "$EXTRAS") <(sort -u <<<"$HAVE"))"
