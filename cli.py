@@ -230,15 +230,21 @@ def estimate(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="hf | parquet | stark | jsonl")
-    ] = "stark",
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="hf | parquet | stark-hf | stark-json | flat-jsonl | jsonl "
+            "(docs/stark_layouts.md says which layout is which)",
+        ),
+    ] = "stark-hf",
     out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
     include_filtered: Annotated[
         bool, typer.Option(help="Keep episodes the filters marked as removed.")
     ] = False,
 ) -> None:
-    """Export finished episodes: a Hugging Face dataset folder, Parquet, STARK's released
-    layout, or one JSONL file."""
+    """Export finished episodes: a Hugging Face dataset folder, Parquet, a released STARK
+    layout (stark-hf, stark-json), our flat JSONL, or one JSONL file of whole episodes."""
     from mcu_sim.dataset.export import export_run
 
     try:
@@ -247,6 +253,31 @@ def export(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     typer.echo(f"wrote {path}")
+
+
+@app.command("import")
+def import_cmd(
+    source: Annotated[Path, typer.Argument(help="A released STARK file or folder.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="stark-hf | stark-json")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+) -> None:
+    """Import released STARK records into a run directory (validated; refusals reported)."""
+    from mcu_sim.dataset.importer import import_stark
+
+    try:
+        report = import_stark(format, source, out)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    for position, reason in report.refused:
+        console.print(
+            f"refused {reason}" if reason.startswith(position) else f"refused {position}: {reason}",
+            markup=False,
+            highlight=False,
+        )
+    typer.echo(
+        f"imported {len(report.imported)} episode(s) into {out}; refused {len(report.refused)}"
+    )
 
 
 @app.command()

@@ -1,5 +1,6 @@
-"""Export finished episodes: a Hugging Face dataset folder, Parquet, STARK's released layout,
-or one JSONL file.
+"""Export finished episodes: a Hugging Face dataset folder, Parquet, the two released STARK
+layouts (``stark-hf``, ``stark-json``; see ``docs/stark_layouts.md``), our flat JSONL
+(``flat-jsonl``), or one JSONL file of whole episodes.
 
 Exports stream episode by episode (a 100K-episode run never sits in memory) and appear
 atomically: a file is written under a temporary name and renamed; a folder is built beside
@@ -19,15 +20,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mcu_sim.dataset.files import link_file, replace_dir, write_lines
 from mcu_sim.personas.schema import DATE_FORMAT, Episode
 from mcu_sim.runner.outputs import RunDir
 
-FORMATS = ("hf", "parquet", "stark", "jsonl")
+FORMATS = ("hf", "parquet", "stark-hf", "stark-json", "flat-jsonl", "jsonl")
 DEFAULT_TARGETS = {
     "hf": "export/hf",
     "parquet": "export/episodes.parquet",
-    "stark": "export/stark.jsonl",
+    "stark-hf": "export/stark-hf",
+    "stark-json": "export/stark.json",
+    "flat-jsonl": "export/flat.jsonl",
     "jsonl": "export/episodes.jsonl",
+}
+RENAMED = {
+    "stark": "'stark' was our own flat JSONL and is now 'flat-jsonl'; the released STARK "
+    "layouts are 'stark-hf' (the Hugging Face stark-dialogue Parquet) and 'stark-json' "
+    "(the generation code's JSON)",
 }
 
 
@@ -37,8 +46,9 @@ def _stark_date(iso: str) -> str:
     return dt.date.fromisoformat(iso).strftime(DATE_FORMAT)
 
 
-def to_stark(episode: Episode) -> dict[str, Any]:
-    """One episode in the field layout of the released STARK data (per-session dialogues)."""
+def to_flat(episode: Episode) -> dict[str, Any]:
+    """One episode as our flat JSONL record. It borrows STARK's field names but is not a
+    released layout: for those, see ``stark_hf`` and ``stark_json``."""
     demo = episode.demographics
     requests = {r.id: r for r in episode.image_requests}
     sessions = {}
@@ -129,54 +139,34 @@ def load_episodes(run_dir: Path, include_filtered: bool = True) -> list[Episode]
     return list(iter_episodes(run_dir, include_filtered))
 
 
-def _write_lines(target: Path, lines: Iterator[str]) -> int:
-    """Stream lines into a temp file beside ``target``, fsync, rename. Returns the count."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(line + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
-
-
 def export_run(
     run_dir: Path, fmt: str, out: Path | None = None, *, include_filtered: bool = False
 ) -> Path:
     """Write the export; return its path (a file, or a folder for ``hf``)."""
+    if fmt in RENAMED:
+        raise ValueError(RENAMED[fmt])
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir / DEFAULT_TARGETS[fmt]
     episodes = iter_episodes(run_dir, include_filtered)
-    if fmt == "stark":
-        _write_lines(target, (json.dumps(to_stark(e), ensure_ascii=False) for e in episodes))
+    if fmt == "stark-hf":
+        from mcu_sim.dataset.stark_hf import write_stark_hf
+
+        write_stark_hf(run_dir, lambda: iter_episodes(run_dir, include_filtered), target)
+    elif fmt == "stark-json":
+        from mcu_sim.dataset.stark_json import write_stark_json
+
+        write_stark_json(episodes, target)
+    elif fmt == "flat-jsonl":
+        write_lines(target, (json.dumps(to_flat(e), ensure_ascii=False) for e in episodes))
     elif fmt == "jsonl":
-        _write_lines(target, (e.model_dump_json() for e in episodes))
+        write_lines(target, (e.model_dump_json() for e in episodes))
     elif fmt == "parquet":
         write_parquet(episodes, target)
     else:
         write_hf_folder(run_dir, target, include_filtered)
     return target
-
-
-def replace_dir(built: Path, target: Path) -> None:
-    """Move a finished folder into place; an older export there is removed afterwards."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(built, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- Parquet
@@ -313,7 +303,7 @@ def write_hf_folder(run_dir: Path, target: Path, include_filtered: bool) -> None
                     continue
                 stats.add(episode)
                 for path in image_paths(episode):
-                    _link(run_dir / path, built / path)
+                    link_file(run_dir / path, built / path)
                 yield episode
 
         stream = counted()
@@ -335,13 +325,3 @@ def write_hf_folder(run_dir: Path, target: Path, include_filtered: bool) -> None
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise
-
-
-def _link(source: Path, dest: Path) -> None:
-    if not source.is_file() or dest.exists():
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, dest)
-    except OSError:
-        shutil.copy2(source, dest)

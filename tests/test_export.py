@@ -119,14 +119,16 @@ def test_hf_folder_loads_with_datasets(
     )
 
 
-def test_stark_and_jsonl_exports(run_dir: Path) -> None:
-    stark = export_run(run_dir, "stark")
-    rows = [json.loads(line) for line in stark.read_text().splitlines()]
+def test_flat_and_jsonl_exports(run_dir: Path) -> None:
+    flat = export_run(run_dir, "flat-jsonl")
+    rows = [json.loads(line) for line in flat.read_text().splitlines()]
     assert [r["unique_id"] for r in rows] == ["ep-00000011"]
     assert set(rows[0]) >= {"session1", "session2", "persona_sentence", "mobile_device"}
     jsonl = export_run(run_dir, "jsonl", include_filtered=True)
     episodes = [Episode.model_validate_json(line) for line in jsonl.read_text().splitlines()]
     assert [e.episode_id for e in episodes] == ["ep-00000011", "ep-00000012"]
+    with pytest.raises(ValueError, match=r"now 'flat-jsonl'.*'stark-hf'.*'stark-json'"):
+        export_run(run_dir, "stark")  # the old name says where each layout went
 
 
 def test_export_cli(run_dir: Path, tmp_path: Path) -> None:
@@ -134,6 +136,9 @@ def test_export_cli(run_dir: Path, tmp_path: Path) -> None:
     result = cli.invoke(app, ["export", str(run_dir), "-f", "parquet", "-o", str(tmp_path / "x")])
     assert result.exit_code == 0 and (tmp_path / "x").is_file()
     result = cli.invoke(app, ["export", str(run_dir), "-f", "xml"])
-    assert result.exit_code == 2 and "hf, parquet, stark, jsonl" in result.output
+    listed = " ".join(result.output.split())  # the console wraps long lines
+    assert (
+        result.exit_code == 2 and "hf, parquet, stark-hf, stark-json, flat-jsonl, jsonl" in listed
+    )
     result = cli.invoke(app, ["export", str(tmp_path / "missing"), "-f", "jsonl"])
     assert result.exit_code == 2 and "not a run directory" in result.output
