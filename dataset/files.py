@@ -5,27 +5,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from mcu_sim.runner.outputs import atomic_write_chunks
+
 
 def write_lines(target: Path, lines: Iterator[str]) -> int:
-    """Stream lines into a temp file beside ``target``, fsync, rename. Returns the count."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    """Stream lines into ``target`` atomically (temp file, fsync, rename; see
+    :func:`~mcu_sim.runner.outputs.atomic_write_chunks`). Returns the count."""
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(line + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal count
+        for line in lines:
+            count += 1
+            yield (line + "\n").encode("utf-8")
+
+    atomic_write_chunks(target, chunks())
     return count
 
 
