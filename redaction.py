@@ -32,6 +32,12 @@ def _secret_query_name(name: str) -> bool:
     return is_secret_key(name) or name.lower() in SECRET_QUERY_NAMES
 
 
+def is_secret_query_name(name: str) -> bool:
+    """Whether a URL query parameter called ``name`` carries a credential (``api-key``,
+    ``sig``, ...): the values :func:`mask_url` masks."""
+    return _secret_query_name(name)
+
+
 def mask_url(url: str) -> str:
     """``url`` with its userinfo and secret-looking query values replaced by ``***``.
 

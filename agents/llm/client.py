@@ -191,11 +191,19 @@ class LLMClient:
                 raise
             completion = self._rescued(exc, rescue, schema, validate)
         if cache is not None:
-            stored = completion.usage.as_dict()
-            if completion.repairs_by_code:
-                stored["repairs_by_code"] = completion.repairs_by_code
-            cache.put(key, completion.text, stored)
+            self._store(cache, key, completion)
         return completion
+
+    def _store(self, cache: ResponseCache, key: str, completion: Completion) -> None:
+        """Cache an answer with the endpoint's secrets masked: a model may echo the key or
+        the URL it was called with, and the cache outlives the run. (The key hashes the
+        request, which holds no secret, so a masked answer is still found.)"""
+        stored: dict[str, Any] = completion.usage.as_dict()
+        if completion.repairs_by_code:
+            stored["repairs_by_code"] = [
+                self.adapter.redact(str(c)) for c in completion.repairs_by_code
+            ]
+        cache.put(key, self.adapter.redact(completion.text), stored)
 
     async def aclose(self) -> None:
         """Close the connections the adapter holds for the running event loop."""
