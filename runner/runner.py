@@ -127,7 +127,11 @@ class EpisodeRunner:
 
     def _client(self) -> LLMClient:
         if self.llm is None:
-            self.llm = build_client(self.config.llm, cache_path=self.config.llm.cache.path)
+            self.llm = build_client(
+                self.config.llm,
+                cache_path=self.config.llm.cache.path,
+                secrets=self.scrubber.secrets,
+            )
         return self.llm
 
     def _over_budget(self) -> bool:
