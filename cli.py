@@ -13,7 +13,9 @@ from rich.console import Console
 from mcu_sim.config import EXAMPLE_CONFIG, Config, ConfigError, load_config, redacted
 
 app = typer.Typer(
-    help="mcu-sim: simulate lives and their image-sharing chats.", no_args_is_help=True
+    help="mcu-sim: simulate lives and their image-sharing chats.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # a local may hold a secret the run masks
 )
 config_app = typer.Typer(help="Show or create configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -83,7 +85,12 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
 ) -> None:
     """Generate episodes into a run directory. Re-running the same command resumes: finished
-    episodes are skipped, unfinished ones continue from their last checkpoint."""
+    episodes are skipped, unfinished ones continue from their last checkpoint.
+
+    Exit codes: 0 done (or stopped at the budget), 1 some episodes failed, 2 config error,
+    3 config changed, 4 run directory in use, 5 the run folder could not be written (disk
+    full, quota, read-only, I/O error: finished episodes are kept, re-run to resume),
+    130 interrupted."""
     from mcu_sim.runner.outputs import RunDir
     from mcu_sim.runner.runner import manifest_jobs, plan_jobs
 
@@ -115,6 +122,7 @@ def _execute_jobs(cfg, run_dir, jobs, options, force, progress, backend, ray_add
     from mcu_sim.runner.event_loop import run_on_loop
     from mcu_sim.runner.progress import run_with_progress
     from mcu_sim.runner.runner import FingerprintMismatch, RunLocked
+    from mcu_sim.runner.write_errors import EXIT_CODE, RunStorageError
 
     try:
         runner = make_runner(cfg, run_dir, backend=backend, ray_address=ray_address, **options)
@@ -131,6 +139,9 @@ def _execute_jobs(cfg, run_dir, jobs, options, force, progress, backend, ray_add
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    except RunStorageError as exc:  # disk full, quota, read-only: nothing finished is lost
+        console.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CODE) from None
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted: everything finished so far is kept in {run_dir}; "

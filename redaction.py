@@ -46,6 +46,12 @@ def _mask_query(query: str) -> str:
     return "&".join(pieces)
 
 
+def is_secret_query_name(name: str) -> bool:
+    """Whether a URL query parameter called ``name`` carries a credential (``api-key``,
+    ``sig``, ...): the values :func:`mask_url` masks."""
+    return _secret_query_name(name)
+
+
 def mask_url(url: str) -> str:
     """``url`` with its userinfo and secret-looking query values replaced by ``***``.
 

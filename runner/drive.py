@@ -49,7 +49,11 @@ async def drive_episode(
     config = {"configurable": {"thread_id": thread_id}}
     payload: dict[str, Any] | None = {"episode_id": job.episode_id, "seed": job.seed}
     snapshot = await graph.aget_state(config)
-    if snapshot.values and not snapshot.next and "episode" not in snapshot.values:
+    # Nothing next and no task pending: the thread ended. (A step whose writes were saved but
+    # whose checkpoint was not, after a crash or a full disk, shows no ``next`` either, but
+    # still has its tasks: running on applies those writes and continues.)
+    ended = snapshot.values and not snapshot.next and not snapshot.tasks
+    if ended and "episode" not in snapshot.values:
         snapshot = await _continue_at_filter(graph, config, snapshot)
     if snapshot.values and not snapshot.next and "episode" in snapshot.values:
         return snapshot.values["episode"]  # a finished graph whose file write was lost

@@ -122,6 +122,7 @@ def start_manifest(
     import yaml
 
     from mcu_sim.config import redacted
+    from mcu_sim.runner.scrub import Scrubber
 
     fingerprint = config.fingerprint()
     existing = run.read_manifest() or {}
@@ -157,7 +158,7 @@ def start_manifest(
     if old and old != fingerprint:
         keep_old_config(run, old)
     atomic_write_json(run.manifest, manifest)
-    data = redacted(config.model_dump(mode="json"))
+    data = Scrubber.for_config(config).data(redacted(config.model_dump(mode="json")))
     atomic_write_text(run.config_file, yaml.safe_dump(data, sort_keys=False))
     return manifest
 

@@ -36,7 +36,7 @@ from mcu_sim.runner.event_loop import loop_factory
 from mcu_sim.runner.jobs import EpisodeJob
 from mcu_sim.runner.outputs import RunDir
 from mcu_sim.runner.ray_tools import RemoteToolbox
-from mcu_sim.runner.scrub import Scrubber
+from mcu_sim.runner.scrub import Scrubber, secret_values
 
 T = TypeVar("T")
 
@@ -116,7 +116,9 @@ def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
     exits = contextlib.AsyncExitStack()
 
     async def open_parts() -> tuple[LLMClient, Any]:
-        llm = build_client(config.llm, cache_path=config.llm.cache.path)
+        llm = build_client(
+            config.llm, cache_path=config.llm.cache.path, secrets=secret_values(config)
+        )
         exits.push_async_callback(llm.aclose)
         saver = await exits.enter_async_context(
             checkpointer_for(config, RunDir(run_root).checkpoints)

@@ -55,8 +55,9 @@ from mcu_sim.runner.manifest import (  # noqa: F401 - re-exported
     start_manifest,
 )
 from mcu_sim.runner.outputs import RunDir
-from mcu_sim.runner.scrub import Scrubber
+from mcu_sim.runner.scrub import Scrubber, scrubbed_logging
 from mcu_sim.runner.shards import ShardWriter
+from mcu_sim.runner.write_errors import RunStorageError, storage_error, storage_failure
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 _NO_TOOLS = object()  # images disabled: distinct from "not built yet"
@@ -104,6 +105,7 @@ class EpisodeRunner:
         self._budget_hit = asyncio.Event()
         self._usage_start = Usage()
         self.scrubber = Scrubber.for_config(config)
+        self._storage_error: BaseException | None = None  # the first write that failed
 
     # -------------------------------------------------------------- accounting
     @property
@@ -125,7 +127,11 @@ class EpisodeRunner:
 
     def _client(self) -> LLMClient:
         if self.llm is None:
-            self.llm = build_client(self.config.llm, cache_path=self.config.llm.cache.path)
+            self.llm = build_client(
+                self.config.llm,
+                cache_path=self.config.llm.cache.path,
+                secrets=self.scrubber.secrets,
+            )
         return self.llm
 
     def _over_budget(self) -> bool:
@@ -135,13 +141,40 @@ class EpisodeRunner:
             self._budget_hit.set()
         return self._budget_hit.is_set()
 
+    def _should_stop(self) -> bool:
+        """Start no new episode (and stop those in flight after their step): the budget
+        is spent, or the run folder cannot be written."""
+        return self._storage_error is not None or self._over_budget()
+
+    def _storage_trouble(self, exc: BaseException) -> bool:
+        """Whether ``exc`` comes from storage that cannot be written (then the run stops)."""
+        error = storage_failure(exc)
+        if error is None:
+            return False
+        if self._storage_error is None:
+            self._storage_error = error
+            self._emit("storage", error=self.scrubber.text(f"{type(error).__name__}: {error}"))
+        return True
+
     # -------------------------------------------------------------- the run
     async def run_jobs(self, jobs: list[EpisodeJob], force_config: bool = False) -> RunReport:
         """Run ``jobs``; skip finished ones, resume unfinished ones; never raise for one
-        episode's failure (it is recorded in ``failures/``)."""
-        self.run.create()
-        with run_lock(self.run):
-            return await self._run_locked(jobs, force_config)
+        episode's failure (it is recorded in ``failures/``). Raises
+        :class:`~mcu_sim.runner.write_errors.RunStorageError` when the run folder (or
+        another file the run writes) cannot be written: the run stops, keeping every
+        finished episode, and a re-run resumes it. Log records are masked meanwhile."""
+        self._storage_error = None
+        try:
+            with scrubbed_logging(self.scrubber):
+                self.run.create()
+                with run_lock(self.run):
+                    return await self._run_locked(jobs, force_config)
+        except Exception as exc:
+            error = self._storage_error or storage_failure(exc)
+            if error is None or isinstance(exc, RunStorageError):
+                raise
+            command = f"mcu run --resume {self.run.root}"
+            raise storage_error(error, self.run.root, command) from exc
 
     async def _run_locked(self, jobs: list[EpisodeJob], force_config: bool) -> RunReport:
         report = RunReport(backend=self.backend)
@@ -173,9 +206,16 @@ class EpisodeRunner:
             report.seconds = time.monotonic() - start
             report.executions = self.executions
             report.stopped_for_budget = self._budget_hit.is_set()
-            await asyncio.to_thread(self._close_files, manifest, report)
-            if self._owns_llm and self.llm is not None:
-                await self.llm.aclose()
+            try:
+                await asyncio.to_thread(self._close_files, manifest, report)
+            except Exception as exc:
+                if not self._storage_trouble(exc):
+                    raise
+            finally:
+                if self._owns_llm and self.llm is not None:
+                    await self.llm.aclose()
+        if self._storage_error is not None:
+            raise self._storage_error
         return report
 
     def _prepare_files(self) -> None:
@@ -186,7 +226,7 @@ class EpisodeRunner:
     def _close_files(self, manifest: dict[str, Any], report: RunReport) -> None:
         assert self.shards is not None
         self.shards.flush()
-        if not report.interrupted:  # an interrupted run gets them when it is resumed
+        if not report.interrupted and self._storage_error is None:  # done on resume
             report.run_removals = self._apply_run_rules()
         shards = len(self.run.shard_state().get("shards", []))
         finish_manifest(self.run, manifest, report, shards)
@@ -210,7 +250,7 @@ class EpisodeRunner:
                 thread = thread_id_for(self.run_id, job.episode_id, shared)
                 await self._run_one(graph, job, report, thread)
 
-            await run_bounded(jobs, one, self.max_in_flight, self._over_budget)
+            await run_bounded(jobs, one, self.max_in_flight, self._should_stop)
 
     async def _run_one(
         self, graph: Any, job: EpisodeJob, report: RunReport, thread_id: str
@@ -232,13 +272,16 @@ class EpisodeRunner:
                 context,
                 thread_id,
                 on_node=lambda node: self._emit("node", episode_id=job.episode_id, node=node),
-                should_stop=self._over_budget,
+                should_stop=self._should_stop,
                 durability=self.config.run.durability,
             )
         except (asyncio.CancelledError, KeyboardInterrupt):
             self._emit("stopped", episode_id=job.episode_id)
             raise
-        except Exception as exc:  # one bad episode never stops the run
+        except Exception as exc:  # one bad episode never stops the run; a full disk does
+            if self._storage_trouble(exc):
+                self._emit("stopped", episode_id=job.episode_id)
+                return
             await self.store_failure(job, exc, await next_nodes(graph, thread_id), report)
             return
         if episode is None:
@@ -258,6 +301,9 @@ class EpisodeRunner:
             assert self.episodes is not None
             shards = await self.episodes.write(episode)
         except Exception as exc:
+            if self._storage_trouble(exc):  # its checkpoints stay: a re-run writes it
+                self._emit("stopped", episode_id=job.episode_id)
+                return False
             await self.store_failure(job, exc, [STORE_STEP], report)
             return False
         report.finished.append(episode["episode_id"])
@@ -280,7 +326,12 @@ class EpisodeRunner:
         if path.is_file():
             with contextlib.suppress(ValueError, KeyError, TypeError):  # an unreadable one
                 record["attempts"] = int(self.run.read_failure(job.episode_id)["attempts"]) + 1
-        await asyncio.to_thread(self.run.write_failure, job.episode_id, record)
+        try:
+            await asyncio.to_thread(self.run.write_failure, job.episode_id, record)
+        except Exception as exc:
+            if self._storage_trouble(exc):
+                return  # no room for the record: the episode is retried on resume anyway
+            raise
         report.failed[job.episode_id] = f"{record['error_type']}: {record['reason']}"
         self._emit("failed", episode_id=job.episode_id, error=report.failed[job.episode_id])
 

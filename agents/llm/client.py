@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -57,6 +57,7 @@ from mcu_sim.agents.llm.types import (
     Usage,
 )
 from mcu_sim.config import LLMConfig, ProviderConfig, StepSettings
+from mcu_sim.config_secrets import Scrubber
 
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger("mcu_sim.llm")
@@ -107,8 +108,12 @@ class LLMClient:
         cache: ResponseCache | None = None,
         retry_initial_s: float = 1.0,
         retry_max_wait_s: float = 60.0,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.config = config
+        # masked, beside the adapter's own, in errors, logs and cached answers: the run's
+        # other secrets (:func:`mcu_sim.config_secrets.secret_values` of the whole config)
+        self.scrubber = Scrubber(secrets)
         self.provider: ProviderConfig = config.provider
         self.adapter = adapter
         self.cache = cache
@@ -191,11 +196,21 @@ class LLMClient:
                 raise
             completion = self._rescued(exc, rescue, schema, validate)
         if cache is not None:
-            stored = completion.usage.as_dict()
-            if completion.repairs_by_code:
-                stored["repairs_by_code"] = completion.repairs_by_code
-            cache.put(key, completion.text, stored)
+            self._store(cache, key, completion)
         return completion
+
+    def _store(self, cache: ResponseCache, key: str, completion: Completion) -> None:
+        """Cache an answer with the endpoint's secrets masked: a model may echo the key or
+        the URL it was called with, and the cache outlives the run. (The key hashes the
+        request, which holds no secret, so a masked answer is still found.)"""
+        stored: dict[str, Any] = completion.usage.as_dict()
+        if completion.repairs_by_code:
+            stored["repairs_by_code"] = [self.redact(str(c)) for c in completion.repairs_by_code]
+        cache.put(key, self.redact(completion.text), stored)
+
+    def redact(self, text: str) -> str:
+        """``text`` with the adapter's secrets and the client's ``secrets`` masked."""
+        return self.scrubber.text(self.adapter.redact(text))
 
     async def aclose(self) -> None:
         """Close the connections the adapter holds for the running event loop."""
@@ -301,7 +316,7 @@ class LLMClient:
             "%s: attempt %d failed (%s); retrying in %.2fs",
             self.adapter.name,
             state.attempt_number,
-            self.adapter.redact(f"{type(exc).__name__}: {exc}"),
+            self.redact(f"{type(exc).__name__}: {exc}"),
             state.upcoming_sleep,
         )
 
@@ -347,7 +362,7 @@ class LLMClient:
         """What a final failure is raised as: a transport or request error with a redacted
         message, raised ``from None`` (the SDK error it replaces is not redacted), or ``exc``
         itself when it is ours already or not an endpoint's answer."""
-        detail = self.adapter.redact(f"{type(exc).__name__}: {exc}")
+        detail = self.redact(f"{type(exc).__name__}: {exc}")
         if is_retryable(exc):
             attempts = retrying.statistics.get("attempt_number", "?")
             return LLMTransportError(

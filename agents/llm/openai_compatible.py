@@ -16,7 +16,8 @@ from typing import Any
 from mcu_sim.agents.llm.structured import grammar_schema
 from mcu_sim.agents.llm.types import EndpointFault, RawReply, Request
 from mcu_sim.config import ProviderConfig
-from mcu_sim.redaction import MASK, mask_url
+from mcu_sim.config_secrets import Scrubber, provider_secret_values
+from mcu_sim.redaction import mask_url
 
 
 def response_format(config: ProviderConfig, request: Request) -> dict[str, Any] | None:
@@ -59,6 +60,8 @@ class OpenAICompatibleAdapter:
 
         self.config = config
         self._api_key = api_key
+        # the key and the credentials in the URL, in every form a server may echo them
+        self._scrubber = Scrubber(provider_secret_values(config, api_key))
         self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -69,14 +72,12 @@ class OpenAICompatibleAdapter:
         return self.config.base_url
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key and any credentials in the URL masked (for errors/logs)."""
-        key = self._api_key
-        if key and len(key) >= 6:
-            text = text.replace(key, MASK)
+        """``text`` with the API key and the credentials in the URL masked, whole or in
+        part, as written or encoded (for errors, logs and the response cache)."""
         where = self._where()
         if where and mask_url(where) != where:
             text = text.replace(where, mask_url(where))
-        return text
+        return self._scrubber.text(text)
 
     def _make_client(self) -> Any:
         import openai

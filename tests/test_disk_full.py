@@ -1,0 +1,137 @@
+"""A run folder that cannot be written stops the run cleanly (issue 28, defect 16).
+
+For real: ``mcu run`` into a tmpfs of a few hundred KB or 2 MB fills it (checkpoints,
+episode files, shards). The run must end with one message naming the path and what to do,
+exit code 5, no traceback, every finished episode intact; a read-only remount gives the
+same; after the file system is made bigger the same command resumes, and every planned
+episode is then there exactly once (episode files, index, shards), none corrupt.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mcu_sim.runner.write_errors import EXIT_CODE, storage_failure
+from mcu_sim.testing.fake_openai import FakeOpenAIServer
+
+EPISODES = 16
+
+
+def _mount(where: Path, options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A tmpfs of ``request.param`` bytes (mounting needs root and CAP_SYS_ADMIN)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    mounted = _mount(where, f"size={request.param}")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _remount(where: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
+
+
+def _mcu(server: FakeOpenAIServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    settings = [
+        "--set=images.enabled=false",
+        "--set=llm.provider.kind=openai_compatible",
+        f"--set=llm.provider.base_url={server.url}",
+        "--set=llm.provider.model=fake-model",
+        f"--set=llm.cache.path={tmp_path / 'cache.sqlite'}",  # on a disk with room
+        "--set=run.shard_size=5",
+    ]
+    command = [sys.executable, "-m", "mcu_sim.cli", "run", "--no-progress", *args, *settings]
+    return subprocess.run(command, capture_output=True, timeout=600, check=False)
+
+
+def _assert_stopped_cleanly(done: subprocess.CompletedProcess, run: Path, hint: str) -> None:
+    message = done.stderr.decode()
+    assert done.returncode == EXIT_CODE, message
+    assert "Traceback" not in message and "Errno" not in message, message
+    assert message.count("cannot write to") == 1 and str(run) in message
+    assert hint in message and f"mcu run --resume {run}" in message
+    for episode in (run / "episodes").glob("*.json"):  # whatever finished is whole
+        assert json.loads(episode.read_text())["episode_id"] == episode.stem
+    assert list((run / "failures").glob("*")) == []  # a full disk is no episode's failure
+
+
+@pytest.mark.parametrize("tiny_disk", ["300k", "2m"], indirect=True)
+def test_a_full_disk_stops_the_run_and_a_rerun_resumes_it(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, tiny_disk: Path
+) -> None:
+    run = tiny_disk / "run"
+    done = _mcu(fake_openai, tmp_path, "-n", str(EPISODES), "-o", str(run))
+    _assert_stopped_cleanly(done, run, "Free some space")
+    finished_before = {p.stem for p in (run / "episodes").glob("*.json")}
+    assert len(finished_before) < EPISODES  # the disk really filled up
+    kept = {p.stem: p.read_bytes() for p in (run / "episodes").glob("*.json")}
+
+    _remount(tiny_disk, "ro")  # a read-only run folder: the same clean stop
+    _assert_stopped_cleanly(
+        _mcu(fake_openai, tmp_path, "--resume", str(run)), run, "Make it writable"
+    )
+
+    _remount(tiny_disk, "rw,size=64m")
+    again = _mcu(fake_openai, tmp_path, "--resume", str(run))
+    assert again.returncode == 0, again.stderr.decode()
+    planned = {f"ep-{seed:08d}" for seed in range(EPISODES)}
+    episodes = {p.stem: json.loads(p.read_text()) for p in (run / "episodes").glob("*.json")}
+    assert set(episodes) == planned and all(e["episode_id"] == i for i, e in episodes.items())
+    for episode_id, data in kept.items():  # finished before the stop: never redone
+        assert (run / "episodes" / f"{episode_id}.json").read_bytes() == data
+    index = [json.loads(line)["episode_id"] for line in (run / "index.jsonl").open()]
+    assert sorted(index) == sorted(planned)  # each once
+    state = json.loads((run / "shards" / "shards.json").read_text())
+    in_shards = [
+        json.loads(line)["episode_id"]
+        for item in state["shards"]
+        for line in (run / "shards" / item["file"]).open()
+    ]
+    assert sorted(in_shards) == sorted(planned)
+    assert list((run / "failures").glob("*")) == [] and list(run.rglob(".*.tmp")) == []
+    with sqlite3.connect(run / "checkpoints.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["state"] == "complete" and manifest["episodes_finished"] == EPISODES
+
+
+def test_storage_errors_are_told_from_episode_errors() -> None:
+    """ENOSPC, EDQUOT, EFBIG, EROFS, EIO and SQLite's full/I/O/read-only codes, however
+    deep in a chain or a group; any other error is an episode's own."""
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO):
+        error = OSError(code, os.strerror(code), "/run/x.json")
+        assert storage_failure(error) is error
+        try:
+            try:
+                raise error
+            except OSError as inner:
+                raise RuntimeError("while writing a checkpoint") from inner
+        except RuntimeError as outer:
+            assert storage_failure(ExceptionGroup("tasks", [ValueError(), outer])) is error
+    full = sqlite3.OperationalError("database or disk is full")
+    assert storage_failure(full) is full
+    for other in (OSError(errno.ENOENT, "missing"), ValueError("bad"), sqlite3.IntegrityError()):
+        assert storage_failure(other) is None
