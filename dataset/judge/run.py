@@ -209,6 +209,7 @@ def rating_summary(
         "episodes_failed": len(failed),
         "lines_by_other_judges": others,
         "sample": {"requested": options.sample, "seed": options.seed, "population": population},
+        "criteria_order": list(RATING_CRITERIA),  # the paper's (the file's keys are sorted)
         "bootstrap": {"resamples": config.evaluation.bootstrap_resamples, "seed": options.seed},
         "criteria": summarize_ratings(
             lines,

@@ -161,5 +161,6 @@ def versus_summary(
         "pairs_swapped": sum(1 for r in lines if r["swapped"]),
         "sample": {"requested": options.sample, "seed": options.seed},
         "outcomes_for": "first (win = the first run's dialogue was preferred)",
+        "criteria_order": list(VERSUS_CRITERIA),
         "criteria": tally_versus(lines, list(VERSUS_CRITERIA)),
     }
