@@ -435,3 +435,37 @@ def test_cli_reports_a_transport_failure_with_a_clear_exit(
     assert result.exit_code == 1
     [failure] = lines(run / "judge" / "failures.jsonl")
     assert "401" in failure["error"]
+
+
+# ------------------------------------------------------------------ the report
+
+
+def test_the_report_shows_the_judge_next_to_stark(
+    run: Path, base_run: Path, tmp_path: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    pytest.importorskip("matplotlib", reason="the [report] extra")
+    pytest.importorskip("datasketch", reason="the [report] extra")
+    pytest.importorskip("imagehash", reason="the [report] extra")
+    fake_openai.handler = ratings_handler({"coherence": 4, "consistency": 1}, default=3)
+    judge(run, fake_openai, tmp_path / "c.sqlite")
+    fake_openai.handler = always_first_shown
+    other = clone_run(base_run, tmp_path / "other", 4, 300)
+    llm = client_for(fake_openai, tmp_path / "c.sqlite")
+    asyncio.run(versus_run(run, other, load_config(None, []), llm, JudgeOptions()))
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((run / "report" / "report.json").read_text())
+    ratings = data["run"]["judge"]["ratings"]
+    assert ratings == json.loads((run / "judge" / "summary.json").read_text())
+    html = (run / "report" / "report.html").read_text()
+    section = html[html.index('<section id="judge">') :]
+    assert '<td>coherence</td><td>4.00 [4.00, 4.00] (n=4)</td><td class="stark">3.4</td>' in section
+    assert "<td>consistency</td><td>1.00 [1.00, 1.00] (n=4)</td>" in section
+    assert (
+        "Head to head against <code>other</code> (4 session pairs, 2 shown in swapped order)"
+        in section
+    )
+    assert (
+        "<td>natural flow</td><td>50.0</td><td>0.0</td><td>50.0</td><td>4</td><td>100</td>"
+        in section
+    )
