@@ -151,7 +151,7 @@ def _rating_variables(episode: dict[str, Any], criteria: Sequence[str]) -> dict[
     return {
         "episode": episode,
         "criteria": [(c, RATING_CRITERIA[c]) for c in criteria],
-        "scale": SCALE,
+        "scale": list(SCALE.items()),
     }
 
 
