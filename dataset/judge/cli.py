@@ -77,6 +77,13 @@ def judge(
             console.print(f"[red]{path} is not a run directory.[/red]")
             raise typer.Exit(2)
     cfg = _config(run_dir, config, overrides)
+    if cfg.evaluation.vision and cfg.llm.provider.kind == "llamacpp":
+        console.print(
+            "[red]evaluation.vision sends images as OpenAI image content parts: use an "
+            "openai_compatible or azure_openai provider with a vision model, or set "
+            "evaluation.vision=false.[/red]"
+        )
+        raise typer.Exit(2)
     options = JudgeOptions(sample, seed, max_cost, not no_cache, max_in_flight)
     try:
         if estimate:
