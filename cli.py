@@ -401,6 +401,7 @@ def filter_run_cmd(
 
 def _register_extensions() -> None:
     """Commands that live next to the code they drive (debugger, viewer)."""
+    from mcu_sim.dataset.judge import cli as judge_cli
     from mcu_sim.dataset.report import cli as report_cli
     from mcu_sim.debug import cli as debug_cli
     from mcu_sim.viewer import cli as viewer_cli
@@ -408,6 +409,7 @@ def _register_extensions() -> None:
     debug_cli.register(app)
     viewer_cli.register(app)
     report_cli.register(app)
+    judge_cli.register(app)
 
 
 _register_extensions()

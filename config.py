@@ -188,6 +188,8 @@ llm:
   cache: {enabled: true, path: .mcu-cache/llm.sqlite}
   steps:                                    # STARK Table 5 defaults; override any key
     dialogue: {temperature: 0.9, max_tokens: 4096}
+    # evaluator: {model: gpt-4o}             # `mcu judge` (the `judge` step is the safety filter)
+# evaluation: {vision: true}                # `mcu judge` sends the images themselves
 episode:
   sessions_min: 4
   sessions_max: 6

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mcu_sim.config_errors import ConfigError, unknown_key_message
 from mcu_sim.config_filters import FilterSettings
 from mcu_sim.config_images import ImagesConfig
+from mcu_sim.config_judge import EvaluationSettings
 from mcu_sim.redaction import has_masked_credentials, masked_url_keys, redacted
 
 __all__ = [
@@ -48,6 +49,7 @@ STEP_NAMES = (
     "summarizer",
     "judge",
     "scanner",
+    "evaluator",
 )
 
 
@@ -78,7 +80,8 @@ def _table5(temp: float, top_p: float, freq: float, pres: float, max_tokens: int
 
 def default_step_settings() -> dict[str, StepSettings]:
     """STARK Table 5. Roles the paper has no row for: the rewriter uses the planner's row,
-    the scanner the persona-style row, and the judge samples greedily so scores repeat."""
+    the scanner the persona-style row, and the judges (text safety; ``mcu judge``'s
+    evaluator) sample greedily so scores repeat."""
     plan = _table5(0.9, 0.95, 1, 0.6, 1024)
     return {
         "persona": _table5(0.9, 1, 0, 0, 2048),
@@ -92,6 +95,7 @@ def default_step_settings() -> dict[str, StepSettings]:
         "summarizer": _table5(0.9, 0.95, 1, 0.6, 1024),
         "judge": _table5(0.0, 1, 0, 0, 512),
         "scanner": _table5(0.9, 1, 0, 0, 2048),
+        "evaluator": _table5(0.0, 1, 0, 0, 2048),
     }
 
 
@@ -347,8 +351,10 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
         "keep_checkpoints",
         "event_loop",
     },
+    "evaluation": True,  # how `mcu judge` shows episodes; it never changes one
     "llm": {
         "cache": True,
+        "steps": {"evaluator": True},
         "provider": {
             "timeout_s",
             "max_attempts",
@@ -371,6 +377,9 @@ class Config(Strict):
     )
     filters: FilterSettings = Field(
         default_factory=FilterSettings, description="Post-processing filters (STARK §3.9)."
+    )
+    evaluation: EvaluationSettings = Field(
+        default_factory=EvaluationSettings, description="How `mcu judge` shows episodes."
     )
 
     @model_validator(mode="after")

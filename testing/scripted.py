@@ -196,6 +196,21 @@ def _judge(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
     return {"label": "safe", "reason": "an ordinary, friendly conversation"}
 
 
+def _ratings(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    """``mcu judge``'s evaluator: a score for each criterion the schema asks about."""
+    return {
+        name: {"justification": f"the {_phrase(rng, 3)} fits", "score": rng.randint(2, 4)}
+        for name in schema.get("properties", {})
+    }
+
+
+def _versus(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: {"justification": f"the {_phrase(rng, 3)}", "choice": rng.choice(["A", "tie", "B"])}
+        for name in schema.get("properties", {})
+    }
+
+
 ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
     "PersonaOutput": _persona,
     "CommonsenseOutput": _commonsense,
@@ -206,6 +221,8 @@ ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
     "SummaryOutput": _summary,
     "RewriteOutput": _rewrite,
     "JudgeVerdict": _judge,
+    "EpisodeRatings": _ratings,
+    "HeadToHead": _versus,
 }
 BODY_ROLES: dict[str, Callable[[random.Random, dict[str, Any], dict[str, Any]], dict]] = {
     "PlanOutput": _plan,

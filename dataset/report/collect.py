@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from mcu_sim.dataset.near_dups import NearDuplicateIndex, clusters
+from mcu_sim.dataset.report.judge_section import judge_results
 from mcu_sim.dataset.report.stats import DatasetStats, ImageStats
 from mcu_sim.dataset.report.text_stats import TextStats
 from mcu_sim.graphs.filters import FilterSettings
@@ -150,5 +151,6 @@ def analyse_run(root: Path, near_duplicates: bool = True) -> dict[str, Any]:
             },
             "unreadable_images": index.unreadable_images if index else 0,
         },
+        "judge": judge_results(root),
         "episode_ids": order,
     }

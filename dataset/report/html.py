@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from mcu_sim import __version__
 from mcu_sim.dataset.report.collect import stark_reference
+from mcu_sim.dataset.report.judge_section import rating_rows, versus_tables
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -191,6 +192,8 @@ def render(
             clusters=clusters,
             near=near,
             reference=ref,
+            judge_rows=rating_rows(runs, ref),
+            judge_versus=versus_tables(main),
         )
     )
 
