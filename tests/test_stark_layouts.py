@@ -326,3 +326,21 @@ def test_absurd_records_are_refused(tmp_path: Path, change: dict[str, Any], mess
     report = import_stark("stark-hf", folder, tmp_path / "run")
     assert report.imported == [] and message in report.refused[0][1]
     assert report.refused[0][0] == "stark.parquet row 1"
+
+
+def test_the_report_runs_on_an_imported_stark_run(tmp_path: Path) -> None:
+    """`mcu report` on released STARK data: its numbers are the fixture's, counted here."""
+    result = CliRunner().invoke(
+        app, ["import", str(DATA / "stark_0.json"), "-f", "stark-json", "-o", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((DATA / "stark_0.json").read_text(encoding="utf-8"))[0]
+    dialogues = [s[f"session{n}:dialogue"] for n, s in enumerate(record["episode"], start=1)]
+    shared = [t for d in dialogues for t in d if t["sharing_info"]]
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads((tmp_path / "r" / "report" / "report.json").read_text())["run"]
+    assert numbers["dataset"]["episodes"] == 1
+    assert numbers["dataset"]["sessions"] == len(dialogues) == 2
+    assert numbers["dataset"]["utterances"] == sum(len(d) for d in dialogues)
+    assert numbers["dataset"]["images"] == len(shared)
