@@ -97,8 +97,19 @@ def _narrative(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _events(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
-    count, _ = _array_bounds(schema, "events")
+def asked_count(body: dict[str, Any], noun: str, default: int) -> int:
+    """The count the prompt asks for ("more than N <noun>") plus one, as a compliant model
+    answers; ``default`` when the prompt names none."""
+    for message in body["messages"]:  # the prompt, not a repair turn's feedback
+        match = re.search(rf"more than (\d+) {noun}", str(message.get("content", "")))
+        if match:
+            return int(match.group(1)) + 1
+    return default
+
+
+def _events(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    low, high = _array_bounds(schema, "events")
+    count = min(max(low, asked_count(body, "events", low)), high)
     items = []
     for number in range(1, count + 1):
         items.append(
@@ -139,11 +150,12 @@ def _album_choices(schema: dict[str, Any]) -> list[Any]:
     return ["new"]
 
 
-def _dialogue(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+def _dialogue(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict:
     low, high = _array_bounds(schema, "utterances")
     turns = min(max(low, 8), high)
     utterances = [f"Line {i}: the {_phrase(rng, 4)}." for i in range(1, turns + 1)]
-    n_moments, _ = _array_bounds(schema, "sharing_moments")
+    least, most = _array_bounds(schema, "sharing_moments")
+    n_moments = min(max(least, asked_count(body, "image-sharing moments", least)), most)
     album = _album_choices(schema)
     moments = []
     for i in range(n_moments):
@@ -200,15 +212,15 @@ ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
     "PersonaOutput": _persona,
     "CommonsenseOutput": _commonsense,
     "NarrativeOutput": _narrative,
-    "EventsOutput": _events,
     "DeviceOutput": _device,
-    "DialogueOutput": _dialogue,
     "SummaryOutput": _summary,
     "RewriteOutput": _rewrite,
     "JudgeVerdict": _judge,
 }
 BODY_ROLES: dict[str, Callable[[random.Random, dict[str, Any], dict[str, Any]], dict]] = {
     "PlanOutput": _plan,
+    "EventsOutput": _events,
+    "DialogueOutput": _dialogue,
 }
 
 

@@ -233,7 +233,7 @@ def test_cli_debug_reopens_an_existing_episode(fake_openai, finished_run: Path) 
     before_events = next(row for row in rows if row.next == ("events",))
     keys = ["--set", "llm.provider.kind=openai_compatible"]
     keys += ["--set", f"llm.provider.base_url={fake_openai.url}"]
-    typed = f"history\ngoto {before_events.index}\nshow n_sessions\nfork ep-look\nq\n"
+    typed = f"history\ngoto {before_events.index}\nshow narrative\nfork ep-look\nq\n"
     args = ["debug", "--episode", episode, *keys]
     refused = CliRunner().invoke(app, args, input=typed)
     assert refused.exit_code == 3 and "--force-config" in refused.output  # other provider
@@ -241,9 +241,10 @@ def test_cli_debug_reopens_an_existing_episode(fake_openai, finished_run: Path) 
     assert result.exit_code == 0, result.output
     assert "episode finished" in result.output  # it opens at the latest checkpoint
     assert f"stop before events at #{before_events.index}" in result.output
-    assert "events reads: seed, demographics, narrative, n_sessions, start_date" in result.output
+    assert "events reads: seed, demographics, narrative" in result.output
     assert "now debugging ep-look" in result.output and "left ep-look" in result.output
-    assert asyncio.run(show(parse_episode_ref(finished_run / "ep-look"), field="n_sessions")) == 2
+    forked = asyncio.run(show(parse_episode_ref(finished_run / "ep-look")))
+    assert forked["narrative"] and "events" not in forked  # the fork stands before events
 
 
 def test_finished_episode_file_is_written_once_and_rewritten_when_changed(
