@@ -211,19 +211,27 @@ def estimate(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Predict LLM calls, tokens and cost of N episodes before running them."""
-    from mcu_sim.runner.estimate import estimate_run, format_estimate
+    """Predict LLM calls, tokens and cost of N episodes before running them (and under
+    each episode.preset: stark, economy)."""
+    from mcu_sim.runner.estimate import (
+        compare_presets,
+        estimate_run,
+        format_estimate,
+        format_presets,
+    )
 
     cfg = _load(config, overrides)
     try:
         result = estimate_run(cfg, episodes, from_run=from_run)
+        presets = compare_presets(cfg, result)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=1))
+        data = {**result.as_dict(), "presets": {k: v.as_dict() for k, v in presets.items()}}
+        typer.echo(json.dumps(data, indent=1))
     else:
-        typer.echo(format_estimate(result))
+        typer.echo(format_estimate(result) + format_presets(presets, cfg.episode.preset))
 
 
 @app.command()

@@ -109,7 +109,7 @@ async def persona_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
         _demo(state),
         category["category"],
         category["entity_key"],
-        ctx.config.episode.persona_sentences,
+        ctx.config.episode.persona_count(),
     )
     focus = random.Random(derive_seed(state["seed"], "persona-focus")).randrange(len(attributes))
     return {
@@ -126,14 +126,20 @@ def _focus_sentence(state: EpisodeState) -> str:
 
 @node_reads("seed", "demographics", "persona", "persona_focus")
 async def commonsense_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
-    """reads: demographics, persona[persona_focus] / writes: commonsense (five relations)."""
+    """reads: demographics, persona[persona_focus] / writes: commonsense (five relations:
+    one call per relation with the paper's frames, or one joint call, by the preset)."""
     ctx = _count(runtime, "commonsense")
-    items, completion, version = await commonsense.generate_commonsense(
+    per_relation = ctx.config.episode.commonsense_mode() == "per_relation"
+    generate = (
+        commonsense.generate_per_relation if per_relation else commonsense.generate_commonsense
+    )
+    items, completion, version = await generate(
         ctx.role("commonsense", state["seed"]), _demo(state), _focus_sentence(state)
     )
+    prompt = commonsense.PROMPT_PER_RELATION if per_relation else commonsense.PROMPT
     return {
         "commonsense": [c.model_dump(mode="json") for c in items],
-        **_accounting("commonsense", completion, commonsense.PROMPT, version),
+        **_accounting("commonsense", completion, prompt, version),
     }
 
 

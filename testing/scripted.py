@@ -68,9 +68,11 @@ def _array_bounds(schema: dict[str, Any], field: str) -> tuple[int, int]:
     return spec.get("minItems", 1), spec.get("maxItems", spec.get("minItems", 1))
 
 
-def _persona(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+def _persona(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict:
     low, high = _array_bounds(schema, "items")
-    count = min(max(low, 8), high)
+    text = str(body["messages"][-1].get("content", ""))
+    asked = re.search(r"Write (\d+) different statements", text)
+    count = min(max(low, int(asked.group(1)) if asked else 8), high)
     items = []
     for i in range(count):
         value = f"{rng.choice(WORDS)} {i + 1}"
@@ -86,6 +88,10 @@ def _commonsense(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
         "goal_plan": f"to open a small {rng.choice(WORDS)} shop",
         "relationship": f"share my {rng.choice(WORDS)} stories with friends",
     }
+
+
+def _commonsense_answer(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"answer": f"spend an hour by the {rng.choice(WORDS)} with a friend"}
 
 
 def _narrative(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
@@ -209,8 +215,8 @@ def _judge(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
-    "PersonaOutput": _persona,
     "CommonsenseOutput": _commonsense,
+    "CommonsenseAnswer": _commonsense_answer,
     "NarrativeOutput": _narrative,
     "DeviceOutput": _device,
     "SummaryOutput": _summary,
@@ -221,6 +227,7 @@ BODY_ROLES: dict[str, Callable[[random.Random, dict[str, Any], dict[str, Any]], 
     "PlanOutput": _plan,
     "EventsOutput": _events,
     "DialogueOutput": _dialogue,
+    "PersonaOutput": _persona,
 }
 
 
