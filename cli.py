@@ -244,13 +244,22 @@ def export(
     include_filtered: Annotated[
         bool, typer.Option(help="Keep episodes the filters marked as removed.")
     ] = False,
+    keep_marked: Annotated[
+        bool,
+        typer.Option(
+            "--keep-marked",
+            help="Keep the sessions and images the filters marked (flagged in 'removals').",
+        ),
+    ] = False,
 ) -> None:
     """Export finished episodes: a Hugging Face dataset folder, Parquet, STARK's released
-    layout, or one JSONL file."""
+    layout, or one JSONL file. Items the filters marked are left out unless --keep-marked."""
     from mcu_sim.dataset.export import export_run
 
     try:
-        path = export_run(run_dir, format, out, include_filtered=include_filtered)
+        path = export_run(
+            run_dir, format, out, include_filtered=include_filtered, keep_marked=keep_marked
+        )
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
