@@ -222,19 +222,27 @@ def estimate(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Predict LLM calls, tokens and cost of N episodes before running them."""
-    from mcu_sim.runner.estimate import estimate_run, format_estimate
+    """Predict LLM calls, tokens and cost of N episodes before running them (and under
+    each episode.preset: stark, economy)."""
+    from mcu_sim.runner.estimate import (
+        compare_presets,
+        estimate_run,
+        format_estimate,
+        format_presets,
+    )
 
     cfg = _load(config, overrides)
     try:
         result = estimate_run(cfg, episodes, from_run=from_run)
+        presets = compare_presets(cfg, result)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=1))
+        data = {**result.as_dict(), "presets": {k: v.as_dict() for k, v in presets.items()}}
+        typer.echo(json.dumps(data, indent=1))
     else:
-        typer.echo(format_estimate(result))
+        typer.echo(format_estimate(result) + format_presets(presets, cfg.episode.preset))
 
 
 @app.command()
@@ -253,13 +261,23 @@ def export(
     include_filtered: Annotated[
         bool, typer.Option(help="Keep episodes the filters marked as removed.")
     ] = False,
+    keep_marked: Annotated[
+        bool,
+        typer.Option(
+            "--keep-marked",
+            help="Keep the sessions and images the filters marked (flagged in 'removals').",
+        ),
+    ] = False,
 ) -> None:
     """Export finished episodes: a Hugging Face dataset folder, Parquet, a released STARK
-    layout (stark-hf, stark-json), our flat JSONL, or one JSONL file of whole episodes."""
+    layout (stark-hf, stark-json), our flat JSONL, or one JSONL file of whole episodes.
+    Items the filters marked are left out unless --keep-marked."""
     from mcu_sim.dataset.export import export_run
 
     try:
-        path = export_run(run_dir, format, out, include_filtered=include_filtered)
+        path = export_run(
+            run_dir, format, out, include_filtered=include_filtered, keep_marked=keep_marked
+        )
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

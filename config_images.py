@@ -58,6 +58,16 @@ class NsfwSettings(StrictNoNamespace):
     nsfw_labels: list[str] = Field(default_factory=lambda: ["nsfw", "porn", "hentai", "sexy"])
 
 
+class PickScoreSettings(StrictNoNamespace):
+    """``images.scorers.pickscore``: the Pick-a-Pic preference model (STARK §3.9)."""
+
+    enabled: bool = True
+    model_path: str | None = Field(
+        None, description="Local PickScore_v1 folder (transformers CLIPModel); None: not scored."
+    )
+    processor_path: str | None = Field(None, description="Processor folder; None: model_path.")
+
+
 class ScorerSettings(StrictNoNamespace):
     """``images.scorers`` in the config file. Unset weights make a scorer unavailable
     (``not scored: <why>``), never random."""
@@ -67,6 +77,7 @@ class ScorerSettings(StrictNoNamespace):
     clip: ClipSettings = Field(default_factory=ClipSettings)
     aesthetic: AestheticSettings = Field(default_factory=AestheticSettings)
     nsfw: NsfwSettings = Field(default_factory=NsfwSettings)
+    pickscore: PickScoreSettings = Field(default_factory=PickScoreSettings)
 
 
 Module = Literal["personalized_t2i", "retrieval", "web_search"]
@@ -124,8 +135,8 @@ class QASettings(Strict):
     clip_threshold: float = Field(MAGID_CLIP_THRESHOLD, ge=-1, le=1)
     aesthetic_threshold: float = Field(MAGID_AESTHETIC_THRESHOLD, ge=0, le=10)
     nsfw_threshold: float = Field(NSFW_THRESHOLD, ge=0, le=1)
-    scorers: list[Literal["clip", "aesthetic", "nsfw"]] = Field(
-        default_factory=lambda: ["clip", "aesthetic", "nsfw"]
+    scorers: list[Literal["clip", "aesthetic", "nsfw", "pickscore"]] = Field(
+        default_factory=lambda: ["clip", "aesthetic", "nsfw", "pickscore"]
     )
     accept_unscored: bool = Field(
         True, description="Accept an image a scorer could not score (recorded as such)."

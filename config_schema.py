@@ -13,8 +13,9 @@ import os
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from mcu_sim.config_episode import PRESETS, DateWindow, EpisodeConfig, Strict
 from mcu_sim.config_errors import ConfigError, unknown_key_message
 from mcu_sim.config_filters import FilterSettings
 from mcu_sim.config_images import ImagesConfig
@@ -23,10 +24,12 @@ from mcu_sim.redaction import has_masked_credentials, masked_url_keys, redacted
 
 __all__ = [
     "OPERATIONAL_FIELDS",
+    "PRESETS",
     "STEP_NAMES",
     "CacheConfig",
     "Config",
     "ConfigError",
+    "DateWindow",
     "EpisodeConfig",
     "LLMConfig",
     "Price",
@@ -51,10 +54,6 @@ STEP_NAMES = (
     "scanner",
     "evaluator",
 )
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class StepSettings(Strict):
@@ -259,28 +258,6 @@ class LLMConfig(Strict):
         if name not in self.steps:
             raise ConfigError(unknown_key_message(f"llm.steps.{name}", name, self.steps))
         return self.steps[name]
-
-
-class EpisodeConfig(Strict):
-    sessions_min: int = Field(4, ge=1, le=20)
-    sessions_max: int = Field(6, ge=1, le=20)
-    persona_sentences: int = Field(8, ge=1, le=30)
-    device_images: int = Field(5, ge=1, le=10)
-    min_sharing_moments: int = Field(2, ge=0, le=10)
-    max_turns: int = Field(14, ge=4, le=60)
-    max_utterance_chars: int = Field(
-        400, ge=40, le=2000, description="Bound on one utterance (keeps small models short)."
-    )
-    summarize_sessions: bool = False
-
-    @model_validator(mode="after")
-    def _check_bounds(self) -> EpisodeConfig:
-        if self.sessions_min > self.sessions_max:
-            raise ValueError(
-                f"episode.sessions_min ({self.sessions_min}) is larger than "
-                f"episode.sessions_max ({self.sessions_max})"
-            )
-        return self
 
 
 class RunConfig(Strict):

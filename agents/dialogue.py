@@ -23,17 +23,26 @@ Keyword = Annotated[str, Field(min_length=1, max_length=30)]
 
 
 def dialogue_model(
-    album_ids: list[int], min_sharing: int, max_turns: int, max_chars: int = 400
+    album_ids: list[int],
+    min_sharing: int = 0,
+    max_turns: int = 14,
+    max_chars: int = 400,
+    max_sharing: int = 6,
 ) -> type[BaseModel]:
-    """Output model for one session; album ids are an enum so a dangling id cannot validate."""
-    return _dialogue_model(tuple(album_ids), min_sharing, max_turns, max_chars)
+    """Output model for one session; album ids are an enum so a dangling id cannot validate.
+
+    The sharing moments are bounded (``max_sharing``) but not forced: the prompt asks for
+    more than two as STARK's does, and alignment and the filters decide what stays."""
+    return _dialogue_model(
+        tuple(album_ids), min_sharing, max(min_sharing, max_sharing), max_turns, max_chars
+    )
 
 
 # Building a pydantic model (and its JSON schema) costs about a millisecond: one class per
 # distinct shape, reused by every episode whose album has the same ids.
 @functools.lru_cache(maxsize=256)
 def _dialogue_model(
-    album_ids: tuple[int, ...], min_sharing: int, max_turns: int, max_chars: int
+    album_ids: tuple[int, ...], min_sharing: int, max_sharing: int, max_turns: int, max_chars: int
 ) -> type[BaseModel]:
     # Stripped before the length check, so a line of only whitespace is refused.
     utterance = Annotated[
@@ -56,7 +65,7 @@ def _dialogue_model(
             list[utterance],  # type: ignore[valid-type]
             Field(min_length=min(MIN_TURNS, max_turns), max_length=max_turns),
         ),
-        sharing_moments=(list[moment], Field(min_length=min_sharing, max_length=min_sharing + 2)),
+        sharing_moments=(list[moment], Field(min_length=min_sharing, max_length=max_sharing)),
     )
 
 
@@ -125,17 +134,20 @@ async def generate_session(
     *,
     variables: dict[str, Any],
     album_ids: list[int],
-    min_sharing: int,
+    sharing_more_than: int,
+    max_sharing: int,
     max_turns: int,
     user_name: str,
     max_chars: int = 400,
+    min_sharing: int = 0,
 ) -> tuple[list[Turn], Completion, str]:
-    model = dialogue_model(album_ids, min_sharing, max_turns, max_chars)
+    model = dialogue_model(album_ids, min_sharing, max_turns, max_chars, max_sharing)
     output, completion, version = await ask(
         call,
         PROMPT,
         model,
-        min_sharing=min_sharing,
+        sharing_more_than=sharing_more_than,
+        max_sharing=max_sharing,
         min_turns=min(MIN_TURNS, max_turns),
         max_turns=max_turns,
         **variables,

@@ -5,8 +5,9 @@ layouts (``stark-hf``, ``stark-json``; see ``docs/stark_layouts.md``), our flat 
 Exports stream episode by episode (a 100K-episode run never sits in memory) and appear
 atomically: a file is written under a temporary name and renamed; a folder is built beside
 its target and renamed into place. Episodes the filters marked as removed (``status`` is
-``filtered``) are left out unless ``include_filtered``; item-level marks stay in the
-``removals`` field for the user to apply.
+``filtered``) are left out unless ``include_filtered``; items the filters marked (an unsafe
+session, an NSFW or misaligned image) are left out unless ``keep_marked``
+(:mod:`mcu_sim.dataset.marks`); the ``removals`` field names them either way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mcu_sim.dataset.files import link_file, replace_dir, write_lines
+from mcu_sim.dataset.marks import without_marked
 from mcu_sim.personas.schema import DATE_FORMAT, Episode
 from mcu_sim.runner.outputs import RunDir
 
@@ -124,15 +126,18 @@ def to_flat(episode: Episode) -> dict[str, Any]:
     }
 
 
-def iter_episodes(run_dir: Path, include_filtered: bool = False) -> Iterator[Episode]:
-    """Finished episodes in id order, validated; filtered ones only when asked."""
+def iter_episodes(
+    run_dir: Path, include_filtered: bool = False, keep_marked: bool = True
+) -> Iterator[Episode]:
+    """Finished episodes in id order, validated; filtered ones only when asked; marked items
+    left out unless ``keep_marked``."""
     run = RunDir(run_dir)
     if not run.episodes.is_dir():
         raise FileNotFoundError(f"{run_dir} has no episodes/ folder: not a run directory")
     for episode_id in run.finished_ids():
         episode = Episode.model_validate(run.read_episode(episode_id))
         if include_filtered or episode.status != "filtered":
-            yield episode
+            yield episode if keep_marked else without_marked(episode)
 
 
 def load_episodes(run_dir: Path, include_filtered: bool = True) -> list[Episode]:
@@ -140,7 +145,12 @@ def load_episodes(run_dir: Path, include_filtered: bool = True) -> list[Episode]
 
 
 def export_run(
-    run_dir: Path, fmt: str, out: Path | None = None, *, include_filtered: bool = False
+    run_dir: Path,
+    fmt: str,
+    out: Path | None = None,
+    *,
+    include_filtered: bool = False,
+    keep_marked: bool = False,
 ) -> Path:
     """Write the export; return its path (a file, or a folder for ``hf``)."""
     if fmt in RENAMED:
@@ -149,11 +159,13 @@ def export_run(
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir / DEFAULT_TARGETS[fmt]
-    episodes = iter_episodes(run_dir, include_filtered)
+    episodes = iter_episodes(run_dir, include_filtered, keep_marked)
     if fmt == "stark-hf":
         from mcu_sim.dataset.stark_hf import write_stark_hf
 
-        write_stark_hf(run_dir, lambda: iter_episodes(run_dir, include_filtered), target)
+        write_stark_hf(
+            run_dir, lambda: iter_episodes(run_dir, include_filtered, keep_marked), target
+        )
     elif fmt == "stark-json":
         from mcu_sim.dataset.stark_json import write_stark_json
 
@@ -165,7 +177,7 @@ def export_run(
     elif fmt == "parquet":
         write_parquet(episodes, target)
     else:
-        write_hf_folder(run_dir, target, include_filtered)
+        write_hf_folder(run_dir, target, include_filtered, keep_marked)
     return target
 
 
@@ -283,7 +295,9 @@ def write_parquet(episodes: Iterator[Episode], target: Path) -> int:
 # ---------------------------------------------------------------- Hugging Face folder
 
 
-def write_hf_folder(run_dir: Path, target: Path, include_filtered: bool) -> None:
+def write_hf_folder(
+    run_dir: Path, target: Path, include_filtered: bool, keep_marked: bool = False
+) -> None:
     """``data/train-*.parquet``, the images they refer to, and a README.md dataset card.
 
     ``datasets.load_dataset(str(target))`` reads it (the card's ``configs`` names the
@@ -297,7 +311,7 @@ def write_hf_folder(run_dir: Path, target: Path, include_filtered: bool) -> None
         stats = CardStats()
 
         def counted() -> Iterator[Episode]:
-            for episode in iter_episodes(run_dir, include_filtered=True):
+            for episode in iter_episodes(run_dir, include_filtered=True, keep_marked=keep_marked):
                 if episode.status == "filtered" and not include_filtered:
                     stats.excluded += 1
                     continue

@@ -23,13 +23,13 @@ from mcu_sim.personas.schema import (
     DATE_FORMAT,
     Demographics,
     DeviceImage,
+    Event,
     EventGraph,
     PersonaAttribute,
     Turn,
     describe_gap,
 )
 
-START_DATE_RANGE = (dt.date(2021, 1, 1), dt.date(2023, 6, 30))
 Ctx = Runtime[EpisodeContext]
 
 
@@ -66,18 +66,13 @@ def _demo(state: EpisodeState) -> Demographics:
 
 @node_reads("seed")
 async def demographics_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
-    """reads: seed / writes: demographics, persona_category, face (prompt), n_sessions, start_date.
+    """reads: seed / writes: demographics, persona_category, face (prompt).
 
     Pure sampling, no LLM: the same seed always gives the same person.
     """
-    ctx = _count(runtime, "demographics")
+    _count(runtime, "demographics")
     seed = state["seed"]
     person = samplers.sample_person(seed)
-    rng = random.Random(derive_seed(seed, "episode-shape"))
-    episode = ctx.config.episode
-    n_sessions = rng.randint(episode.sessions_min, episode.sessions_max)
-    low, high = START_DATE_RANGE
-    start = low + dt.timedelta(days=rng.randint(0, (high - low).days))
     return {
         "demographics": person.demographics.model_dump(mode="json"),
         "persona_category": {
@@ -90,8 +85,6 @@ async def demographics_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]
             "seed": derive_seed(seed, "face"),
             "status": "pending",
         },
-        "n_sessions": n_sessions,
-        "start_date": start.isoformat(),
     }
 
 
@@ -116,7 +109,7 @@ async def persona_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
         _demo(state),
         category["category"],
         category["entity_key"],
-        ctx.config.episode.persona_sentences,
+        ctx.config.episode.persona_count(),
     )
     focus = random.Random(derive_seed(state["seed"], "persona-focus")).randrange(len(attributes))
     return {
@@ -133,14 +126,20 @@ def _focus_sentence(state: EpisodeState) -> str:
 
 @node_reads("seed", "demographics", "persona", "persona_focus")
 async def commonsense_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
-    """reads: demographics, persona[persona_focus] / writes: commonsense (five relations)."""
+    """reads: demographics, persona[persona_focus] / writes: commonsense (five relations:
+    one call per relation with the paper's frames, or one joint call, by the preset)."""
     ctx = _count(runtime, "commonsense")
-    items, completion, version = await commonsense.generate_commonsense(
+    per_relation = ctx.config.episode.commonsense_mode() == "per_relation"
+    generate = (
+        commonsense.generate_per_relation if per_relation else commonsense.generate_commonsense
+    )
+    items, completion, version = await generate(
         ctx.role("commonsense", state["seed"]), _demo(state), _focus_sentence(state)
     )
+    prompt = commonsense.PROMPT_PER_RELATION if per_relation else commonsense.PROMPT
     return {
         "commonsense": [c.model_dump(mode="json") for c in items],
-        **_accounting("commonsense", completion, commonsense.PROMPT, version),
+        **_accounting("commonsense", completion, prompt, version),
     }
 
 
@@ -166,21 +165,28 @@ async def narrative_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     }
 
 
-@node_reads("seed", "demographics", "narrative", "n_sessions", "start_date")
+@node_reads("seed", "demographics", "narrative")
 async def events_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
-    """reads: narrative, n_sessions, start_date / writes: events (dates derived by code)."""
+    """reads: narrative / writes: events (dates derived by code), n_sessions (one session
+    per event: the model's graph decides, the §3.9 filter enforces the bounds)."""
     ctx = _count(runtime, "events")
+    episode = ctx.config.episode
+    window = (episode.date_window.start, episode.date_window.end)
     graph, completion, version = await events.generate_events(
         ctx.role("events", state["seed"]),
         _demo(state).name,
         state["narrative"]["narrative"],
-        state["n_sessions"],
-        dt.date.fromisoformat(state["start_date"]),
+        episode.asked_events(),
+        episode.max_events(),
+        window,
+        random.Random(derive_seed(state["seed"], "event-dates")),
+        episode.events_min,
     )
     fixed = completion.repairs_by_code
     notes = [f"events: model never gave valid causes; code repaired {'; '.join(fixed)}"]
     return {
         "events": graph.model_dump(mode="json"),
+        "n_sessions": len(graph.events),
         "notes": notes if fixed else [],
         **_accounting("events", completion, events.PROMPT, version),
     }
@@ -233,6 +239,11 @@ def _stark_date(iso: str) -> str:
     return dt.date.fromisoformat(iso).strftime(DATE_FORMAT)
 
 
+def _moment(event: Event) -> dt.date:
+    """The event's date and time of day when code derived one (hour intervals)."""
+    return dt.datetime.combine(event.date, event.time) if event.time else event.date
+
+
 class PastSession(NamedTuple):
     """An earlier session as the dialogue prompt lists it. A tuple with attributes, not a
     dict: Jinja looks ``item.date`` up as an attribute first, and a dict's miss raised and
@@ -266,11 +277,11 @@ def _session_variables(state: EpisodeState, index: int) -> dict[str, Any]:
         "event_date": event.date,  # for the session record; the prompt has "date"
     }
     if past:
-        last = dt.date.fromisoformat(past[-1]["date"])
+        last = chronology[index - 2]
         variables.update(
             history=[PastSession(_stark_date(s["date"]), s["event"]) for s in past],
             last_date=_stark_date(past[-1]["date"]),
-            time_interval=describe_gap(last, event.date),
+            time_interval=describe_gap(_moment(last), _moment(event)),
             experience=event.caused_by.experience if event.caused_by else "",
             experience_op=event.caused_by.experience_op if event.caused_by else None,
         )
@@ -323,6 +334,8 @@ async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
         ctx.role("dialogue", state["seed"], index),
         variables={k: v for k, v in variables.items() if k not in _NOT_PROMPT_VARIABLES},
         album_ids=album_ids,
+        sharing_more_than=episode.sharing_more_than,
+        max_sharing=episode.max_sharing_moments,
         min_sharing=episode.min_sharing_moments,
         max_turns=episode.max_turns,
         user_name=variables["name"],

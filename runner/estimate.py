@@ -4,7 +4,8 @@ How the numbers are made:
 
 - **Calls per episode** follow the graph's shape: one persona, commonsense, narrative,
   events and device call; one dialogue (and one judge, one summary when configured) per
-  session, with the expected session count ``(sessions_min + sessions_max) / 2``; one
+  session, with the expected session count: the events asked for (``more than N``), one
+  session per event; one
   planner call per image request (album photos plus sharing moments that need an image).
   Repairs and QA rewrites are not predicted; a measured run (``--from-run``) includes them.
 - **Prompt tokens** come from a dry run: a few sample people go through the real graph and
@@ -35,6 +36,7 @@ from mcu_sim.config import Config
 ROLES: dict[str, tuple[str, str]] = {
     "PersonaOutput": ("persona", "persona"),
     "CommonsenseOutput": ("commonsense", "commonsense"),
+    "CommonsenseAnswer": ("commonsense", "commonsense"),
     "NarrativeOutput": ("narrative", "narrative"),
     "EventsOutput": ("events", "events"),
     "DeviceOutput": ("device", "device_images"),
@@ -131,20 +133,27 @@ def prompt_text(body: dict[str, Any]) -> str:
 def typical_completion(role: str, config: Config) -> int:
     """Tokens a capable model typically answers for ``role``, before the max_tokens cap."""
     episode = config.episode
-    sessions = round((episode.sessions_min + episode.sessions_max) / 2)
+    sessions = expected_sessions(config)
     sizes = {
-        "PersonaOutput": 20 + 38 * episode.persona_sentences,
+        "PersonaOutput": 20 + 38 * episode.persona_count(),
         "CommonsenseOutput": 130,
+        "CommonsenseAnswer": 25,
         "NarrativeOutput": 100,
         "EventsOutput": 20 + 70 * sessions,
         "DeviceOutput": 20 + 40 * episode.device_images,
-        "DialogueOutput": 40 + 28 * episode.max_turns + 70 * (episode.min_sharing_moments + 1),
+        "DialogueOutput": 40 + 28 * episode.max_turns + 70 * (episode.sharing_more_than + 1),
         "SummaryOutput": 90,
         "JudgeVerdict": 35,
         "PlanOutput": 45,
         "RewriteOutput": 40,
     }
     return sizes.get(role, 100)
+
+
+def expected_sessions(config: Config) -> int:
+    """A compliant model's graph: one more event than ``more than N`` asks, in bounds."""
+    episode = config.episode
+    return min(max(episode.asked_events() + 1, episode.events_min), episode.max_events())
 
 
 # ---------------------------------------------------------------- the dry run
@@ -230,8 +239,8 @@ def estimate_run(config: Config, episodes: int, from_run: Path | None = None) ->
     count, tokenizer = token_counter(config.llm.provider.model)
     bodies, sessions = dry_run(config)
     sampled = len(sessions)
-    expected_sessions = (config.episode.sessions_min + config.episode.sessions_max) / 2
-    session_scale = expected_sessions / max(statistics.mean(sessions), 1e-9)
+    expected = expected_sessions(config)
+    session_scale = expected / max(statistics.mean(sessions), 1e-9)
     per_role: dict[str, list[int]] = defaultdict(list)
     for body in bodies:
         per_role[schema_of(body)[0]].append(count(prompt_text(body)))
@@ -257,9 +266,37 @@ def estimate_run(config: Config, episodes: int, from_run: Path | None = None) ->
     result.roles.sort(key=lambda r: list(ROLES).index(r.role) if r.role in ROLES else 99)
     result.notes.append(
         f"prompt sizes from a dry run of {sampled} sample episodes; "
-        f"{expected_sessions:g} sessions per episode expected"
+        f"{expected:g} sessions per episode expected (one per event of the graph)"
     )
     return result
+
+
+def compare_presets(config: Config, result: Estimate) -> dict[str, Estimate]:
+    """The estimate under each ``episode.preset`` (``result`` is the configured one's)."""
+    from mcu_sim.config_episode import PRESETS
+
+    out = {config.episode.preset: result}
+    for preset in PRESETS:
+        if preset not in out:
+            other = config.episode.model_copy(update={"preset": preset})
+            out[preset] = estimate_run(config.model_copy(update={"episode": other}), 1)
+            out[preset].episodes = result.episodes
+    return out
+
+
+def format_presets(estimates: dict[str, Estimate], configured: str) -> str:
+    """One line per preset: calls, tokens and cost per episode and for the whole run."""
+    lines = ["", "presets (episode.preset):"]
+    for name, e in estimates.items():
+        per_episode = e.calls / max(e.episodes, 1)
+        tokens = (e.prompt_tokens + e.completion_tokens) / max(e.episodes, 1)
+        cost = f"${e.cost_usd:,.2f}" if e.priced else "unknown cost"
+        mark = " (configured)" if name == configured else ""
+        lines.append(
+            f"  {name:<8}{per_episode:>7.1f} calls/ep {tokens:>10,.0f} tokens/ep   "
+            f"{e.episodes} episodes: {cost}{mark}"
+        )
+    return "\n".join(lines)
 
 
 def refine_from_run(result: Estimate, run_dir: Path) -> None:
@@ -275,7 +312,9 @@ def refine_from_run(result: Estimate, run_dir: Path) -> None:
         for node, values in (run.read_episode(episode_id).get("usage") or {}).items():
             for key, value in values.items():
                 totals[node][key] += float(value)
-    by_node = {node: role for role, (_, node) in ROLES.items()}
+    present = {r.role for r in result.roles}  # a node two roles share: the one predicted
+    by_node = {node: role for role, (_, node) in ROLES.items() if role in present}
+    by_node.update({n: r for r, (_, n) in ROLES.items() if n not in by_node})
     for node, values in totals.items():
         role = by_node.get(node)
         if role is None:

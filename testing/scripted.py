@@ -68,9 +68,11 @@ def _array_bounds(schema: dict[str, Any], field: str) -> tuple[int, int]:
     return spec.get("minItems", 1), spec.get("maxItems", spec.get("minItems", 1))
 
 
-def _persona(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+def _persona(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict:
     low, high = _array_bounds(schema, "items")
-    count = min(max(low, 8), high)
+    text = str(body["messages"][-1].get("content", ""))
+    asked = re.search(r"Write (\d+) different statements", text)
+    count = min(max(low, int(asked.group(1)) if asked else 8), high)
     items = []
     for i in range(count):
         value = f"{rng.choice(WORDS)} {i + 1}"
@@ -88,6 +90,10 @@ def _commonsense(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _commonsense_answer(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"answer": f"spend an hour by the {rng.choice(WORDS)} with a friend"}
+
+
 def _narrative(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "narrative": (
@@ -97,8 +103,19 @@ def _narrative(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _events(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
-    count, _ = _array_bounds(schema, "events")
+def asked_count(body: dict[str, Any], noun: str, default: int) -> int:
+    """The count the prompt asks for ("more than N <noun>") plus one, as a compliant model
+    answers; ``default`` when the prompt names none."""
+    for message in body["messages"]:  # the prompt, not a repair turn's feedback
+        match = re.search(rf"more than (\d+) {noun}", str(message.get("content", "")))
+        if match:
+            return int(match.group(1)) + 1
+    return default
+
+
+def _events(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    low, high = _array_bounds(schema, "events")
+    count = min(max(low, asked_count(body, "events", low)), high)
     items = []
     for number in range(1, count + 1):
         items.append(
@@ -139,11 +156,12 @@ def _album_choices(schema: dict[str, Any]) -> list[Any]:
     return ["new"]
 
 
-def _dialogue(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+def _dialogue(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict:
     low, high = _array_bounds(schema, "utterances")
     turns = min(max(low, 8), high)
     utterances = [f"Line {i}: the {_phrase(rng, 4)}." for i in range(1, turns + 1)]
-    n_moments, _ = _array_bounds(schema, "sharing_moments")
+    least, most = _array_bounds(schema, "sharing_moments")
+    n_moments = min(max(least, asked_count(body, "image-sharing moments", least)), most)
     album = _album_choices(schema)
     moments = []
     for i in range(n_moments):
@@ -212,12 +230,10 @@ def _versus(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
-    "PersonaOutput": _persona,
     "CommonsenseOutput": _commonsense,
+    "CommonsenseAnswer": _commonsense_answer,
     "NarrativeOutput": _narrative,
-    "EventsOutput": _events,
     "DeviceOutput": _device,
-    "DialogueOutput": _dialogue,
     "SummaryOutput": _summary,
     "RewriteOutput": _rewrite,
     "JudgeVerdict": _judge,
@@ -226,6 +242,9 @@ ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
 }
 BODY_ROLES: dict[str, Callable[[random.Random, dict[str, Any], dict[str, Any]], dict]] = {
     "PlanOutput": _plan,
+    "EventsOutput": _events,
+    "DialogueOutput": _dialogue,
+    "PersonaOutput": _persona,
 }
 
 

@@ -34,8 +34,13 @@ def test_embedded_model_produces_a_valid_episode(tmp_path: Path) -> None:
             f"llm.cache.path={tmp_path / 'cache.sqlite'}",
             "llm.steps.dialogue.max_tokens=900",
             "llm.steps.events.max_tokens=900",
+            "episode.preset=economy",
             "episode.sessions_min=2",
             "episode.sessions_max=2",
+            "episode.events_min=2",  # the graph decides within 2-2: two sessions
+            "episode.events_max=2",
+            "episode.min_sharing_moments=2",
+            "episode.max_sharing_moments=4",  # the bound of before (2-4), now not forced above 2
             "episode.persona_sentences=3",
             "episode.device_images=2",
             "episode.max_turns=4",

@@ -13,7 +13,10 @@ import yaml
 from typer.testing import CliRunner
 
 from mcu_sim.cli import app
+from mcu_sim.config_filters import FilterSettings
 from mcu_sim.dataset.export import export_run, image_paths
+from mcu_sim.dataset.marks import without_marked
+from mcu_sim.graphs.filters import filter_episode
 from mcu_sim.personas.schema import Episode
 from mcu_sim.runner.outputs import RunDir
 from mcu_sim.testing.fake_openai import FakeOpenAIServer
@@ -51,7 +54,9 @@ def test_parquet_has_one_row_per_kept_episode(run_dir: Path, tmp_path: Path) -> 
     table = pq.read_table(target)
     assert table.column("episode_id").to_pylist() == ["ep-00000011"]
     row = table.to_pylist()[0]
-    episode = Episode.model_validate(RunDir(run_dir).read_episode("ep-00000011"))
+    raw = Episode.model_validate(RunDir(run_dir).read_episode("ep-00000011"))
+    episode = without_marked(raw)  # the default export leaves marked items out
+    assert image_paths(episode) != image_paths(raw)  # the sample has a misaligned image
     assert json.loads(row["sessions"]) == episode.model_dump(mode="json")["sessions"]
     assert row["n_sessions"] == 2 and row["age"] == episode.demographics.age
     assert row["persona_sentences"] == [a.sentence for a in episode.persona]
@@ -77,7 +82,8 @@ def test_hf_folder_has_data_images_and_a_card(run_dir: Path, tmp_path: Path) -> 
     manifest = RunDir(run_dir).read_manifest()
     assert manifest["config_fingerprint"] in readme
     assert "episodes: 1 (episodes the filters kept; 1 filtered out)" in readme
-    assert "image database (retrieval) | 2 | CC0: 1, Public domain: 1" in readme
+    # album-2 is shown again in a sharing turn of the sample: three uses of two images
+    assert "image database (retrieval) | 3 | Public domain: 2, CC0: 1" in readme
     assert "`cat` (1x): CC0, Stefan van der Walt" in readme
     assert "images.example.org" in readme and "source_url" in readme
     assert "CreativeML Open RAIL++-M" in readme
@@ -102,7 +108,7 @@ def test_hf_folder_loads_with_datasets(
     assert sorted(rows) == ["ep-00000011", "ep-00000012"]
     run = RunDir(run_dir)
     for episode_id, row in rows.items():
-        episode = Episode.model_validate(run.read_episode(episode_id))
+        episode = without_marked(Episode.model_validate(run.read_episode(episode_id)))
         assert row["status"] == episode.status
         assert row["name"] == episode.demographics.name and row["age"] == episode.demographics.age
         assert row["persona_sentences"] == [a.sentence for a in episode.persona]
@@ -142,3 +148,64 @@ def test_export_cli(run_dir: Path, tmp_path: Path) -> None:
     )
     result = cli.invoke(app, ["export", str(tmp_path / "missing"), "-f", "jsonl"])
     assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+def _mark_session_unsafe(run_dir: Path, index: int) -> Episode:
+    """Session ``index`` of ep-00000011 judged unsafe, its marks recomputed by the filter."""
+
+    def change(data: dict[str, Any]) -> None:
+        session = next(s for s in data["sessions"] if s["index"] == index)
+        session["safety"] = {"label": "unsafe", "reason": "a threat", "checker": "test"}
+        episode = Episode.model_validate(data)
+        marked = filter_episode(episode, FilterSettings(min_sessions=1, max_sessions=20))
+        data["removals"] = [r.model_dump(mode="json") for r in marked.removals]
+        data["status"] = marked.status
+
+    edit_episode(run_dir, "ep-00000011", change)
+    return Episode.model_validate(RunDir(run_dir).read_episode("ep-00000011"))
+
+
+def test_exports_leave_out_marked_items_unless_keep_marked(run_dir: Path, tmp_path: Path) -> None:
+    raw = _mark_session_unsafe(run_dir, 1)
+    rules = {r.rule: r.target for r in raw.removals}
+    assert rules["unsafe_dialogue"] == "session[1]" and raw.status == "complete"
+    misaligned = rules["misaligned_image"].removeprefix("image:")
+    cli = CliRunner()
+    out = tmp_path / "left-out.jsonl"
+    result = cli.invoke(app, ["export", str(run_dir), "-f", "jsonl", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    (left_out,) = [Episode.model_validate_json(line) for line in out.read_text().splitlines()]
+    assert [s.index for s in left_out.sessions] == [2]  # the unsafe session is left out
+    assert all(r.session == 2 for r in left_out.image_requests if r.origin == "sharing")
+    request = next(r for r in left_out.image_requests if r.id == misaligned)
+    assert request.image is None and request.status == "unaligned"
+    assert request.reason and "misaligned_image" in request.reason
+    assert left_out.removals == raw.removals  # what was left out is still named
+    stark = export_run(run_dir, "flat-jsonl", tmp_path / "stark.jsonl")
+    assert "session1" not in json.loads(stark.read_text())
+
+    kept = tmp_path / "kept.jsonl"
+    args = ["export", str(run_dir), "-f", "jsonl", "-o", str(kept), "--keep-marked"]
+    assert cli.invoke(app, args).exit_code == 0
+    (everything,) = [Episode.model_validate_json(line) for line in kept.read_text().splitlines()]
+    assert everything == raw  # every marked item in place, flagged by its removals
+
+
+def test_an_episode_is_dropped_only_when_every_session_is_unsafe(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    _mark_session_unsafe(run_dir, 1)
+    assert [e.episode_id for e in _jsonl(export_run(run_dir, "jsonl", tmp_path / "a"))] == [
+        "ep-00000011"
+    ]
+    raw = _mark_session_unsafe(run_dir, 2)
+    assert raw.status == "filtered"
+    assert any(r.target == "episode" and r.rule == "unsafe_dialogue" for r in raw.removals)
+    assert _jsonl(export_run(run_dir, "jsonl", tmp_path / "b")) == []
+    everything = _jsonl(export_run(run_dir, "jsonl", tmp_path / "c", include_filtered=True))
+    (kept,) = [e for e in everything if e.episode_id == "ep-00000011"]
+    assert len(kept.sessions) == 2  # with every session marked, the episode mark decides
+
+
+def _jsonl(path: Path) -> list[Episode]:
+    return [Episode.model_validate_json(line) for line in path.read_text().splitlines()]

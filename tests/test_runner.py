@@ -590,14 +590,14 @@ def test_estimate_follows_the_graph_and_is_refined_by_a_run(
     calls = {step: row.calls_per_episode for step, row in rows.items()}
     assert calls == {
         "persona": 1,
-        "commonsense": 1,
+        "commonsense": 5,  # the stark preset: one call per relation
         "narrative": 1,
         "events": 1,
         "device": 1,
         "dialogue": 2,
         "judge": 2,
     }
-    assert predicted.calls == 900
+    assert predicted.calls == 1300
     assert rows["dialogue"].prompt_tokens_per_call > rows["narrative"].prompt_tokens_per_call
     cost = sum(
         r.calls_per_episode * (r.prompt_tokens_per_call + 2 * r.completion_tokens_per_call)
@@ -642,7 +642,10 @@ def test_estimate_follows_the_graph_and_is_refined_by_a_run(
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["episodes"] == 10 and data["calls"] == 70 and data["priced"] is False
+    assert data["episodes"] == 10 and data["calls"] == 110 and data["priced"] is False
+    stark, economy = data["presets"]["stark"], data["presets"]["economy"]
+    assert stark["calls"] == 110 and economy["calls"] == 70  # five commonsense calls vs one
+    assert stark["prompt_tokens"] > economy["prompt_tokens"]
 
 
 def _seen_in_each_episode(monkeypatch: Any, probe: Any) -> list[Any]:

@@ -376,6 +376,22 @@ def test_add_interval(start: dt.date, amount: int, unit: str, expected: dt.date)
     assert add_interval(start, amount, unit) == expected
 
 
+@pytest.mark.parametrize(
+    ("hours", "wording"), [(0, "less than an hour"), (1, "an hour"), (3, "3 hours"), (25, "a day")]
+)
+def test_describe_gap_keeps_hours_between_moments(hours: int, wording: str) -> None:
+    start = dt.datetime(2024, 2, 28, 21, 30)
+    later = add_interval(start, hours, "hour")
+    assert describe_gap(start, later) == wording
+    assert later.date() == (start.date() if hours < 3 else later.date())
+
+
+def test_add_interval_keeps_the_time_of_a_datetime() -> None:
+    start = dt.datetime(2024, 1, 31, 22, 0)
+    assert add_interval(start, 3, "hour") == dt.datetime(2024, 2, 1, 1, 0)
+    assert add_interval(start, 1, "month") == dt.datetime(2024, 2, 29, 22, 0)
+
+
 def test_add_interval_rejects_an_unknown_unit() -> None:
     with pytest.raises(ValueError, match="time unit 'fortnight' must be one of hour, day"):
         add_interval(dt.date(2024, 1, 1), 2, "fortnight")
@@ -383,10 +399,12 @@ def test_add_interval_rejects_an_unknown_unit() -> None:
 
 @pytest.mark.parametrize(
     ("days", "wording"),
-    [(0, "0 days"), (1, "1 day"), (13, "13 days"), (14, "2 weeks"), (59, "8 weeks"),
-     (60, "2 months"), (365, "12 months"), (729, "24 months"), (730, "2 years"),
-     (3653, "10 years")],
+    [(0, "a few hours"), (1, "a day"), (7, "a week"), (13, "13 days"), (14, "2 weeks"),
+     (17, "about 2 weeks"), (59, "about 8 weeks"), (60, "about 2 months"),
+     (365, "about a year"), (548, "about a year and a half"), (730, "about 2 years"),
+     (3653, "about 10 years")],
 )  # fmt: skip
 def test_describe_gap(days: int, wording: str) -> None:
+    """Gaps as a person says them (issue 29: no more "0 days" or "12 months")."""
     start = dt.date(2020, 1, 1)
     assert describe_gap(start, start + dt.timedelta(days=days)) == wording

@@ -273,7 +273,7 @@ def test_build_scorers_from_config_shares_one_clip_backbone(assets: dict[str, An
         }
     )
     scorers = build_scorers(images_cfg.scorers)
-    assert set(scorers) == {"clip", "aesthetic", "nsfw"}
+    assert set(scorers) == {"clip", "aesthetic", "nsfw", "pickscore"}
     assert scorers["clip"].backbone is scorers["aesthetic"].backbone
     with pytest.raises(ValidationError, match="pretrianed"):
         build_scorers({"clip": {"pretrianed": "x"}})

@@ -43,6 +43,11 @@ def run_dir(fake_openai: FakeOpenAIServer, tmp_path: Path) -> Path:
         target = next(r for r in sharing if r["status"] != "aligned")
         image = {"path": "images/ep-00000011/pt2i.png", "module": "personalized_t2i", **own}
         target.update(status="aligned", reason=None, module="personalized_t2i", image=image)
+        if not any(r["image"]["module"] == "retrieval" for r in aligned):
+            # a retrieved photo too: the album's first one, shared again in a later turn
+            album = next(r for r in data["image_requests"] if r["origin"] == "album")
+            target = next(r for r in sharing if r["status"] != "aligned")
+            target.update(status="aligned", reason=None, module="retrieval", image=album["image"])
 
     edit_episode(root, "ep-00000011", modules)
     return root
@@ -121,7 +126,7 @@ def images_of(episode: Episode) -> dict[str, Any]:
 
 
 def test_round_trip_through_stark_hf(run_dir: Path, tmp_path: Path) -> None:
-    folder = export_run(run_dir, "stark-hf", tmp_path / "stark-hf")
+    folder = export_run(run_dir, "stark-hf", tmp_path / "stark-hf", keep_marked=True)
     report = import_stark("stark-hf", folder, tmp_path / "back")
     assert report.imported == ["ep-00000011"] and report.refused == []
     before, after = _episode(run_dir, "ep-00000011"), _episode(tmp_path / "back", "ep-00000011")
@@ -141,7 +146,7 @@ def test_round_trip_through_stark_hf(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_round_trip_through_stark_json(run_dir: Path, tmp_path: Path) -> None:
-    target = export_run(run_dir, "stark-json", tmp_path / "stark_0.json")
+    target = export_run(run_dir, "stark-json", tmp_path / "stark_0.json", keep_marked=True)
     report = import_stark("stark-json", target, tmp_path / "back")
     assert report.imported == ["ep-00000011"] and report.refused == []
     before, after = _episode(run_dir, "ep-00000011"), _episode(tmp_path / "back", "ep-00000011")

@@ -1,7 +1,8 @@
 """Image quality scorers for the aligner's QA step and the filter stage: the factory.
 
 :func:`build_scorers` makes the concrete scorers (:mod:`mcu_sim.tools.clip_score`,
-:mod:`mcu_sim.tools.aesthetic`, :mod:`mcu_sim.tools.nsfw`) from ``images.scorers``. What
+:mod:`mcu_sim.tools.aesthetic`, :mod:`mcu_sim.tools.nsfw`, :mod:`mcu_sim.tools.pickscore`)
+from ``images.scorers``. What
 they share (:class:`Score`, :class:`ImageScorer`, the ``not scored`` helpers) lives in
 :mod:`mcu_sim.tools.scoring` and is re-exported here, so users import scorers from one place.
 None of these modules imports heavy libraries before a scorer loads.
@@ -21,6 +22,7 @@ from mcu_sim.config_images import (
 from mcu_sim.tools.aesthetic import AestheticScorer
 from mcu_sim.tools.clip_score import ClipBackbone, ClipScorer
 from mcu_sim.tools.nsfw import NsfwScorer
+from mcu_sim.tools.pickscore import PickScoreScorer
 from mcu_sim.tools.scoring import (
     ImageScorer,
     Score,
@@ -38,6 +40,7 @@ __all__ = [
     "ImageScorer",
     "NsfwScorer",
     "NsfwSettings",
+    "PickScoreScorer",
     "Score",
     "ScorerSettings",
     "build_scorers",
@@ -51,9 +54,9 @@ __all__ = [
 def build_scorers(
     settings: ScorerSettings | Mapping[str, Any] | None = None,
 ) -> dict[str, ImageScorer]:
-    """The enabled scorers by name (``clip``, ``aesthetic``, ``nsfw``), constructed but not
-    loaded. When the aesthetic predictor uses the same CLIP model as the CLIP scorer, the
-    two share one backbone so it is loaded once."""
+    """The enabled scorers by name (``clip``, ``aesthetic``, ``nsfw``, ``pickscore``),
+    constructed but not loaded. When the aesthetic predictor uses the same CLIP model as the
+    CLIP scorer, the two share one backbone so it is loaded once."""
     if isinstance(settings, ScorerSettings):
         cfg = settings
     else:
@@ -85,5 +88,10 @@ def build_scorers(
             batch_size=cfg.batch_size,
             fallback=n.fallback,
             nsfw_labels=tuple(n.nsfw_labels),
+        )
+    if cfg.pickscore.enabled:
+        p = cfg.pickscore
+        out["pickscore"] = PickScoreScorer(
+            p.model_path, p.processor_path, cfg.device, batch_size=cfg.batch_size
         )
     return out

@@ -37,6 +37,8 @@ def generate_run(
         [
             f"episode.sessions_min={sessions}",
             f"episode.sessions_max={sessions}",
+            "episode.sharing_more_than=1",  # two moments a session: a small, stable sample
+            "episode.preset=economy",
             "images.enabled=false",
             f"llm.cache.path={cache}",
         ],
