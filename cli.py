@@ -245,21 +245,42 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="hf | parquet | stark-hf | stark-json | flat-jsonl | jsonl "
-            "(docs/stark_layouts.md says which layout is which)",
+            help="hf | parquet | stark-hf | stark-json | flat-jsonl | jsonl | llava | "
+            "sharegpt (docs/stark_layouts.md says which layout is which)",
         ),
     ] = "stark-hf",
     out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
     include_filtered: Annotated[
         bool, typer.Option(help="Keep episodes the filters marked as removed.")
     ] = False,
+    unit: Annotated[
+        str,
+        typer.Option(
+            help="llava/sharegpt: one record per 'session' (earlier ones as "
+            "context) or per 'episode'."
+        ),
+    ] = "session",
+    model_speaker: Annotated[
+        str,
+        typer.Option(
+            help="llava/sharegpt: the speaker the model learns to be: 'assistant' or 'user'."
+        ),
+    ] = "assistant",
 ) -> None:
     """Export finished episodes: a Hugging Face dataset folder, Parquet, a released STARK
-    layout (stark-hf, stark-json), our flat JSONL, or one JSONL file of whole episodes."""
+    layout (stark-hf, stark-json), our flat JSONL, one JSONL file of whole episodes, or a
+    training format (llava, sharegpt)."""
     from mcu_sim.dataset.export import export_run
 
     try:
-        path = export_run(run_dir, format, out, include_filtered=include_filtered)
+        path = export_run(
+            run_dir,
+            format,
+            out,
+            include_filtered=include_filtered,
+            unit=unit,
+            model_speaker=model_speaker,
+        )
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

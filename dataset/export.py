@@ -1,6 +1,7 @@
 """Export finished episodes: a Hugging Face dataset folder, Parquet, the two released STARK
 layouts (``stark-hf``, ``stark-json``; see ``docs/stark_layouts.md``), our flat JSONL
-(``flat-jsonl``), or one JSONL file of whole episodes.
+(``flat-jsonl``), one JSONL file of whole episodes, or the training formats ``llava`` and
+``sharegpt`` (``dataset/training.py``).
 
 Exports stream episode by episode (a 100K-episode run never sits in memory) and appear
 atomically: a file is written under a temporary name and renamed; a folder is built beside
@@ -24,7 +25,7 @@ from mcu_sim.dataset.files import link_file, replace_dir, write_lines
 from mcu_sim.personas.schema import DATE_FORMAT, Episode
 from mcu_sim.runner.outputs import RunDir
 
-FORMATS = ("hf", "parquet", "stark-hf", "stark-json", "flat-jsonl", "jsonl")
+FORMATS = ("hf", "parquet", "stark-hf", "stark-json", "flat-jsonl", "jsonl", "llava", "sharegpt")
 DEFAULT_TARGETS = {
     "hf": "export/hf",
     "parquet": "export/episodes.parquet",
@@ -32,6 +33,8 @@ DEFAULT_TARGETS = {
     "stark-json": "export/stark.json",
     "flat-jsonl": "export/flat.jsonl",
     "jsonl": "export/episodes.jsonl",
+    "llava": "export/llava",
+    "sharegpt": "export/sharegpt",
 }
 RENAMED = {
     "stark": "'stark' was our own flat JSONL and is now 'flat-jsonl'; the released STARK "
@@ -140,9 +143,17 @@ def load_episodes(run_dir: Path, include_filtered: bool = True) -> list[Episode]
 
 
 def export_run(
-    run_dir: Path, fmt: str, out: Path | None = None, *, include_filtered: bool = False
+    run_dir: Path,
+    fmt: str,
+    out: Path | None = None,
+    *,
+    include_filtered: bool = False,
+    unit: str = "session",
+    model_speaker: str = "assistant",
 ) -> Path:
-    """Write the export; return its path (a file, or a folder for ``hf``)."""
+    """Write the export; return its path (a file, or a folder for ``hf``, ``stark-hf`` and
+    the training formats). ``unit`` and ``model_speaker`` apply to ``llava`` and
+    ``sharegpt`` (see :func:`~mcu_sim.dataset.training.write_training`)."""
     if fmt in RENAMED:
         raise ValueError(RENAMED[fmt])
     if fmt not in FORMATS:
@@ -158,6 +169,10 @@ def export_run(
         from mcu_sim.dataset.stark_json import write_stark_json
 
         write_stark_json(episodes, target)
+    elif fmt in ("llava", "sharegpt"):
+        from mcu_sim.dataset.training import write_training
+
+        write_training(run_dir, episodes, target, fmt, unit=unit, model_speaker=model_speaker)
     elif fmt == "flat-jsonl":
         write_lines(target, (json.dumps(to_flat(e), ensure_ascii=False) for e in episodes))
     elif fmt == "jsonl":
