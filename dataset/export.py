@@ -12,7 +12,6 @@ its target and renamed into place. Episodes the filters marked as removed (``sta
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -203,7 +202,6 @@ JSON_COLUMNS = (
     "prompt_versions",
 )
 ROWS_PER_GROUP = 500
-ROWS_PER_FILE = 10_000  # Hugging Face data files stay a few hundred MB
 
 
 def parquet_schema() -> Any:
@@ -299,19 +297,26 @@ def write_parquet(episodes: Iterator[Episode], target: Path) -> int:
 
 
 def write_hf_folder(run_dir: Path, target: Path, include_filtered: bool) -> None:
-    """``data/train-*.parquet``, the images they refer to, and a README.md dataset card.
+    """``data/train-*.parquet`` with typed nested columns and embedded images
+    (``dataset/hf_features.py``), the image files beside them, and a README.md card.
 
     ``datasets.load_dataset(str(target))`` reads it (the card's ``configs`` names the
     files). Images are hard-linked from the run (copied across file systems).
     """
     from mcu_sim.dataset.card import CardStats, dataset_card
+    from mcu_sim.dataset.hf_features import Encoder, episode_features, write_shard
 
     target.parent.mkdir(parents=True, exist_ok=True)
     built = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         stats = CardStats()
+        import pyarrow as pa
 
-        def counted() -> Iterator[Episode]:
+        summary = pa.schema([f for f in parquet_schema() if f.name not in JSON_COLUMNS])
+        features = episode_features(summary)
+        encoder = Encoder(run_dir)
+
+        def rows() -> Iterator[dict[str, Any]]:
             for episode in iter_episodes(run_dir, include_filtered=True):
                 if episode.status == "filtered" and not include_filtered:
                     stats.excluded += 1
@@ -319,18 +324,19 @@ def write_hf_folder(run_dir: Path, target: Path, include_filtered: bool) -> None
                 stats.add(episode)
                 for path in image_paths(episode):
                     link_file(run_dir / path, built / path)
-                yield episode
+                flat = {k: v for k, v in parquet_row(episode).items() if k not in JSON_COLUMNS}
+                yield encoder.row(episode, flat, features)
 
-        stream = counted()
+        stream = rows()
         written: list[Path] = []
         while True:
             path = built / "data" / f"part-{len(written):05d}.parquet"
-            rows = write_parquet(itertools.islice(stream, ROWS_PER_FILE), path)
-            if rows == 0 and written:
+            count, full = write_shard(stream, encoder, features, path)
+            if count == 0 and written:
                 path.unlink()
                 break
             written.append(path)
-            if rows < ROWS_PER_FILE:
+            if not full:
                 break
         for number, path in enumerate(written):
             path.rename(path.with_name(f"train-{number:05d}-of-{len(written):05d}.parquet"))
