@@ -29,6 +29,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from mcu_sim.personas.schema import Episode, ImageRecord
 
 IMAGE_KEY = "image"
@@ -49,6 +51,8 @@ def _feature(node: dict[str, Any], defs: dict[str, Any]) -> Any:
                 raise ValueError(f"ImageRecord has a field {IMAGE_KEY!r}: rename IMAGE_KEY")
             feature[IMAGE_KEY] = datasets.Image()
         return feature
+    if len(node.get("allOf", ())) == 1:  # how some pydantic versions wrap a described $ref
+        return _feature(node["allOf"][0], defs)
     if "anyOf" in node:
         options = [option for option in node["anyOf"] if option.get("type") != "null"]
         if len(options) == 1:
@@ -73,12 +77,17 @@ def _feature(node: dict[str, Any], defs: dict[str, Any]) -> Any:
     return datasets.Value("string")
 
 
-@cache
-def nested_features() -> dict[str, Any]:
-    """Every top-level field of the episode schema as a ``datasets`` feature."""
-    schema = Episode.model_json_schema()
+def model_features(model: type[BaseModel]) -> dict[str, Any]:
+    """Every top-level field of a pydantic model as a ``datasets`` feature."""
+    schema = model.model_json_schema()
     defs = schema.get("$defs", {})
     return {name: _feature(node, defs) for name, node in schema["properties"].items()}
+
+
+@cache
+def nested_features() -> dict[str, Any]:
+    """The episode schema's fields as ``datasets`` features (derived once per process)."""
+    return model_features(Episode)
 
 
 def episode_features(summary: Any) -> Any:

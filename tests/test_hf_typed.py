@@ -139,6 +139,40 @@ def test_features_come_from_the_schema(run_dir: Path, tmp_path: Path) -> None:
     assert features["seeds"] == datasets.Value("string")  # a free-keyed mapping: JSON text
 
 
+def test_a_field_added_to_the_schema_becomes_a_typed_feature() -> None:
+    import datetime as dt
+
+    import datasets
+    from pydantic import BaseModel, Field
+
+    from mcu_sim.personas.schema import ImageRecord, Session
+
+    class Moment(BaseModel):
+        when: dt.date
+        score: float | None = None
+        photo: ImageRecord | None = None
+
+    class Later(Episode):
+        moments: list[Moment] = Field(default_factory=list)
+        kind: str | None = None
+        tag: int | str = 0
+        notes: dict[str, int] = Field(default_factory=dict)
+        extra_sessions: list[Session] = Field(default_factory=list)
+
+    features = hf_features.model_features(Later)
+    assert features["moments"] == datasets.List(
+        {
+            "when": datasets.Value("date32"),
+            "score": datasets.Value("float64"),
+            "photo": hf_features.model_features(Later)["face"]["image"],
+        }
+    )
+    assert isinstance(features["moments"].feature["photo"]["image"], datasets.Image)
+    assert features["kind"] == datasets.Value("string")
+    assert features["tag"] == features["notes"] == datasets.Value("string")  # JSON text
+    assert features["extra_sessions"] == features["sessions"]
+
+
 def test_images_open_after_the_folder_moves_and_shards_split_by_size(
     run_dir: Path, tmp_path: Path, load: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
