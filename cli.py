@@ -246,70 +246,6 @@ def estimate(
 
 
 @app.command()
-def export(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
-    format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            "-f",
-            help="hf | parquet | stark-hf | stark-json | flat-jsonl | jsonl "
-            "(docs/stark_layouts.md says which layout is which)",
-        ),
-    ] = "stark-hf",
-    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
-    include_filtered: Annotated[
-        bool, typer.Option(help="Keep episodes the filters marked as removed.")
-    ] = False,
-    keep_marked: Annotated[
-        bool,
-        typer.Option(
-            "--keep-marked",
-            help="Keep the sessions and images the filters marked (flagged in 'removals').",
-        ),
-    ] = False,
-) -> None:
-    """Export finished episodes: a Hugging Face dataset folder, Parquet, a released STARK
-    layout (stark-hf, stark-json), our flat JSONL, or one JSONL file of whole episodes.
-    Items the filters marked are left out unless --keep-marked."""
-    from mcu_sim.dataset.export import export_run
-
-    try:
-        path = export_run(
-            run_dir, format, out, include_filtered=include_filtered, keep_marked=keep_marked
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    typer.echo(f"wrote {path}")
-
-
-@app.command("import")
-def import_cmd(
-    source: Annotated[Path, typer.Argument(help="A released STARK file or folder.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="stark-hf | stark-json")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
-) -> None:
-    """Import released STARK records into a run directory (validated; refusals reported)."""
-    from mcu_sim.dataset.importer import import_stark
-
-    try:
-        report = import_stark(format, source, out)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    for position, reason in report.refused:
-        console.print(
-            f"refused {reason}" if reason.startswith(position) else f"refused {position}: {reason}",
-            markup=False,
-            highlight=False,
-        )
-    typer.echo(
-        f"imported {len(report.imported)} episode(s) into {out}; refused {len(report.refused)}"
-    )
-
-
-@app.command()
 def validate(path: Annotated[Path, typer.Argument(help="An episode JSON file.")]) -> None:
     """Validate an episode file against the schema."""
     from pydantic import ValidationError
@@ -418,12 +354,15 @@ def filter_run_cmd(
 
 
 def _register_extensions() -> None:
-    """Commands that live next to the code they drive (debugger, viewer)."""
+    """Commands that live next to the code they drive (exports, debugger, viewer, report,
+    judge)."""
+    from mcu_sim.dataset import cli as dataset_cli
     from mcu_sim.dataset.judge import cli as judge_cli
     from mcu_sim.dataset.report import cli as report_cli
     from mcu_sim.debug import cli as debug_cli
     from mcu_sim.viewer import cli as viewer_cli
 
+    dataset_cli.register(app)
     debug_cli.register(app)
     viewer_cli.register(app)
     report_cli.register(app)

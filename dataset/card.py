@@ -165,8 +165,12 @@ def dataset_card(run_dir: Path, stats: CardStats, include_filtered: bool) -> str
         f"- image requests: {stats.image_requests}, aligned images: {sum(stats.aligned.values())}",
         "",
         "One row per episode. `persona`, `sessions`, `image_requests` and the other nested "
-        "columns hold JSON text (`json.loads`); `image_paths` are relative to this folder. "
-        "Item-level filter marks are listed in `removals`.",
+        "columns are typed structs and lists (dates are dates); free-keyed mappings (`seeds`, "
+        "`usage`, `scores`, face `attributes`) and values of mixed kind (an album id or "
+        "`new`) are JSON text. Every image record (the face's, each request's `image` and "
+        "`alternatives`) has an `image` field with the picture embedded; `image_paths` are "
+        "the same files, relative to this folder. Item-level filter marks are listed in "
+        "`removals`.",
         "",
         "## Generation",
         "",

@@ -1,6 +1,7 @@
 """Export finished episodes: a Hugging Face dataset folder, Parquet, the two released STARK
 layouts (``stark-hf``, ``stark-json``; see ``docs/stark_layouts.md``), our flat JSONL
-(``flat-jsonl``), or one JSONL file of whole episodes.
+(``flat-jsonl``), one JSONL file of whole episodes, or the training formats ``llava`` and
+``sharegpt`` (``dataset/training.py``).
 
 Exports stream episode by episode (a 100K-episode run never sits in memory) and appear
 atomically: a file is written under a temporary name and renamed; a folder is built beside
@@ -12,7 +13,6 @@ session, an NSFW or misaligned image) are left out unless ``keep_marked``
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -26,7 +26,7 @@ from mcu_sim.dataset.marks import without_marked
 from mcu_sim.personas.schema import DATE_FORMAT, Episode
 from mcu_sim.runner.outputs import RunDir
 
-FORMATS = ("hf", "parquet", "stark-hf", "stark-json", "flat-jsonl", "jsonl")
+FORMATS = ("hf", "parquet", "stark-hf", "stark-json", "flat-jsonl", "jsonl", "llava", "sharegpt")
 DEFAULT_TARGETS = {
     "hf": "export/hf",
     "parquet": "export/episodes.parquet",
@@ -34,6 +34,8 @@ DEFAULT_TARGETS = {
     "stark-json": "export/stark.json",
     "flat-jsonl": "export/flat.jsonl",
     "jsonl": "export/episodes.jsonl",
+    "llava": "export/llava",
+    "sharegpt": "export/sharegpt",
 }
 RENAMED = {
     "stark": "'stark' was our own flat JSONL and is now 'flat-jsonl'; the released STARK "
@@ -151,8 +153,12 @@ def export_run(
     *,
     include_filtered: bool = False,
     keep_marked: bool = False,
+    unit: str = "session",
+    model_speaker: str = "assistant",
 ) -> Path:
-    """Write the export; return its path (a file, or a folder for ``hf``)."""
+    """Write the export; return its path (a file, or a folder for ``hf``, ``stark-hf`` and
+    the training formats). ``unit`` and ``model_speaker`` apply to ``llava`` and
+    ``sharegpt`` (see :func:`~mcu_sim.dataset.training.write_training`)."""
     if fmt in RENAMED:
         raise ValueError(RENAMED[fmt])
     if fmt not in FORMATS:
@@ -170,6 +176,10 @@ def export_run(
         from mcu_sim.dataset.stark_json import write_stark_json
 
         write_stark_json(episodes, target)
+    elif fmt in ("llava", "sharegpt"):
+        from mcu_sim.dataset.training import write_training
+
+        write_training(run_dir, episodes, target, fmt, unit=unit, model_speaker=model_speaker)
     elif fmt == "flat-jsonl":
         write_lines(target, (json.dumps(to_flat(e), ensure_ascii=False) for e in episodes))
     elif fmt == "jsonl":
@@ -200,7 +210,6 @@ JSON_COLUMNS = (
     "prompt_versions",
 )
 ROWS_PER_GROUP = 500
-ROWS_PER_FILE = 10_000  # Hugging Face data files stay a few hundred MB
 
 
 def parquet_schema() -> Any:
@@ -298,19 +307,26 @@ def write_parquet(episodes: Iterator[Episode], target: Path) -> int:
 def write_hf_folder(
     run_dir: Path, target: Path, include_filtered: bool, keep_marked: bool = False
 ) -> None:
-    """``data/train-*.parquet``, the images they refer to, and a README.md dataset card.
+    """``data/train-*.parquet`` with typed nested columns and embedded images
+    (``dataset/hf_features.py``), the image files beside them, and a README.md card.
 
     ``datasets.load_dataset(str(target))`` reads it (the card's ``configs`` names the
     files). Images are hard-linked from the run (copied across file systems).
     """
     from mcu_sim.dataset.card import CardStats, dataset_card
+    from mcu_sim.dataset.hf_features import Encoder, episode_features, write_shard
 
     target.parent.mkdir(parents=True, exist_ok=True)
     built = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         stats = CardStats()
+        import pyarrow as pa
 
-        def counted() -> Iterator[Episode]:
+        summary = pa.schema([f for f in parquet_schema() if f.name not in JSON_COLUMNS])
+        features = episode_features(summary)
+        encoder = Encoder(run_dir)
+
+        def rows() -> Iterator[dict[str, Any]]:
             for episode in iter_episodes(run_dir, include_filtered=True, keep_marked=keep_marked):
                 if episode.status == "filtered" and not include_filtered:
                     stats.excluded += 1
@@ -318,18 +334,19 @@ def write_hf_folder(
                 stats.add(episode)
                 for path in image_paths(episode):
                     link_file(run_dir / path, built / path)
-                yield episode
+                flat = {k: v for k, v in parquet_row(episode).items() if k not in JSON_COLUMNS}
+                yield encoder.row(episode, flat, features)
 
-        stream = counted()
+        stream = rows()
         written: list[Path] = []
         while True:
             path = built / "data" / f"part-{len(written):05d}.parquet"
-            rows = write_parquet(itertools.islice(stream, ROWS_PER_FILE), path)
-            if rows == 0 and written:
+            count, full = write_shard(stream, encoder, features, path)
+            if count == 0 and written:
                 path.unlink()
                 break
             written.append(path)
-            if rows < ROWS_PER_FILE:
+            if not full:
                 break
         for number, path in enumerate(written):
             path.rename(path.with_name(f"train-{number:05d}-of-{len(written):05d}.parquet"))

@@ -113,7 +113,13 @@ def test_hf_folder_loads_with_datasets(
         assert row["name"] == episode.demographics.name and row["age"] == episode.demographics.age
         assert row["persona_sentences"] == [a.sentence for a in episode.persona]
         assert row["n_sessions"] == len(episode.sessions) == 2
-        assert json.loads(row["sessions"]) == episode.model_dump(mode="json")["sessions"]
+        # typed nested rows (tests/test_hf_typed.py checks every field)
+        assert [(s["index"], s["date"]) for s in row["sessions"]] == [
+            (s.index, s.date) for s in episode.sessions
+        ]
+        assert [t["utterance"] for s in row["sessions"] for t in s["turns"]] == [
+            t.utterance for s in episode.sessions for t in s.turns
+        ]
         assert row["image_paths"] == image_paths(episode)
         for path in row["image_paths"]:
             assert (folder / path).is_file()
