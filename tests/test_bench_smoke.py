@@ -109,3 +109,17 @@ def test_qa_scorers_smoke(tmp_path: Path) -> None:
         sum(rows[n]["ms_per_image"] for n in ("clip", "aesthetic", "nsfw.open_nsfw"))
     )
     assert "ms/image" in out.splitlines()[0]
+
+
+def test_retrieval_smoke() -> None:
+    """The retrieval bench at its smoke size: the shipped build path and both recalls."""
+    pytest.importorskip("autofaiss")
+    result = _json("retrieval.py", timeout=300)
+    assert result["vectors"] == 30_000 and result["queries"] == 100
+    assert result["index_key"] != "Flat"  # above 20,000 vectors AutoFaiss chooses the index
+    assert result["build_peak_rss_mb"] > 0 and result["index_on_disk_mb"] > 0
+    for recall in ("index_recall_at_10", "shipped_recall_at_10"):
+        assert 0 < result[recall] <= 1
+    # the shipped search rescores the index's pool exactly: never worse than the index alone
+    assert result["shipped_recall_at_10"] >= result["index_recall_at_10"]
+    assert result["exact_qps_batched"] > 0 and result["shipped_qps_single"] > 0

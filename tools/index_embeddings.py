@@ -185,7 +185,7 @@ def _check_normalised(layout: EmbeddingsLayout) -> None:
     """clip-retrieval writes unit vectors; inner product then is cosine. Check a sample."""
     import numpy as np
 
-    for shards in (layout.images, layout.texts or []):
+    for shards in (layout.images, layout.texts) if layout.texts else (layout.images,):
         sample = np.asarray(np.load(shards[0], mmap_mode="r")[:256], dtype=np.float32)
         norms = np.linalg.norm(sample, axis=1)
         norms = norms[norms > 0]  # a zero row is an image without caption
