@@ -10,6 +10,7 @@ large collection does not have to fit in RAM.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -109,6 +110,25 @@ AUTOFAISS_SETTINGS: dict[str, Any] = {
 }
 
 
+IVF_FLAT_UP_TO_BYTES = 3 * 2**30  # within max_index_memory_usage, with room to spare
+
+
+def shipped_index_key(n_rows: int, dim: int) -> str | None:
+    """The faiss index we ask AutoFaiss for; it then tunes its search parameters.
+
+    Exact below :data:`EXACT_INDEX_BELOW`; ``IVF<nlist>,Flat`` (about 4 sqrt(n) lists) while
+    the vectors fit :data:`IVF_FLAT_UP_TO_BYTES`; beyond, AutoFaiss's own choice. Its OPQ
+    choices fail on faiss >= 1.8 (``OPQMatrix`` lost its keyword arguments), which is why
+    the middle range is not left to it.
+    """
+    if n_rows < EXACT_INDEX_BELOW:
+        return "Flat"
+    if n_rows * dim * 4 <= IVF_FLAT_UP_TO_BYTES:
+        nlist = 1 << max(8, min(16, round(math.log2(4 * math.sqrt(n_rows)))))
+        return f"IVF{nlist},Flat"
+    return None
+
+
 def autofaiss_index(
     shards: Path | list[Path],
     index_path: Path,
@@ -127,7 +147,8 @@ def autofaiss_index(
     from autofaiss import build_index as autofaiss_build
 
     paths = [shards] if isinstance(shards, Path) else list(shards)
-    index_key = "Flat" if n_rows < EXACT_INDEX_BELOW else None
+    dim = int(np.load(paths[0], mmap_mode="r").shape[1])
+    index_key = shipped_index_key(n_rows, dim)
     settings = {**AUTOFAISS_SETTINGS, "index_key": index_key, **overrides}
     with tempfile.TemporaryDirectory(prefix="mcu-faiss-") as tmp:
         folder = Path(tmp) / "emb"
