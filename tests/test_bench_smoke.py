@@ -123,3 +123,16 @@ def test_retrieval_smoke() -> None:
     # the shipped search rescores the index's pool exactly: never worse than the index alone
     assert result["shipped_recall_at_10"] >= result["index_recall_at_10"]
     assert result["exact_qps_batched"] > 0 and result["shipped_qps_single"] > 0
+
+
+def test_ray_throughput_smoke() -> None:
+    """Both backends on the same endpoint at the smoke size; Ray's tasks and actors counted."""
+    pytest.importorskip("ray")
+    result = _json("ray_throughput.py", timeout=600)
+    for backend in ("local", "ray"):
+        row = result[backend]
+        assert row["episodes"] == 6 and row["failed"] == 0 and row["llm_calls"] > 6 * 5
+        assert 0 < row["ratio"] <= 1.1 and row["cpu_ms_per_call"] > 0
+    assert result["ray"]["llm_calls"] == result["local"]["llm_calls"]  # the same workload
+    assert result["ray"]["tasks_started"] == 6 and result["ray"]["actors_started"] == 2
+    assert result["ray_to_local_ratio"] > 0
