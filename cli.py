@@ -280,6 +280,14 @@ def index_build(
     parquet: Annotated[
         Path | None, typer.Option("--parquet", help="Parquet with image paths and captions.")
     ] = None,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--embeddings",
+            help="clip-retrieval folder (img_emb/, text_emb/, metadata/): index it as is; "
+            "--model/--pretrained name the CLIP model that made it.",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -303,8 +311,23 @@ def index_build(
     """Embed images (and captions) in batches and build an AutoFaiss index. A bare model
     name needs --pretrained weights; --random-weights opts into random ones (tests only)."""
     from mcu_sim.tools.base import ToolUnavailable
-    from mcu_sim.tools.index_build import build_index
+    from mcu_sim.tools.index_build import build_index, check_clip_weights
 
+    if embeddings is not None:
+        from mcu_sim.tools.index_embeddings import build_from_embeddings
+
+        try:
+            if images or parquet or model is None or model.lower() == "none":
+                raise ValueError("--embeddings takes no --images/--parquet and needs --model")
+            check_clip_weights(model, pretrained, random_weights)
+            summary = build_from_embeddings(
+                embeddings, out, model_name=model, pretrained=pretrained
+            )
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+        typer.echo(json.dumps(summary, default=str))
+        return
     try:
         info = build_index(
             images,

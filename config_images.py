@@ -106,6 +106,12 @@ class PhotoMakerSettings(Strict):
 class RetrievalSettings(Strict):
     enabled: bool = True
     database: str | None = Field(None, description="Index folder; None = the shipped DB.")
+    databases: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Several index folders searched together with one z-scored ranking "
+        "(STARK's five sources); replaces `database` when given.",
+    )
     clip_model: str | None = None
     clip_pretrained: str | None = None
     top_k: int = Field(5, ge=1, le=100)

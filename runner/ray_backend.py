@@ -44,7 +44,7 @@ from mcu_sim.runner.checkpoints import (
 )
 from mcu_sim.runner.jobs import EpisodeJob, RunReport
 from mcu_sim.runner.ray_tools import ImageToolService
-from mcu_sim.runner.ray_worker import run_episode_task, session_key
+from mcu_sim.runner.ray_worker import EpisodeActor, run_episode_task, session_key
 from mcu_sim.runner.runner import EpisodeRunner
 
 TASK_CPUS = 0.5  # an episode mostly waits on the LLM endpoint
@@ -86,6 +86,8 @@ def _remote(kind: str) -> Any:
         return ray.remote(max_retries=0)(run_episode_task)
     if kind == "monitor":
         return ray.remote(num_cpus=0)(RunMonitor)
+    if kind == "episodes":
+        return ray.remote(max_restarts=0)(EpisodeActor)
     return ray.remote(ImageToolService)
 
 
@@ -94,7 +96,9 @@ class RayEpisodeRunner(EpisodeRunner):
 
     ``address`` is a Ray cluster (``ray://…`` or ``auto``); None starts a local Ray (or
     uses the one already initialised in this process). ``task_cpus`` is the CPU share Ray
-    reserves per episode task.
+    reserves per episode task (or per episode actor). ``episode_actors``: how many
+    :class:`~mcu_sim.runner.ray_worker.EpisodeActor` run the episodes, each with many in
+    flight (``None``: one per CPU of the cluster); ``0`` runs one task per episode instead.
     """
 
     backend = "ray"
@@ -106,6 +110,7 @@ class RayEpisodeRunner(EpisodeRunner):
         *,
         address: str | None = None,
         task_cpus: float = TASK_CPUS,
+        episode_actors: int | None = None,
         **options: Any,
     ) -> None:
         if options.get("llm") is not None or options.get("graph_factory") is not None:
@@ -118,6 +123,8 @@ class RayEpisodeRunner(EpisodeRunner):
         super().__init__(config, out_dir, **options)
         self.address = address
         self.task_cpus = task_cpus
+        self.episode_actors = episode_actors
+        self.started = {"tasks": 0, "actors": 0}  # what the run asked Ray for (benchmarks)
         self._usage = Usage()
         self.tool_actors: list[Any] = []
         self.qa_batches: dict[str, list[int]] = {}  # scorer -> images per model call
@@ -194,6 +201,7 @@ class RayEpisodeRunner(EpisodeRunner):
         else:
             cls = _remote("tools").options(num_cpus=0, max_concurrency=64)
         self.tool_actors = [cls.remote(images) for _ in range(max(gpus, 1))]
+        self.started["actors"] += len(self.tool_actors)
         return self.tool_actors, ray.get(self.tool_actors[0].describe.remote())
 
     async def _execute_on_ray(self, jobs: list[EpisodeJob], report: RunReport) -> None:
@@ -210,7 +218,7 @@ class RayEpisodeRunner(EpisodeRunner):
             "tool_actors": actors,
             "tool_info": info,
         }
-        task = _remote("task").options(num_cpus=self.task_cpus)
+        submit, release, workers = self._submitter()
         queue = list(reversed(jobs))
         pending: dict[asyncio.Future, EpisodeJob] = {}
         refs: dict[asyncio.Future, Any] = {}
@@ -220,7 +228,7 @@ class RayEpisodeRunner(EpisodeRunner):
                     job = queue.pop()
                     thread = thread_id_for(self.run_id, job.episode_id, shared)
                     payload = {**base, "job": [job.episode_id, job.seed], "thread_id": thread}
-                    ref = task.remote(payload)
+                    ref = submit(payload)
                     future = asyncio.wrap_future(ref.future())
                     pending[future], refs[future] = job, ref
                     self._emit("start", episode_id=job.episode_id)
@@ -232,7 +240,7 @@ class RayEpisodeRunner(EpisodeRunner):
                 await self._poll_monitor(monitor)
                 for future in done:
                     job = pending.pop(future)
-                    refs.pop(future)
+                    release(refs.pop(future))
                     await self._collect(job, future, report)
         except (asyncio.CancelledError, KeyboardInterrupt):
             import ray
@@ -242,6 +250,54 @@ class RayEpisodeRunner(EpisodeRunner):
             raise
         finally:
             await self._poll_monitor(monitor)
+            await self._stop_workers(workers)
+
+    def _submitter(self) -> tuple[Any, Any, list[Any]]:
+        """How an episode is submitted: to the episode actor with the fewest in flight, or
+        as a task of its own (``episode_actors=0``); how its end is told (``release``);
+        and the actors started for it."""
+        import ray
+
+        count = self.episode_actors
+        if count is None:
+            count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if count == 0:
+            task = _remote("task").options(num_cpus=self.task_cpus)
+
+            def as_task(payload: dict[str, Any]) -> Any:
+                self.started["tasks"] += 1
+                return task.remote(payload)
+
+            return as_task, lambda ref: None, []
+        cls = _remote("episodes").options(
+            num_cpus=self.task_cpus, max_concurrency=max(1, self.max_in_flight)
+        )
+        actors = [cls.remote() for _ in range(count)]
+        self.started["actors"] += count
+        load = [0] * count
+        actor_of: dict[Any, int] = {}
+
+        def to_actor(payload: dict[str, Any]) -> Any:
+            pick = min(range(count), key=load.__getitem__)
+            load[pick] += 1
+            self.started["tasks"] += 1
+            ref = actors[pick].run.remote(payload)
+            actor_of[ref] = pick
+            return ref
+
+        def release(ref: Any) -> None:
+            load[actor_of.pop(ref)] -= 1
+
+        return to_actor, release, actors
+
+    async def _stop_workers(self, actors: list[Any]) -> None:
+        """Close each episode actor's checkpointer and client, then end it."""
+        import ray
+
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(actor.close.remote().future()), 30)
+            ray.kill(actor)
 
     async def _poll_monitor(self, monitor: Any) -> None:
         totals = await monitor.totals.remote()

@@ -109,24 +109,23 @@ def _close_at_exit() -> None:
 atexit.register(_close_at_exit)
 
 
-def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
+async def _open_parts(
+    config: Config, run_root: str, exits: contextlib.AsyncExitStack
+) -> tuple[LLMClient, Any]:
+    """The LLM client and checkpointer of a session, opened on the running loop."""
     from mcu_sim.agents.llm.client import build_client
 
+    llm = build_client(config.llm, cache_path=config.llm.cache.path, secrets=secret_values(config))
+    exits.push_async_callback(llm.aclose)
+    saver = await exits.enter_async_context(checkpointer_for(config, RunDir(run_root).checkpoints))
+    return llm, saver
+
+
+def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
     runner = asyncio.Runner(loop_factory=loop_factory(config.run.event_loop))
     exits = contextlib.AsyncExitStack()
-
-    async def open_parts() -> tuple[LLMClient, Any]:
-        llm = build_client(
-            config.llm, cache_path=config.llm.cache.path, secrets=secret_values(config)
-        )
-        exits.push_async_callback(llm.aclose)
-        saver = await exits.enter_async_context(
-            checkpointer_for(config, RunDir(run_root).checkpoints)
-        )
-        return llm, saver
-
     try:
-        llm, saver = runner.run(open_parts())
+        llm, saver = runner.run(_open_parts(config, run_root, exits))
     except BaseException:
         with contextlib.suppress(Exception):
             runner.run(exits.aclose())
@@ -154,7 +153,66 @@ def run_episode_task(payload: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
-async def _episode_in_worker(payload: dict[str, Any], session: WorkerSession) -> dict[str, Any]:
+@dataclass
+class ActorSession:
+    """:class:`WorkerSession`'s parts on an :class:`EpisodeActor`'s own event loop."""
+
+    key: str
+    config: Config
+    llm: LLMClient
+    saver: Any
+    graph: Any
+    fingerprint: str | None
+    exits: contextlib.AsyncExitStack
+    reported: Any = None  # the client's usage when the monitor last heard of it
+
+
+class EpisodeActor:
+    """An async Ray actor running many episodes at once, interleaved on its event loop.
+
+    One episode per task keeps one episode in flight per worker process, and an episode
+    mostly waits on the endpoint: a few actors, each with as many episodes in flight as the
+    driver gives it (Ray's ``max_concurrency`` for async actors), keep the endpoint as busy
+    as the local runner's single loop does, with one client, checkpointer and compiled graph
+    per actor. Results still come back one episode at a time, as each ends.
+    """
+
+    def __init__(self) -> None:
+        self._session: ActorSession | None = None
+        self._opening: asyncio.Lock | None = None
+        self.episodes_run = 0
+
+    async def _session_for(self, payload: dict[str, Any]) -> ActorSession:
+        if self._opening is None:
+            self._opening = asyncio.Lock()  # made on the actor's loop
+        async with self._opening:
+            key = payload.get("session_key") or session_key(payload["config"], payload["run_root"])
+            if self._session is not None and self._session.key == key:
+                return self._session
+            await self.close()
+            config, exits = Config.model_validate(payload["config"]), contextlib.AsyncExitStack()
+            llm, saver = await _open_parts(config, payload["run_root"], exits)
+            graph, fingerprint = compile_graph(saver), config.fingerprint()
+            self._session = ActorSession(key, config, llm, saver, graph, fingerprint, exits)
+            self._session.reported = llm.usage
+            return self._session
+
+    async def run(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One episode run (or resumed), as :func:`run_episode_task` does in a task."""
+        session = await self._session_for(payload)
+        try:
+            return await _episode_in_worker(payload, session)
+        finally:
+            self.episodes_run += 1
+
+    async def close(self) -> None:
+        """Close the session's checkpointer and client (before the driver kills the actor)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.exits.aclose()
+
+
+async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str, Any]:
     """The episode, or a failure record, or ``stopped``, with this task's usage."""
     config, llm, graph = session.config, session.llm, session.graph
     job = EpisodeJob(*payload["job"])
@@ -163,12 +221,16 @@ async def _episode_in_worker(payload: dict[str, Any], session: WorkerSession) ->
     actors = payload["tool_actors"]
     tools = RemoteToolbox(actors, payload["tool_info"]) if actors else None
     started = reported = llm.usage  # the client is the session's: count this task's share
+    shared = isinstance(session, ActorSession)  # other episodes use the same client at once
 
     async def after_step(nodes: list[str]) -> bool:
         nonlocal reported
         if monitor is None:
             return False
-        delta, reported = llm.usage - reported, llm.usage
+        if shared:  # the client's calls since any episode of this actor last reported
+            delta, session.reported = llm.usage - session.reported, llm.usage
+        else:
+            delta, reported = llm.usage - reported, llm.usage
         return bool(await monitor.report.remote(delta.as_dict(), len(nodes)))
 
     context = EpisodeContext(
@@ -186,7 +248,9 @@ async def _episode_in_worker(payload: dict[str, Any], session: WorkerSession) ->
         failed_at = await next_nodes(graph, payload["thread_id"])
         result = {"failure": failure_record(job, exc, failed_at, Scrubber.for_config(config))}
     await after_step([])
-    result.update(usage=(llm.usage - started).as_dict(), executions=dict(executions))
+    if not shared:  # an actor's client counts its concurrent episodes together
+        result["usage"] = (llm.usage - started).as_dict()
+    result["executions"] = dict(executions)
     return result
 
 

@@ -109,3 +109,30 @@ def test_qa_scorers_smoke(tmp_path: Path) -> None:
         sum(rows[n]["ms_per_image"] for n in ("clip", "aesthetic", "nsfw.open_nsfw"))
     )
     assert "ms/image" in out.splitlines()[0]
+
+
+def test_retrieval_smoke() -> None:
+    """The retrieval bench at its smoke size: the shipped build path and both recalls."""
+    pytest.importorskip("autofaiss")
+    result = _json("retrieval.py", timeout=300)
+    assert result["vectors"] == 30_000 and result["queries"] == 100
+    assert result["index_key"] != "Flat"  # above 20,000 vectors AutoFaiss chooses the index
+    assert result["build_peak_rss_mb"] > 0 and result["index_on_disk_mb"] > 0
+    for recall in ("index_recall_at_10", "shipped_recall_at_10"):
+        assert 0 < result[recall] <= 1
+    # the shipped search rescores the index's pool exactly: never worse than the index alone
+    assert result["shipped_recall_at_10"] >= result["index_recall_at_10"]
+    assert result["exact_qps_batched"] > 0 and result["shipped_qps_single"] > 0
+
+
+def test_ray_throughput_smoke() -> None:
+    """Both backends on the same endpoint at the smoke size; Ray's tasks and actors counted."""
+    pytest.importorskip("ray")
+    result = _json("ray_throughput.py", timeout=600)
+    for backend in ("local", "ray"):
+        row = result[backend]
+        assert row["episodes"] == 6 and row["failed"] == 0 and row["llm_calls"] > 6 * 5
+        assert 0 < row["ratio"] <= 1.1 and row["cpu_ms_per_call"] > 0
+    assert result["ray"]["llm_calls"] == result["local"]["llm_calls"]  # the same workload
+    assert result["ray"]["tasks_started"] == 6 and result["ray"]["actors_started"] == 2
+    assert result["ray_to_local_ratio"] > 0

@@ -10,6 +10,7 @@ large collection does not have to fit in RAM.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -98,41 +99,90 @@ def _autofaiss_manners(progress: bool) -> Iterator[None]:
         quantize.setup_logging, numpy_reader.tqdm = saved
 
 
-def faiss_index(npy_path: Path, index_path: Path, n_rows: int, progress: bool = False) -> str:
-    """Build and save an inner-product AutoFaiss index over a normalised ``.npy``.
+# The AutoFaiss settings we ship (bench/retrieval.py measures them at 1M vectors). Indexes are
+# built memory-mappable so a database of millions is searched from the page cache, not RAM.
+AUTOFAISS_SETTINGS: dict[str, Any] = {
+    "max_index_memory_usage": "4G",
+    "current_memory_available": "8G",
+    "max_index_query_time_ms": 10.0,
+    "min_nearest_neighbors_to_retrieve": 64,
+    "should_be_memory_mappable": True,
+}
 
-    Returns the faiss index key that was used.
+
+IVF_FLAT_UP_TO_BYTES = 3 * 2**30  # within max_index_memory_usage, with room to spare
+
+
+def shipped_index_key(n_rows: int, dim: int) -> str | None:
+    """The faiss index we ask AutoFaiss for; it then tunes its search parameters.
+
+    Exact below :data:`EXACT_INDEX_BELOW`; ``IVF<nlist>,Flat`` (about 4 sqrt(n) lists) while
+    the vectors fit :data:`IVF_FLAT_UP_TO_BYTES`; beyond, AutoFaiss's own choice. Its OPQ
+    choices fail on faiss >= 1.8 (``OPQMatrix`` lost its keyword arguments), which is why
+    the middle range is not left to it.
+    """
+    if n_rows < EXACT_INDEX_BELOW:
+        return "Flat"
+    if n_rows * dim * 4 <= IVF_FLAT_UP_TO_BYTES:
+        nlist = 1 << max(8, min(16, round(math.log2(4 * math.sqrt(n_rows)))))
+        return f"IVF{nlist},Flat"
+    return None
+
+
+def autofaiss_index(
+    shards: Path | list[Path],
+    index_path: Path,
+    n_rows: int,
+    progress: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Build and save an inner-product AutoFaiss index over normalised ``.npy`` shards.
+
+    The shards are read in the order given (they are linked into a private folder under
+    zero-padded names, since AutoFaiss's reader takes a folder's files in name order).
+    ``overrides`` replace entries of :data:`AUTOFAISS_SETTINGS`. Returns AutoFaiss's infos,
+    with at least ``index_key`` (and ``index_param``, the search parameters it chose).
     """
     import numpy as np
     from autofaiss import build_index as autofaiss_build
 
-    index_key = "Flat" if n_rows < EXACT_INDEX_BELOW else None
+    paths = [shards] if isinstance(shards, Path) else list(shards)
+    dim = int(np.load(paths[0], mmap_mode="r").shape[1])
+    index_key = shipped_index_key(n_rows, dim)
+    settings = {**AUTOFAISS_SETTINGS, "index_key": index_key, **overrides}
     with tempfile.TemporaryDirectory(prefix="mcu-faiss-") as tmp:
-        # embedding_reader reads every .npy in a folder: give it a folder with only ours
-        link = Path(tmp) / "emb.npy"
-        try:
-            link.symlink_to(npy_path.resolve())
-        except OSError:
-            np.save(link, np.load(npy_path, mmap_mode="r"))
+        folder = Path(tmp) / "emb"
+        folder.mkdir()
+        for number, path in enumerate(paths):
+            link = folder / f"{number:06d}.npy"
+            try:
+                link.symlink_to(Path(path).resolve())
+            except OSError:
+                np.save(link, np.load(path, mmap_mode="r"))
         with _autofaiss_manners(progress):
             index, infos = autofaiss_build(
-                embeddings=tmp,
+                embeddings=str(folder),
                 index_path=str(index_path),
                 index_infos_path=str(Path(tmp) / "infos.json"),
-                index_key=index_key,
                 metric_type="ip",
                 save_on_disk=True,
-                max_index_memory_usage="4G",
-                current_memory_available="8G",
                 nb_cores=max(1, min(4, os.cpu_count() or 1)),
                 verbose=logging.WARNING,
+                **settings,
             )
     if index is None:
         raise RuntimeError(
-            f"autofaiss could not build an index over {n_rows} vectors ({npy_path}); "
+            f"autofaiss could not build an index over {n_rows} vectors ({paths[0]}...); "
             "see the autofaiss log above"
         )
-    return str(infos.get("index_key", index_key) if isinstance(infos, dict) else index_key)
+    infos = dict(infos) if isinstance(infos, dict) else {}
+    infos.setdefault("index_key", settings["index_key"])
+    return infos
+
+
+def faiss_index(npy_path: Path, index_path: Path, n_rows: int, progress: bool = False) -> str:
+    """Build and save an AutoFaiss index over one normalised ``.npy``; returns its key."""
+    return str(autofaiss_index(npy_path, index_path, n_rows, progress)["index_key"])
 
 
 def _open_matrix(path: Path, rows: int, dim: int) -> np.ndarray:

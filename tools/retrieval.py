@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ from mcu_sim.tools.image_db import (
     read_manifest,
 )
 from mcu_sim.tools.index_build import IndexInfo, build_index
+from mcu_sim.tools.index_embeddings import ParquetItems, ShardedRows
 
 if TYPE_CHECKING:
     import numpy as np
@@ -70,14 +72,22 @@ class _Embedding:
         self.dim = int(entry["dim"])
         self.encoder = encoder
 
-        def index(name: str | None) -> Any:
-            return faiss.read_index(str(db_dir / name)) if name else None
+        def index(name: str | None, param: str | None) -> Any:
+            if not name:
+                return None
+            # memory-mapped: the inverted lists of a large index stay in the page cache
+            found = faiss.read_index(str(db_dir / name), faiss.IO_FLAG_MMAP)
+            if param:  # the search parameters AutoFaiss chose when it built the index
+                faiss.ParameterSpace().set_index_parameters(found, param)
+            return found
 
-        def matrix(name: str | None) -> np.ndarray | None:
+        def matrix(name: str | list[str] | None) -> Any:
+            if isinstance(name, list):  # clip-retrieval shards, left where they lie
+                return ShardedRows([db_dir / part for part in name])
             return np.load(db_dir / name, mmap_mode="r") if name else None
 
-        self.image_index = index(entry.get("image_index"))
-        self.caption_index = index(entry.get("caption_index"))
+        self.image_index = index(entry.get("image_index"), entry.get("index_param"))
+        self.caption_index = index(entry.get("caption_index"), entry.get("caption_index_param"))
         self.images = matrix(entry.get("images"))
         self.captions = matrix(entry.get("captions"))
         stats = entry.get("stats")
@@ -97,8 +107,11 @@ class ImageDatabase:
         combine: bool = True,
         pool: int = 64,
         min_similarity: float | None = None,
+        encoders: dict[tuple[str, str | None, str], Any] | None = None,
     ) -> None:
         self.db_dir = Path(db_dir)
+        # text encoders shared by the databases of one DatabaseSet (same model: loaded once)
+        self._encoders = encoders if encoders is not None else {}
         self.clip_model = clip_model
         self.clip_pretrained = clip_pretrained
         self.device = device
@@ -108,7 +121,7 @@ class ImageDatabase:
         self.fallback_reason: str | None = None
         self._manifest: dict[str, Any] | None = None
         self._choice: dict[str, Any] | None = None
-        self._items: list[DbItem] = []
+        self._items: Sequence[DbItem] = []
         self._excluded: set[int] = set()
         self._embedding: _Embedding | None = None
         self._lock = threading.Lock()
@@ -189,10 +202,13 @@ class ImageDatabase:
                 raise ToolUnavailable(TOOL, "faiss missing: pip install 'mcu-sim[images]'") from exc
             from mcu_sim.tools.embedders import ClipEmbedder, MiniLMEmbedder
 
-            if choice["kind"] == MINILM_KIND:
-                encoder: Any = MiniLMEmbedder(self.device)
+            pretrained = self.clip_pretrained or choice.get("pretrained")
+            key = (choice["kind"], pretrained, self.device)
+            if key in self._encoders:
+                encoder: Any = self._encoders[key]
+            elif choice["kind"] == MINILM_KIND:
+                encoder = MiniLMEmbedder(self.device)
             else:
-                pretrained = self.clip_pretrained or choice.get("pretrained")
                 stored = choice.get("pretrained")
                 if self.clip_pretrained and stored and Path(stored).name != Path(pretrained).name:
                     log.warning(
@@ -203,9 +219,14 @@ class ImageDatabase:
                     )
                 encoder = ClipEmbedder(choice["model_name"], pretrained, self.device)
             encoder.load()
+            self._encoders[key] = encoder
             try:
-                items = read_items(self.db_dir)
-            except DatabaseFormatError as exc:
+                source = self._manifest.get("source") or {}
+                if source.get("layout") == "clip-retrieval":
+                    items: Any = ParquetItems([Path(p) for p in source["metadata"]])
+                else:
+                    items = read_items(self.db_dir)
+            except (DatabaseFormatError, OSError) as exc:
                 raise ToolUnavailable(TOOL, str(exc)) from exc
             skipped = {entry[0] for entry in self._manifest.get("skipped", [])}
             self._excluded = {i for i, it in enumerate(items) if it.id in skipped}
@@ -273,27 +294,41 @@ class ImageDatabase:
                 out["rank"] = out["combined"]
         return out
 
-    def search_sync(
-        self, description: str, k: int = 5, out_dir: Path | None = None
-    ) -> list[Candidate]:
-        """Blocking search; see :meth:`search`."""
-        import numpy as np
+    @property
+    def stats(self) -> ZStats | None:
+        """The z-score statistics of the embedding that serves searches (after load)."""
+        self.load()
+        assert self._embedding is not None
+        return self._embedding.stats
 
+    def encode(self, description: str) -> Any:
+        """The description's embedding with this database's text encoder."""
         if not description.strip():
             raise ValueError("empty description: nothing to search for")
+        self.load()
+        assert self._embedding is not None
+        return self._embedding.encoder.embed_texts([description])[0]
+
+    def search_texts(self, description: str, k: int) -> list[tuple[DbItem, dict[str, Any]]]:
+        """Top-``k`` items and scores for a description, ``min_similarity`` applied."""
+        import numpy as np
+
         if k < 1:
             raise ValueError("k must be at least 1")
-        self.load()
-        assert self._embedding is not None and self._manifest is not None
-        query = self._embedding.encoder.embed_texts([description])[0]
-        results = self.search_vector(query, k)
+        results = self.search_vector(self.encode(description), k)
         floor = -np.inf if self.min_similarity is None else self.min_similarity
-        results = [
+        return [
             (item, scores)
             for item, scores in results
             if np.isfinite(scores["similarity"]) and scores["similarity"] >= floor
         ]
-        return [self._candidate(item, scores, out_dir) for item, scores in results]
+
+    def search_sync(
+        self, description: str, k: int = 5, out_dir: Path | None = None
+    ) -> list[Candidate]:
+        """Blocking search; see :meth:`search`."""
+        results = self.search_texts(description, k)
+        return [self.candidate(item, scores, out_dir) for item, scores in results]
 
     async def search(
         self, description: str, k: int = 5, out_dir: Path | None = None
@@ -305,10 +340,14 @@ class ImageDatabase:
         """
         return await asyncio.to_thread(self.search_sync, description, k, out_dir)
 
-    def _candidate(self, item: DbItem, scores: dict[str, Any], out_dir: Path | None) -> Candidate:
+    def candidate(self, item: DbItem, scores: dict[str, Any], out_dir: Path | None) -> Candidate:
+        """The item's image as a candidate: copied (or downloaded) into ``out_dir``."""
         assert self._manifest is not None
-        source = item_file(self.db_dir, self._manifest, item)
-        if not source.is_file():
+        url = item.extra.get("url")
+        source = item_file(self.db_dir, self._manifest, item) if item.path else None
+        if (source is None or not source.is_file()) and url:
+            return self._fetched(item, str(url), scores, out_dir)
+        if source is None or not source.is_file():
             raise ToolUnavailable(TOOL, f"image {item.id} missing from the database: {source}")
         path = source
         if out_dir is not None:
@@ -318,6 +357,27 @@ class ImageDatabase:
             tmp = path.with_name(f"{path.name}.{threading.get_ident()}.part")
             shutil.copyfile(source, tmp)  # always: a same-named file may come from another DB
             tmp.replace(path)
+        return Candidate(
+            path=path, module=TOOL, db_id=item.id, scores=dict(scores), caption=item.caption
+        )
+
+    def _fetched(
+        self, item: DbItem, url: str, scores: dict[str, Any], out_dir: Path | None
+    ) -> Candidate:
+        """A database of URLs (clip-retrieval metadata): download the image, safely."""
+        from mcu_sim.tools.safe_download import FetchError, fetch_image
+
+        try:
+            got = fetch_image(url)
+        except FetchError as exc:
+            raise ToolUnavailable(TOOL, f"image {item.id}: {exc.reason}") from exc
+        folder = Path(out_dir) if out_dir is not None else self.db_dir / "fetched"
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = got.format.lower().replace("jpeg", "jpg")
+        path = folder / f"db_{embedding_slug(item.id)}.{suffix}"
+        tmp = path.with_name(f"{path.name}.{threading.get_ident()}.part")
+        tmp.write_bytes(got.data)
+        tmp.replace(path)
         return Candidate(
             path=path, module=TOOL, db_id=item.id, scores=dict(scores), caption=item.caption
         )

@@ -86,12 +86,15 @@ class ImageToolbox:
                 **common,
             )
         if module == "retrieval":
-            from mcu_sim.tools.retrieval import ImageDatabase, default_database_dir
+            from mcu_sim.tools.retrieval import default_database_dir
+            from mcu_sim.tools.retrieval_multi import open_databases
 
             r = s.retrieval
-            db_dir = Path(r.database) if r.database else default_database_dir()
-            return ImageDatabase(
-                db_dir, clip_model=r.clip_model, clip_pretrained=r.clip_pretrained, **common
+            dirs = [Path(d) for d in r.databases] or [
+                Path(r.database) if r.database else default_database_dir()
+            ]
+            return open_databases(
+                dirs, clip_model=r.clip_model, clip_pretrained=r.clip_pretrained, **common
             )
         if module == "web_search":
             from mcu_sim.tools.web_search import WebImageSearch

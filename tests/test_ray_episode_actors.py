@@ -1,0 +1,59 @@
+"""Episodes on Ray: many per async episode actor (the default) or one task each
+(``episode_actors=0``) give the same episodes, and the runner says what it started."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mcu_sim.config import load_config
+from mcu_sim.runner.outputs import RunDir
+from mcu_sim.runner.ray_backend import RayEpisodeRunner
+from mcu_sim.runner.runner import plan_jobs
+from mcu_sim.testing.fake_openai import FakeOpenAIServer
+from mcu_sim.testing.scripted import scripted_answer
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_episode_actors_and_tasks_give_the_same_episodes(
+    local_ray: None, fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.handler = scripted_answer
+    config = load_config(
+        None,
+        [
+            "llm.provider.kind=openai_compatible",
+            f"llm.provider.base_url={fake_openai.url}",
+            "llm.provider.model=fake-model",
+            "llm.cache.enabled=false",
+            "images.enabled=false",
+            "episode.sessions_min=1",
+            "episode.sessions_max=1",
+        ],
+    )
+    jobs = plan_jobs(5, 70)
+    episodes = {}
+    for name, actors in (("actors", 1), ("tasks", 0)):
+        runner = RayEpisodeRunner(config, tmp_path / name, episode_actors=actors, max_in_flight=5)
+        report = asyncio.run(runner.run_jobs(jobs))
+        assert report.failed == {} and len(report.finished) == 5
+        assert runner.started == {"tasks": 5, "actors": actors}
+        assert report.usage.calls > 5  # the monitor counted every call once
+        run = RunDir(tmp_path / name)
+        episodes[name] = {i: run.read_episode(i)["sessions"] for i in run.finished_ids()}
+        episodes[name + "_calls"] = report.usage.calls
+    assert episodes["actors"] == episodes["tasks"]
+    assert episodes["actors_calls"] == episodes["tasks_calls"]  # no call counted twice
