@@ -361,11 +361,13 @@ def _register_extensions() -> None:
     """Commands that live next to the code they drive (debugger, viewer)."""
     from mcu_sim.dataset.report import cli as report_cli
     from mcu_sim.debug import cli as debug_cli
+    from mcu_sim.runner import augment_cli
     from mcu_sim.viewer import cli as viewer_cli
 
     debug_cli.register(app)
     viewer_cli.register(app)
     report_cli.register(app)
+    augment_cli.register(app)
 
 
 _register_extensions()

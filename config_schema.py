@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mcu_sim.config_augment import AugmentConfig
 from mcu_sim.config_errors import ConfigError, unknown_key_message
 from mcu_sim.config_filters import FilterSettings
 from mcu_sim.config_images import ImagesConfig
@@ -372,6 +373,7 @@ class Config(Strict):
     filters: FilterSettings = Field(
         default_factory=FilterSettings, description="Post-processing filters (STARK §3.9)."
     )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="mcu augment.")
 
     @model_validator(mode="after")
     def _refuse_masked_urls(self) -> Config:
