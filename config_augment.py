@@ -51,10 +51,9 @@ class ModeSettings(Strict):
 class AugmentConfig(Strict):
     mode: AugmentMode | None = Field(None, description="Set by `mcu augment`; None = mcu run.")
     scan: ScanSettings = Field(default_factory=ScanSettings)
-    # MAGID generates with SDXL and falls back on the database; DialogCC only retrieves
-    magid: ModeSettings = Field(
-        default_factory=lambda: ModeSettings(router_order=["t2i", "retrieval"])
-    )
+    # MAGID generates with SDXL (add "retrieval" for a database fallback when no SDXL
+    # weights are configured); DialogCC retrieves from the image database
+    magid: ModeSettings = Field(default_factory=lambda: ModeSettings(router_order=["t2i"]))
     dialogcc: ModeSettings = Field(default_factory=lambda: ModeSettings(router_order=["retrieval"]))
 
     def router_order(self, mode: AugmentMode) -> list[str]:
