@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm.client import Completion
+from mcu_sim.agents.llm.structured import extract_json
 
 PROMPTS = {"magid": "scanner_magid", "dialogcc": "scanner_dialogcc"}
 MAX_PICKS = 8
@@ -87,6 +88,26 @@ def check_turns(decide: range, limit: int):
     return validate
 
 
+def rescue_picks(model: type[BaseModel], decide: range, limit: int):
+    """Code's last resort when the model keeps naming turns it may not pick (a weak model
+    does): keep the picks of turns this window decides, each once, up to ``limit``, and say
+    what was dropped. The answer must otherwise be valid."""
+
+    def rescue(raw_text: str) -> tuple[BaseModel, list[str]]:
+        output = model.model_validate(extract_json(raw_text))
+        field = "moments" if "moments" in type(output).model_fields else "selections"
+        kept, seen, changes = [], set(), []
+        for pick in picks(output):
+            if pick.turn not in decide or pick.turn in seen or len(kept) >= limit:
+                changes.append(f"dropped the pick of turn {pick.turn}")
+                continue
+            seen.add(pick.turn)
+            kept.append(pick)
+        return output.model_copy(update={field: kept}), changes
+
+    return rescue
+
+
 async def scan_window(
     call: RoleCall,
     *,
@@ -113,6 +134,7 @@ async def scan_window(
         PROMPTS[mode],
         output_model(mode, style),
         validate=check_turns(decide, limit),
+        rescue=rescue_picks(output_model(mode, style), decide, limit),
         turns=shown,
         style=style,
         first=decide.start,

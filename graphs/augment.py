@@ -99,14 +99,14 @@ def _add_usage(total: dict[str, float], more: dict[str, float]) -> dict[str, flo
 
 async def _scan_session(
     ctx: EpisodeContext, state: AugmentState, session: dict[str, Any]
-) -> tuple[list[tuple[int, int, Any]], dict[str, float], str]:
+) -> tuple[list[tuple[int, int, Any]], dict[str, float], str, list[str]]:
     settings = ctx.config.augment.scan
     mode = ctx.config.augment.mode or "magid"
     turns = [
         {"number": t["id"], "speaker": t["speaker"], "text": t["utterance"]}
         for t in session["turns"]
     ]
-    found, usage, version = [], {}, ""
+    found, usage, version, notes = [], {}, "", []
     for w, (shown, decide) in enumerate(
         windows(len(turns), settings.window_turns, settings.window_overlap)
     ):
@@ -121,7 +121,8 @@ async def _scan_session(
         )
         usage = _add_usage(usage, completion.usage.as_dict())
         found += [(session["index"], p.turn, p) for p in picks]
-    return found, usage, version
+        notes += [f"session {session['index']} scan: {c}" for c in completion.repairs_by_code]
+    return found, usage, version, notes
 
 
 @node_reads("sessions", "seed")
@@ -134,9 +135,9 @@ async def scan_node(state: AugmentState, runtime: Any) -> dict[str, Any]:
     results = await asyncio.gather(*(_scan_session(ctx, state, s) for s in state["sessions"]))
     found = sorted((p for r in results for p in r[0]), key=lambda p: (p[0], p[1]))
     usage: dict[str, float] = {}
-    for _, spent, _ in results:
+    for _, spent, _, _ in results:
         usage = _add_usage(usage, spent)
-    notes = [
+    notes = [n for r in results for n in r[3]] + [
         f"session {s} turn {t}: picked over augment.scan.max_images ({cap}), not kept"
         for s, t, _ in found[cap:]
     ]

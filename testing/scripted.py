@@ -216,7 +216,8 @@ SCAN_LIMIT = re.compile(r"at most (\d+)")
 def _scan(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """The scanner (``mcu augment``): picks each turn to decide whose text has a visual cue
     word (``SCAN_CUES``), up to the limit, so tests can work the expected picks out by hand."""
-    user = body["messages"][-1]["content"]
+    # the scanner's prompt is the first user message (repair turns come after it)
+    user = next(m["content"] for m in body["messages"] if m["role"] == "user")
     first, last = (int(x) for x in SCAN_RANGE.findall(user)[-1])
     limit = int(SCAN_LIMIT.findall(user)[-1])
     picks = []

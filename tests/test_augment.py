@@ -361,6 +361,35 @@ def test_killed_mid_run_resumes_with_nothing_redone(
     assert episode.sessions[0].turns[0].sharing is not None
 
 
+def test_a_weak_scanner_naming_impossible_turns_is_rescued_by_code(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A model that keeps picking turns outside its window (the embedded 135M one does)
+    gets its validation error back; after the repair turns, code keeps the valid picks."""
+
+    def weak(body: dict[str, Any]) -> Any:
+        if "Decide turns" not in json.dumps(body):
+            return scripted_answer(body)
+        answer = json.loads(scripted_answer(body))
+        answer["selections"] += [
+            {"turn": 99, "rationale": "made up", "description": "a made up picture"}
+        ]
+        return answer
+
+    fake_openai.handler = weak
+    corpus = _write_jsonl(tmp_path / "in.jsonl", CORPUS[:1])
+    run = tmp_path / "run"
+    args = ["augment", str(corpus), "--out", str(run), "--no-progress"]
+    extra = _overrides(fake_openai, tmp_path, "images.enabled=false")
+    result = CliRunner().invoke(app, [*args, *extra])
+    assert result.exit_code == 0, result.output
+    (episode,) = _episodes(run).values()
+    picked = {(s.index, t.id) for s in episode.sessions for t in s.turns if t.sharing}
+    assert picked == {(1, 3), (2, 2)}
+    scans = [r.body for r in fake_openai.chat_requests if "Decide turns" in json.dumps(r.body)]
+    assert any("not among the turns to decide" in json.dumps(b) for b in scans)  # fed back
+
+
 def test_the_shipped_sample_reads_whole() -> None:
     items = list(iter_dialogues(SAMPLE, load_mapping(None)))
     assert all(not isinstance(i, InputError) for i in items) and len(items) == 4
