@@ -383,6 +383,7 @@ def _register_extensions() -> None:
     from mcu_sim.dataset.judge import cli as judge_cli
     from mcu_sim.dataset.report import cli as report_cli
     from mcu_sim.debug import cli as debug_cli
+    from mcu_sim.runner import augment_cli
     from mcu_sim.viewer import cli as viewer_cli
 
     dataset_cli.register(app)
@@ -390,6 +391,7 @@ def _register_extensions() -> None:
     viewer_cli.register(app)
     report_cli.register(app)
     judge_cli.register(app)
+    augment_cli.register(app)
 
 
 _register_extensions()

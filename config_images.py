@@ -80,7 +80,9 @@ class ScorerSettings(StrictNoNamespace):
     pickscore: PickScoreSettings = Field(default_factory=PickScoreSettings)
 
 
-Module = Literal["personalized_t2i", "retrieval", "web_search"]
+# "t2i" (plain text-to-image, MAGID's SDXL) is offered to `mcu augment`; the default router
+# order of `mcu run` keeps the three STARK modules.
+Module = Literal["personalized_t2i", "retrieval", "web_search", "t2i"]
 MODULES: tuple[Module, ...] = ("personalized_t2i", "retrieval", "web_search")
 
 
@@ -169,6 +171,9 @@ class ImagesConfig(Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     router_order: list[Module] = Field(default_factory=lambda: list(MODULES))
     face: FaceSettings = Field(default_factory=FaceSettings)
+    t2i: FaceSettings = Field(
+        default_factory=FaceSettings, description="Plain SDXL text-to-image (MAGID)."
+    )
     photomaker: PhotoMakerSettings = Field(default_factory=PhotoMakerSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     web_search: WebSearchSettings = Field(default_factory=WebSearchSettings)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from mcu_sim.config_augment import AugmentConfig
 from mcu_sim.config_episode import PRESETS, DateWindow, EpisodeConfig, Strict
 from mcu_sim.config_errors import ConfigError, unknown_key_message
 from mcu_sim.config_filters import FilterSettings
@@ -358,6 +359,7 @@ class Config(Strict):
     evaluation: EvaluationSettings = Field(
         default_factory=EvaluationSettings, description="How `mcu judge` shows episodes."
     )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="mcu augment.")
 
     @model_validator(mode="after")
     def _refuse_masked_urls(self) -> Config:

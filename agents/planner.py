@@ -23,8 +23,8 @@ PROMPT = "planner"
 TRIGGER = TRIGGER_WORD
 
 
-Module = Literal["personalized_t2i", "retrieval", "web_search"]
-MODULES: tuple[str, ...] = ("personalized_t2i", "retrieval", "web_search")
+Module = Literal["personalized_t2i", "retrieval", "web_search", "t2i"]
+MODULES: tuple[str, ...] = ("personalized_t2i", "retrieval", "web_search", "t2i")
 
 
 class PlanOutput(BaseModel):

@@ -47,7 +47,7 @@ class CardStats:
         self.sessions += len(episode.sessions)
         self.turns += sum(len(s.turns) for s in episode.sessions)
         self.image_requests += len(episode.image_requests)
-        self.faces += episode.face.image is not None
+        self.faces += episode.face is not None and episode.face.image is not None
         for request in episode.image_requests:
             image = request.image
             if request.status != "aligned" or image is None:

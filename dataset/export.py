@@ -54,6 +54,11 @@ def to_flat(episode: Episode) -> dict[str, Any]:
     """One episode as our flat JSONL record. It borrows STARK's field names but is not a
     released layout: for those, see ``stark_hf`` and ``stark_json``."""
     demo = episode.demographics
+    if demo is None or episode.kind == "augmented":
+        raise ValueError(
+            f"{episode.episode_id} is an augmented dialogue (no simulated person, which the "
+            "STARK layout is built around): export it with --format jsonl, parquet or hf"
+        )
     requests = {r.id: r for r in episode.image_requests}
     sessions = {}
     for session in episode.sessions:
@@ -239,7 +244,8 @@ def parquet_schema() -> Any:
 
 def image_paths(episode: Episode) -> list[str]:
     """Every image file an episode refers to (face, aligned images and alternatives)."""
-    paths = [episode.face.image.path] if episode.face.image else []
+    face = episode.face.image if episode.face else None
+    paths = [face.path] if face else []
     for request in episode.image_requests:
         paths += [img.path for img in ([request.image] if request.image else [])]
         paths += [img.path for img in request.alternatives]
@@ -249,19 +255,22 @@ def image_paths(episode: Episode) -> list[str]:
 def parquet_row(episode: Episode) -> dict[str, Any]:
     data = episode.model_dump(mode="json")
     demo = episode.demographics
+    person = {  # an augmented dialogue has no simulated person: these stay empty
+        "name": demo.name if demo else None,
+        "age": demo.age if demo else None,
+        "gender": demo.gender if demo else None,
+        "birthplace": demo.birthplace if demo else None,
+        "residence": demo.residence if demo else None,
+    }
     row = {
         "episode_id": episode.episode_id,
         "schema_version": episode.schema_version,
         "status": episode.status,
         "config_fingerprint": episode.config_fingerprint,
-        "name": demo.name,
-        "age": demo.age,
-        "gender": demo.gender,
-        "birthplace": demo.birthplace,
-        "residence": demo.residence,
+        **person,
         "persona_category": episode.persona_category,
-        "persona_sentences": [a.sentence for a in episode.persona],
-        "narrative": episode.narrative.narrative,
+        "persona_sentences": [a.sentence for a in episode.persona or []],
+        "narrative": episode.narrative.narrative if episode.narrative else None,
         "n_sessions": len(episode.sessions),
         "n_turns": sum(len(s.turns) for s in episode.sessions),
         "n_image_requests": len(episode.image_requests),

@@ -30,7 +30,7 @@ from mcu_sim.graphs.state import EpisodeState, append, merge_dict, merge_usage, 
 from mcu_sim.tools.base import ToolUnavailable
 from mcu_sim.tools.toolbox import ToolDisabled
 
-GENERATIVE = {"personalized_t2i"}
+GENERATIVE = {"personalized_t2i", "t2i"}
 NEEDS_FACE = {"personalized_t2i"}
 REASON_MAX = 2000
 

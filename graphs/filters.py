@@ -228,6 +228,9 @@ def _note_skipped(requests: list[ImageRequest], skipped: dict[str, str]) -> list
     return out
 
 
+MCU_ONLY_RULES = (session_count, duplicate_persona)
+
+
 def filter_episode(
     episode: Episode,
     settings: FilterSettings,
@@ -238,6 +241,8 @@ def filter_episode(
     why there is no ``similarity``; it is recorded on each request the rule skipped."""
     removals: list[Removal] = []
     for rule in EPISODE_RULES:
+        if episode.kind == "augmented" and rule in MCU_ONLY_RULES:
+            continue  # a given dialogue: its session count and (absent) persona are not ours
         removals += rule(episode, settings)
     marks, skipped = inconsistent_images(episode, settings, similarity, missing)
     removals += marks

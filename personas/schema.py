@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mcu_sim.personas.source import SourceRecord
+
 SCHEMA_VERSION = "1.0"
 ASSISTANT = "AI Assistant"
 DATE_FORMAT = "%Y.%m.%d"
@@ -292,9 +294,9 @@ class Turn(Model):
 
 class Session(Model):
     index: int = Field(ge=1)
-    date: dt.date
-    event_id: int
-    event: str
+    date: dt.date | None = None  # required (with event_id) in an "mcu" episode
+    event_id: int | None = None
+    event: str = ""
     time_interval: str | None = None
     experience_op: ExperienceOp | None = None
     experience: str | None = None
@@ -341,19 +343,22 @@ class Removal(Model):
 class Episode(Model):
     schema_version: str = SCHEMA_VERSION
     episode_id: str = Field(pattern=EPISODE_ID_PATTERN)
+    # "augmented": an existing dialogue given images (mcu augment); no person, no events
+    kind: Literal["mcu", "augmented"] = "mcu"
+    source: SourceRecord | None = None
     seeds: dict[str, int]
     config_fingerprint: str
     prompt_versions: dict[str, str] = Field(default_factory=dict)
     usage: dict[str, dict[str, float]] = Field(default_factory=dict)
-    demographics: Demographics
-    face: Face
-    persona_category: str
-    persona_entity_key: str
-    persona: list[PersonaAttribute] = Field(min_length=1)
-    commonsense: list[Commonsense] = Field(min_length=1)
-    narrative: Narrative
-    events: EventGraph
-    device_images: list[DeviceImage]
+    demographics: Demographics | None = None  # these: required when kind is "mcu"
+    face: Face | None = None
+    persona_category: str | None = None
+    persona_entity_key: str | None = None
+    persona: list[PersonaAttribute] | None = Field(None, min_length=1)
+    commonsense: list[Commonsense] | None = Field(None, min_length=1)
+    narrative: Narrative | None = None
+    events: EventGraph | None = None
+    device_images: list[DeviceImage] = Field(default_factory=list)
     sessions: list[Session] = Field(min_length=1)
     image_requests: list[ImageRequest] = Field(default_factory=list)
     removals: list[Removal] = Field(default_factory=list)
@@ -361,12 +366,32 @@ class Episode(Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Episode:
-        check_speakers(self.sessions, self.demographics.name)
-        check_session_dates(self.sessions, self.events)
+        if self.kind == "augmented":
+            if self.source is None:
+                raise ValueError("an augmented episode needs its source record")
+        else:
+            missing = [name for name in MCU_FIELDS if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"an mcu episode needs {', '.join(missing)}")
+            assert self.demographics is not None and self.events is not None
+            check_speakers(self.sessions, self.demographics.name)
+            check_session_dates(self.sessions, self.events)
         check_album_references(self.sessions, self.device_images)
         check_requests(self.sessions, self.image_requests)
         check_requests_settled(self.image_requests)
         return self
+
+
+MCU_FIELDS = (
+    "demographics",
+    "face",
+    "persona_category",
+    "persona_entity_key",
+    "persona",
+    "commonsense",
+    "narrative",
+    "events",
+)
 
 
 def check_speakers(sessions: list[Session], user_name: str) -> None:

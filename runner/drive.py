@@ -18,8 +18,14 @@ from mcu_sim.runner.scrub import Scrubber
 STORE_STEP = "store_episode"  # ``failed_at`` of an episode whose file could not be written
 
 
-def compile_graph(checkpointer: Any, graph_factory: Callable[[], Any] | None = None) -> Any:
-    """The episode graph (or ``graph_factory()``'s) compiled on ``checkpointer``."""
+def compile_graph(
+    checkpointer: Any, graph_factory: Callable[[], Any] | None = None, config: Any = None
+) -> Any:
+    """``graph_factory()``'s graph compiled on ``checkpointer``; without a factory, the
+    augmentation graph when ``config.augment.mode`` is set (``mcu augment``), else the
+    episode graph."""
+    if graph_factory is None and getattr(getattr(config, "augment", None), "mode", None):
+        from mcu_sim.graphs.augment import build_augment_graph as graph_factory
     if graph_factory is None:
         from mcu_sim.graphs.episode import build_episode_graph as graph_factory
     return graph_factory().compile(checkpointer=checkpointer)

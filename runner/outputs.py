@@ -266,7 +266,7 @@ def index_line(episode: dict[str, Any]) -> dict[str, Any]:
         "sessions": len(episode.get("sessions", [])),
         "images": sum(1 for r in requests if r.get("status") == "aligned"),
         "image_requests": len(requests),
-        "name": episode["demographics"]["name"],
+        "name": (episode.get("demographics") or {}).get("name", ""),  # none if augmented
         "file": f"episodes/{episode['episode_id']}.json",
     }
 

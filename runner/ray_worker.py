@@ -131,7 +131,7 @@ def _open_session(key: str, config: Config, run_root: str) -> WorkerSession:
             runner.run(exits.aclose())
         runner.close()
         raise
-    graph = compile_graph(saver)
+    graph = compile_graph(saver, None, config)
     fingerprint = config.fingerprint()
     return WorkerSession(
         key, config, runner, llm, saver, graph, fingerprint=fingerprint, _exits=exits

@@ -243,7 +243,7 @@ class EpisodeRunner:
         """Local backend: one event loop, ``max_in_flight`` episodes at a time."""
         self._client()
         async with checkpointer_for(self.config, self.run.checkpoints) as saver:
-            graph = compile_graph(saver, self.graph_factory)
+            graph = compile_graph(saver, self.graph_factory, self.config)
             shared = postgres_dsn(self.config) is not None
 
             async def one(job: EpisodeJob) -> None:

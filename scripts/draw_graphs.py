@@ -31,7 +31,17 @@ def _aligner() -> str:
     return build_aligner_graph().compile().get_graph().draw_mermaid()
 
 
-DIAGRAMS: dict[str, Callable[[], str]] = {"episode": _episode, "aligner": _aligner}
+def _augment() -> str:
+    from mcu_sim.graphs.augment import build_augment_graph
+
+    return build_augment_graph().compile().get_graph().draw_mermaid()
+
+
+DIAGRAMS: dict[str, Callable[[], str]] = {
+    "episode": _episode,
+    "aligner": _aligner,
+    "augment": _augment,
+}
 
 
 def _section(name: str) -> re.Pattern[str]:

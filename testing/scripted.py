@@ -240,11 +240,53 @@ ROLES: dict[str, Callable[[random.Random, dict[str, Any]], dict[str, Any]]] = {
     "EpisodeRatings": _ratings,
     "HeadToHead": _versus,
 }
+SCAN_CUES = ("look", "here", "photo", "picture", "show")
+SCAN_TURN = re.compile(r"^\[(\d+)\](?: \(context\))? ([^:]+): (.*)$")
+SCAN_RANGE = re.compile(r"turns (\d+) to (\d+)")
+SCAN_LIMIT = re.compile(r"at most (\d+)")
+
+
+def _scan(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The scanner (``mcu augment``): picks each turn to decide whose text has a visual cue
+    word (``SCAN_CUES``), up to the limit, so tests can work the expected picks out by hand."""
+    # the scanner's prompt is the first user message (repair turns come after it)
+    user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    first, last = (int(x) for x in SCAN_RANGE.findall(user)[-1])
+    limit = int(SCAN_LIMIT.findall(user)[-1])
+    picks = []
+    for line in user.splitlines():
+        match = SCAN_TURN.match(line)
+        if not match or not first <= int(match.group(1)) <= last:
+            continue
+        number, speaker, text = int(match.group(1)), match.group(2), match.group(3)
+        if any(cue in text.lower() for cue in SCAN_CUES) and len(picks) < limit:
+            pick = {
+                "turn": number,
+                "rationale": "the speaker points at something worth seeing",
+                "description": f"a photo of the {_phrase(rng, 2)}",
+                "keywords": [rng.choice(WORDS)],
+            }
+            picks.append(
+                {**pick, "speaker": speaker} if "moments" in schema["properties"] else pick
+            )
+    if "moments" in schema["properties"]:
+        return {"moments": picks}
+    if "reasoning" in schema["properties"]:
+        return {
+            "reasoning": f"{len(picks)} turn(s) point at something visual.",
+            "selections": picks,
+        }
+    return {"selections": picks}
+
+
 BODY_ROLES: dict[str, Callable[[random.Random, dict[str, Any], dict[str, Any]], dict]] = {
     "PlanOutput": _plan,
     "EventsOutput": _events,
     "DialogueOutput": _dialogue,
     "PersonaOutput": _persona,
+    "ScanOutput": _scan,
+    "ScanReasonedOutput": _scan,
+    "MomentsOutput": _scan,
 }
 
 

@@ -25,7 +25,7 @@ from mcu_sim.tools.base import Candidate, ToolUnavailable, image_record
 from mcu_sim.tools.qa import Verdict, build_qa_scorers, judge
 from mcu_sim.tools.settings import ImagesConfig
 
-GENERATORS = {"personalized_t2i"}
+GENERATORS = {"personalized_t2i", "t2i"}
 
 
 class ToolDisabled(ToolUnavailable):
@@ -107,10 +107,10 @@ class ImageToolbox:
                 timeout_s=w.timeout_s,
                 search_url=w.search_url,
             )
-        if module == "face":
+        if module in ("face", "t2i"):  # the same SDXL text-to-image tool
             from mcu_sim.tools.face import FaceGenerator
 
-            f = s.face
+            f = s.face if module == "face" else s.t2i
             return FaceGenerator(
                 base_model=f.base_model,
                 lightning_unet=f.lightning_unet,
@@ -129,6 +129,7 @@ class ImageToolbox:
             "retrieval": self.settings.retrieval.enabled,
             "web_search": self.settings.web_search.enabled,
             "face": self.settings.face.enabled,
+            "t2i": self.settings.t2i.enabled,
         }
         if not self.settings.enabled:
             return False, "images.enabled is false"
@@ -184,7 +185,9 @@ class ImageToolbox:
             self.disable(module, reason[:300])
             raise ToolDisabled(module, reason[:300]) from exc
         out_dir.mkdir(parents=True, exist_ok=True)
-        if module in GENERATORS:
+        if module == "t2i":  # MAGID: text only, no face to condition on
+            found = [await tool.generate(description, seed, out_dir / f"{stem}.png")]
+        elif module in GENERATORS:
             if not face_image:
                 raise ToolUnavailable(module, "the episode has no face image to condition on")
             found = [

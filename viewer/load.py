@@ -33,7 +33,11 @@ class EpisodeEntry:
 
     @property
     def name(self) -> str:
-        return self.episode.demographics.name if self.episode else ""
+        if self.episode is None:
+            return ""
+        if self.episode.demographics is None:  # augmented: the dialogue's own id
+            return (self.episode.source.source_id or "") if self.episode.source else ""
+        return self.episode.demographics.name
 
 
 @dataclass

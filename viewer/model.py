@@ -192,8 +192,10 @@ def picture(
     )
 
 
-def face_picture(episode: Episode, resolve: ImageResolver) -> Picture:
+def face_picture(episode: Episode, resolve: ImageResolver) -> Picture | None:
     face = episode.face
+    if face is None:  # an augmented dialogue has no simulated person
+        return None
     found = resolve(face.image) if face.image else None
     problem = found.problem if found else (face.reason or f"no portrait (face {face.status})")
     lines = [f"status: {face.status}", f"seed: {face.seed}", f"prompt: {face.prompt}"]
@@ -235,7 +237,8 @@ def build_sessions(
                 if request.id in album_sources:
                     shown.marks = [*shown.marks, *marks.for_image(album_sources[request.id])]
             bubbles.append(Bubble(turn, side, shown))
-        gap = describe_gap(previous.date, session.date) if previous else None
+        dated = previous and previous.date and session.date
+        gap = describe_gap(previous.date, session.date) if dated else None  # type: ignore[union-attr]
         views.append(
             SessionView(
                 session,
@@ -269,7 +272,7 @@ def build_view(episode: Episode, resolve: ImageResolver) -> EpisodeView:
     return EpisodeView(
         episode=episode,
         face=face_picture(episode, resolve),
-        persona=[(a, marks.persona.get(i, [])) for i, a in enumerate(episode.persona)],
+        persona=[(a, marks.persona.get(i, [])) for i, a in enumerate(episode.persona or [])],
         album=album,
         sessions=sessions,
         marks=marks,

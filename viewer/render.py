@@ -72,15 +72,16 @@ def render_episode(
     view = build_view(episode, ImageResolver(run_root, page_dir, embed))
     sessions_by_event: dict[int, int] = {}
     for session in episode.sessions:
-        sessions_by_event.setdefault(session.event_id, session.index)
+        if session.event_id is not None:
+            sessions_by_event.setdefault(session.event_id, session.index)
     return (
         environment()
         .get_template("episode.html.j2")
         .render(
             view=view,
             episode=episode,
-            timeline=timeline_svg(episode.events, sessions_by_event),
-            events=episode.events.chronological(),
+            timeline=timeline_svg(episode.events, sessions_by_event) if episode.events else "",
+            events=episode.events.chronological() if episode.events else [],
             index_href=index_href,
             version=__version__,
         )
