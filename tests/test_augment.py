@@ -297,6 +297,14 @@ def test_dialogcc_on_the_shipped_database_with_a_bad_record(
     out = tmp_path / "export.parquet"
     exported = CliRunner().invoke(app, ["export", str(run), "-f", "parquet", "-o", str(out)])
     assert exported.exit_code == 0, exported.output
+    # and the report: its counts are the augmented episodes', counted here
+    reported = CliRunner().invoke(app, ["report", str(run)])
+    assert reported.exit_code == 0, reported.output
+    numbers = json.loads((run / "report" / "report.json").read_text())["run"]
+    assert numbers["dataset"]["episodes"] == len(episodes) == 2
+    assert numbers["dataset"]["sessions"] == sum(len(e.sessions) for e in episodes.values())
+    turns = sum(len(s.turns) for e in episodes.values() for s in e.sessions)
+    assert numbers["dataset"]["utterances"] == turns
 
 
 class _HoldScan:
