@@ -153,6 +153,10 @@ def run(
         "endpoint_max_in_flight": served.get("max_in_flight"),
         "cpu_ms_per_call": round(1000 * result["cpu_s"] / max(calls, 1), 3),
         "steady_cpu_ms_per_call": round(result["steady_cpu_ms_per_call"], 3),
+        # a dialogue has few calls (one per scanner window) over a fixed amount of work
+        # (checkpoints of each node and aligner branch, filters, the episode file): when
+        # this nears the share of a core the process can get, the framework is the limit
+        "cpu_busy_fraction": round(result["cpu_s"] / result["seconds"], 3),
         "peak_rss_mb": round(peak, 1),
         "rss_per_in_flight_mb": round(max(peak - result["rss_before_mb"], 0) / in_flight, 3),
         "in_flight": in_flight,
@@ -206,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['steady_ratio']} steady (endpoint saw {result['endpoint_max_in_flight']} at "
         f"once)\n"
         f"framework CPU {result['cpu_ms_per_call']} ms per LLM call overall, "
-        f"{result['steady_cpu_ms_per_call']} ms steady\n"
+        f"{result['steady_cpu_ms_per_call']} ms steady (busy "
+        f"{100 * result['cpu_busy_fraction']:.0f} % of one core)\n"
         f"peak RSS {result['peak_rss_mb']} MB; {result['rss_per_in_flight_mb']} MB per "
         f"in-flight dialogue"
     )
