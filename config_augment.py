@@ -44,17 +44,40 @@ class ScanSettings(Strict):
         return self
 
 
+# DialogCC §3.3 (thresholding-based filtering): images whose combined score (Eq. 1, the
+# z-scored description-image and description-caption similarities mixed with alpha 0.5)
+# is below 2.702 are discarded; the paper set it by judging 10,000 samples by hand (App. B.5)
+DIALOGCC_MIN_COMBINED = 2.702
+
+
 class ModeSettings(Strict):
     router_order: list[Module] = Field(min_length=1)
+    min_combined: float | None = Field(
+        None,
+        ge=-10,
+        le=10,
+        description="images.retrieval.min_combined for this mode, when that is not set.",
+    )
+
+
+# one class per mode, each with its defaults, so `--set augment.dialogcc.min_combined=null`
+# changes that key alone
+class MagidSettings(ModeSettings):
+    # MAGID generates with SDXL (add "retrieval" for a database fallback when no SDXL
+    # weights are configured)
+    router_order: list[Module] = Field(default_factory=lambda: ["t2i"], min_length=1)
+
+
+class DialogccSettings(ModeSettings):
+    router_order: list[Module] = Field(default_factory=lambda: ["retrieval"], min_length=1)
+    min_combined: float | None = Field(DIALOGCC_MIN_COMBINED, ge=-10, le=10)
 
 
 class AugmentConfig(Strict):
     mode: AugmentMode | None = Field(None, description="Set by `mcu augment`; None = mcu run.")
     scan: ScanSettings = Field(default_factory=ScanSettings)
-    # MAGID generates with SDXL (add "retrieval" for a database fallback when no SDXL
-    # weights are configured); DialogCC retrieves from the image database
-    magid: ModeSettings = Field(default_factory=lambda: ModeSettings(router_order=["t2i"]))
-    dialogcc: ModeSettings = Field(default_factory=lambda: ModeSettings(router_order=["retrieval"]))
+    magid: MagidSettings = Field(default_factory=MagidSettings)
+    dialogcc: DialogccSettings = Field(default_factory=DialogccSettings)
 
     def router_order(self, mode: AugmentMode) -> list[str]:
         return list(getattr(self, mode).router_order)

@@ -117,6 +117,14 @@ class RetrievalSettings(Strict):
     clip_model: str | None = None
     clip_pretrained: str | None = None
     top_k: int = Field(5, ge=1, le=100)
+    min_combined: float | None = Field(
+        None,
+        ge=-10,
+        le=10,
+        description="DialogCC's threshold on the combined z-scored score (§3.3: 2.702); a "
+        "candidate below it is not aligned. None = off; `mcu augment --mode dialogcc` sets "
+        "augment.dialogcc.min_combined.",
+    )
 
 
 class WebSearchSettings(Strict):

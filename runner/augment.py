@@ -36,13 +36,19 @@ class Prepared:
 
 
 def augment_config(config: Config, mode: str) -> Config:
-    """``config`` for ``mode``: ``augment.mode`` set and the mode's router order in
-    ``images.router_order`` (what the aligner follows)."""
-    order = config.augment.router_order(mode)  # type: ignore[arg-type]
+    """``config`` for ``mode``: ``augment.mode`` set, the mode's router order in
+    ``images.router_order`` (what the aligner follows) and, unless
+    ``images.retrieval.min_combined`` is set, the mode's threshold on DialogCC's combined
+    score there (DialogCC: 2.702)."""
+    settings = getattr(config.augment, mode)
+    retrieval = config.images.retrieval
+    if retrieval.min_combined is None and settings.min_combined is not None:
+        retrieval = retrieval.model_copy(update={"min_combined": settings.min_combined})
+    images = {"router_order": list(settings.router_order), "retrieval": retrieval}
     return config.model_copy(
         update={
             "augment": config.augment.model_copy(update={"mode": mode}),
-            "images": config.images.model_copy(update={"router_order": order}),
+            "images": config.images.model_copy(update=images),
         }
     )
 

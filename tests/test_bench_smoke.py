@@ -136,3 +136,24 @@ def test_ray_throughput_smoke() -> None:
     assert result["ray"]["llm_calls"] == result["local"]["llm_calls"]  # the same workload
     assert result["ray"]["tasks_started"] == 6 and result["ray"]["actors_started"] == 2
     assert result["ray_to_local_ratio"] > 0
+
+
+@pytest.mark.parametrize("images", ["off", "shipped"])
+def test_augment_smoke(images: str) -> None:
+    """``mcu augment``'s path at the smoke size: six two-session dialogues from the sample
+    corpus, every one finished, the scanner called once per session (windows of 16 turns
+    hold each sample session whole), and with the shipped database every pick aligned."""
+    if images == "shipped":
+        pytest.importorskip("faiss")
+    result = _json("augment.py", f"--images={images}")
+    assert result["dialogues"] == 6 and result["failed"] == 0 and result["input_errors"] == 0
+    assert result["llm_calls"] >= 6 * 2 and result["calls_per_dialogue"] >= 2
+    assert result["image_requests"] > 0  # the sample's cued turns are picked
+    if images == "shipped":
+        assert result["aligned"] == result["image_requests"]
+    else:
+        assert result["aligned"] == 0
+    assert result["dialogues_per_s"] == pytest.approx(result["dialogues"] / result["seconds"], 0.05)
+    assert 0 < result["ratio"] <= 1.1  # the endpoint's capacity C/L bounds it
+    assert math.isfinite(result["steady_ratio"]) and result["steady_ratio"] >= 0
+    assert result["cpu_ms_per_call"] > 0 and result["rss_per_in_flight_mb"] >= 0

@@ -265,3 +265,61 @@ def test_served_page_loads_everything_from_localhost(browser: Any, sample_run: P
     finally:
         server.shutdown()
         server.server_close()
+
+
+SAMPLE_DIALOGUES = Path(__file__).resolve().parent.parent / "data/samples/dialogues/plain.jsonl"
+
+
+def test_augmented_run_in_the_browser(browser: Any, tmp_path: Path) -> None:
+    """`mcu augment --mode dialogcc` on the shipped sample dialogues and image database,
+    then `mcu view`: each page shows the "Source dialogue" card instead of a persona, every
+    retrieved image decodes, and nothing errs or reaches outside the run."""
+    pytest.importorskip("faiss")
+    import sys
+
+    from mcu_sim.runner.outputs import RunDir
+
+    run = tmp_path / "run"
+    server = FakeOpenAIServer().start()
+    try:
+        options = [
+            "llm.provider.kind=openai_compatible",
+            f"llm.provider.base_url={server.url}",
+            "llm.provider.model=fake-model",
+            f"llm.cache.path={tmp_path / 'cache.sqlite'}",
+            "images.qa.scorers=[]",
+            "images.qa.clip_threshold=-1",
+        ]
+        args = ["augment", str(SAMPLE_DIALOGUES), "--mode", "dialogcc", "--out", str(run)]
+        args += ["--no-progress", *[x for o in options for x in ("--set", o)]]
+        # the CLI in its own process: Playwright's sync API holds this thread's event loop
+        cli = [sys.executable, "-m", "mcu_sim.cli"]
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300)
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    viewed = subprocess.run([*cli, "view", str(run)], capture_output=True, text=True, timeout=120)
+    assert viewed.returncode == 0, viewed.stderr[-3000:]
+    rundir = RunDir(run)
+    episodes = [Episode.model_validate(rundir.read_episode(i)) for i in rundir.finished_ids()]
+    assert len(episodes) == 4  # the four sample dialogues
+    shown = 0
+    for episode in episodes:
+        watched = open_page(browser, (run / "view" / f"{episode.episode_id}.html").as_uri())
+        page = watched.page
+        card = page.locator("section#source.card")
+        assert card.is_visible() and card.locator("h2").inner_text().startswith("Source dialogue")
+        assert "(dialogcc)" in card.locator("h2").inner_text()
+        assert episode.source.source_id in card.inner_text()
+        assert page.locator("section#persona").count() == 0
+        assert page.locator("section.session").count() == len(episode.sessions)
+        turns = [t for s in episode.sessions for t in s.turns]
+        assert page.locator(".chat .bubble").count() == len(turns)
+        aligned = [r for r in episode.image_requests if r.status == "aligned"]
+        assert page.locator(".bubble figure.shared > img").count() == len(aligned)
+        shown += len(assert_images_loaded(page))
+        if episode.episode_id == episodes[0].episode_id:
+            screenshot(page, tmp_path / "augmented.png")
+        watched.check()
+        page.close()
+    assert shown > 0  # the sample's cued turns got database images, and they decoded

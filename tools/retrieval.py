@@ -7,7 +7,10 @@ Two ways to search, chosen per database and configuration, and reported by
   with that model. Candidates come from the image index and the caption index; each is
   scored by its description-image cosine (``similarity``) and, when captions and statistics
   exist, by DialogCC's z-scored mix of description-image and description-caption cosines
-  (``combined``, which then decides the order).
+  (``combined``, which then decides the order). With ``min_combined`` (DialogCC §3.3's
+  thresholding, 2.702 in the paper) a candidate whose combined score is below it is left out;
+  when none is left, the search raises :class:`ToolUnavailable` for that request, saying
+  which threshold and the best score it missed (the aligner records it as the reason).
 - ``minilm``: otherwise, captions embedded with all-MiniLM-L6-v2. This is how the shipped
   database (:func:`default_database_dir`) answers offline with no CLIP weights.
 
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ImageDatabase",
     "IndexInfo",
+    "below_min_combined",
     "build_index",
     "default_database_dir",
     "dialogcc_score",
@@ -59,6 +63,15 @@ TOOL = "retrieval"
 def default_database_dir() -> Path:
     """The small database shipped with the package (public-domain/CC0 photographs)."""
     return Path(__file__).resolve().parent / "data" / "image_db"
+
+
+def below_min_combined(dropped: list[dict[str, Any]], floor: float | None) -> str:
+    """The reason a search found nothing: every candidate under DialogCC's threshold."""
+    best = max(dropped, key=lambda scores: scores["combined"])
+    return (
+        f"no image reached images.retrieval.min_combined={floor} (DialogCC's combined "
+        f"score; best {best['combined']:.3f}, {best['db_id']}, of {len(dropped)})"
+    )
 
 
 class _Embedding:
@@ -107,6 +120,7 @@ class ImageDatabase:
         combine: bool = True,
         pool: int = 64,
         min_similarity: float | None = None,
+        min_combined: float | None = None,
         encoders: dict[tuple[str, str | None, str], Any] | None = None,
     ) -> None:
         self.db_dir = Path(db_dir)
@@ -118,6 +132,8 @@ class ImageDatabase:
         self.combine = combine
         self.pool = pool
         self.min_similarity = min_similarity
+        self.min_combined = min_combined
+        self._warned_no_combined = False
         self.fallback_reason: str | None = None
         self._manifest: dict[str, Any] | None = None
         self._choice: dict[str, Any] | None = None
@@ -309,25 +325,54 @@ class ImageDatabase:
         assert self._embedding is not None
         return self._embedding.encoder.embed_texts([description])[0]
 
-    def search_texts(self, description: str, k: int) -> list[tuple[DbItem, dict[str, Any]]]:
-        """Top-``k`` items and scores for a description, ``min_similarity`` applied."""
+    def search_texts(
+        self, description: str, k: int, dropped: list[dict[str, Any]] | None = None
+    ) -> list[tuple[DbItem, dict[str, Any]]]:
+        """Top-``k`` items and scores for a description, ``min_similarity`` and
+        ``min_combined`` applied; the scores of results below ``min_combined`` are appended
+        to ``dropped`` when it is given."""
         import numpy as np
 
         if k < 1:
             raise ValueError("k must be at least 1")
         results = self.search_vector(self.encode(description), k)
         floor = -np.inf if self.min_similarity is None else self.min_similarity
-        return [
+        kept = [
             (item, scores)
             for item, scores in results
             if np.isfinite(scores["similarity"]) and scores["similarity"] >= floor
         ]
+        if self.min_combined is None:
+            return kept
+        if kept and "combined" not in kept[0][1]:
+            self._warn_no_combined()
+            return kept
+        below = [(i, s) for i, s in kept if s["combined"] < self.min_combined]
+        if dropped is not None:
+            dropped += [{**s, "db_id": i.id} for i, s in below]
+        return [(i, s) for i, s in kept if s["combined"] >= self.min_combined]
+
+    def _warn_no_combined(self) -> None:
+        """A caption-only search, or a database built without statistics, has no combined
+        score: the threshold cannot apply, and that is said once rather than every image
+        refused."""
+        if not self._warned_no_combined:
+            self._warned_no_combined = True
+            log.warning(
+                "images.retrieval.min_combined is not applied to %s: its %s search has no "
+                "combined score (build a CLIP index with captions to have one)",
+                self.db_dir,
+                self.embedding_kind,
+            )
 
     def search_sync(
         self, description: str, k: int = 5, out_dir: Path | None = None
     ) -> list[Candidate]:
         """Blocking search; see :meth:`search`."""
-        results = self.search_texts(description, k)
+        dropped: list[dict[str, Any]] = []
+        results = self.search_texts(description, k, dropped)
+        if not results and dropped:
+            raise ToolUnavailable(TOOL, below_min_combined(dropped, self.min_combined))
         return [self.candidate(item, scores, out_dir) for item, scores in results]
 
     async def search(
@@ -336,7 +381,9 @@ class ImageDatabase:
         """Top-``k`` images for ``description``, best first, each copied into ``out_dir``.
 
         Without ``out_dir`` the candidates point at the database's own files. Images whose
-        ``similarity`` is below ``min_similarity`` (when set) are left out.
+        ``similarity`` is below ``min_similarity`` or whose ``combined`` score is below
+        ``min_combined`` (when set) are left out; when the threshold left none, raises
+        :class:`ToolUnavailable` with the best score that missed it.
         """
         return await asyncio.to_thread(self.search_sync, description, k, out_dir)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from mcu_sim.tools.base import Candidate, ToolUnavailable
 from mcu_sim.tools.image_db import DbItem
-from mcu_sim.tools.retrieval import ImageDatabase
+from mcu_sim.tools.retrieval import ImageDatabase, below_min_combined
 
 
 def rank_score(scores: dict[str, Any], stats: Any) -> float:
@@ -86,8 +86,14 @@ class DatabaseSet:
     ) -> list[Candidate]:
         """Top-``k`` candidates over all databases; only the winners are copied or fetched."""
         self.load()
-        found = [(pos, db.search_texts(description, k)) for pos, db in enumerate(self.databases)]
+        dropped: list[dict[str, Any]] = []
+        found = [
+            (pos, db.search_texts(description, k, dropped)) for pos, db in enumerate(self.databases)
+        ]
         winners = self._merge(found, k)
+        if not winners and dropped:
+            floor = self.databases[0].min_combined
+            raise ToolUnavailable("retrieval", below_min_combined(dropped, floor))
         return [self.databases[pos].candidate(item, sc, out_dir) for pos, item, sc in winners]
 
     async def search(

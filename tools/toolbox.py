@@ -94,7 +94,11 @@ class ImageToolbox:
                 Path(r.database) if r.database else default_database_dir()
             ]
             return open_databases(
-                dirs, clip_model=r.clip_model, clip_pretrained=r.clip_pretrained, **common
+                dirs,
+                clip_model=r.clip_model,
+                clip_pretrained=r.clip_pretrained,
+                min_combined=r.min_combined,
+                **common,
             )
         if module == "web_search":
             from mcu_sim.tools.web_search import WebImageSearch
