@@ -23,7 +23,8 @@ from pydantic import BaseModel, Field, create_model
 from mcu_sim.agents.base import RoleCall, ask
 from mcu_sim.agents.llm.client import Completion
 from mcu_sim.agents.llm.structured import extract_json
-from mcu_sim.personas.schema import UNIT_DAYS, CausedBy, Event, EventGraph, add_interval
+from mcu_sim.personas.intervals import UNIT_DAYS, add_interval
+from mcu_sim.personas.schema import CausedBy, Event, EventGraph
 
 PROMPT = "events"
 MAX_INTERVAL = 12  # the schema's bound on one interval's number ("12 months", "12 hours")

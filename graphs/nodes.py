@@ -19,6 +19,7 @@ from mcu_sim.agents.llm.client import Completion
 from mcu_sim.graphs.context import IMAGES_DISABLED, EpisodeContext, derive_seed
 from mcu_sim.graphs.state import EpisodeState, node_reads
 from mcu_sim.personas import samplers
+from mcu_sim.personas.intervals import describe_gap
 from mcu_sim.personas.schema import (
     DATE_FORMAT,
     Demographics,
@@ -27,7 +28,6 @@ from mcu_sim.personas.schema import (
     EventGraph,
     PersonaAttribute,
     Turn,
-    describe_gap,
 )
 
 Ctx = Runtime[EpisodeContext]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from mcu_sim.personas.intervals import add_interval, describe_gap, parse_interval
 from mcu_sim.personas.schema import (
     ASSISTANT,
     SCHEMA_VERSION,
@@ -21,10 +22,7 @@ from mcu_sim.personas.schema import (
     EventGraph,
     PersonaAttribute,
     SharingInfo,
-    add_interval,
     album_at,
-    describe_gap,
-    parse_interval,
 )
 
 USER = "Yuki"

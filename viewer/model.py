@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from mcu_sim.graphs.filters import shown_album_photo
+from mcu_sim.personas.intervals import describe_gap
 from mcu_sim.personas.schema import (
     ASSISTANT,
     DeviceImage,
@@ -21,7 +22,6 @@ from mcu_sim.personas.schema import (
     Removal,
     Session,
     Turn,
-    describe_gap,
 )
 from mcu_sim.viewer.images import ImageResolver
 
