@@ -28,6 +28,16 @@ class FilterSettings(BaseModel):
 
     safety_classifier: str | None = Field(None, description="Local text-classification model")
     clip_threshold: float = Field(MAGID_CLIP_THRESHOLD, ge=-1, le=1)
+    pickscore_threshold: float | None = Field(
+        None,
+        ge=-100,
+        le=100,
+        description=(
+            "misaligned_image also marks an image whose PickScore (images.scorers.pickscore) "
+            "is below this; None: off. STARK §3.9 filters with PickScore but gives no value; "
+            "real PickScore_v1 scores lie around 18-23"
+        ),
+    )
     nsfw_threshold: float = Field(NSFW_THRESHOLD, ge=0, le=1)
     unsafe_labels: list[str] = Field(default_factory=lambda: ["unsafe"])
     max_matches_per_db_image: int = Field(

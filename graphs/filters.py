@@ -138,20 +138,35 @@ def unsafe_images(episode: Episode, s: FilterSettings) -> list[Removal]:
     return removals
 
 
+ALIGNMENT_SCORES = (("clip", "CLIP score"), ("pickscore", "PickScore"))
+
+
 def misaligned_images(episode: Episode, s: FilterSettings) -> list[Removal]:
+    """One mark per image below the CLIP threshold or, when ``pickscore_threshold`` is set,
+    below the PickScore one (STARK §3.9); a missing score (not scored) never marks."""
+    thresholds = {"clip": s.clip_threshold, "pickscore": s.pickscore_threshold}
     removals = []
     for request, shown_in in distinct_images(episode):
-        value = _score(request, "clip")
-        if value is not None and value < s.clip_threshold:
-            removals.append(
-                Removal(
-                    rule="misaligned_image",
-                    target=f"image:{request.id}",
-                    reason="CLIP score below the alignment threshold" + _also(shown_in),
-                    scores={"clip": value},
-                    threshold=s.clip_threshold,
-                )
+        below: dict[str, float] = {}
+        for name, _ in ALIGNMENT_SCORES:
+            value, threshold = _score(request, name), thresholds[name]
+            if value is not None and threshold is not None and value < threshold:
+                below[name] = value
+        if not below:
+            continue
+        labels = " and ".join(label for name, label in ALIGNMENT_SCORES if name in below)
+        limit: float | str | None = thresholds[next(iter(below))]
+        if len(below) > 1:
+            limit = ", ".join(f"{name} {thresholds[name]:g}" for name in below)
+        removals.append(
+            Removal(
+                rule="misaligned_image",
+                target=f"image:{request.id}",
+                reason=f"{labels} below the alignment threshold" + _also(shown_in),
+                scores=dict(below),
+                threshold=limit,
             )
+        )
     return removals
 
 

@@ -10,6 +10,9 @@
 * ``data/first_names.json``: the top 50 first names per birthplace country and gender,
   extracted once from the ``names-dataset`` package by ``scripts/extract_names.py``; the
   dataset itself is never loaded at run time.
+* :data:`DEVICE_IMAGE_CATEGORY_EXAMPLES`: the album photo categories the paper's device prompt
+  names as examples (App. F). Categories are free text: these guide the model, they do not
+  bound it (the paper counts 467K categories in its album, §4.2).
 
 Names in non-Latin scripts: the dialogue is in English, so only names written in Latin
 letters are shipped. names-dataset ranks many names in their native script (Hangul, Han,
@@ -86,6 +89,21 @@ class DemographicLexicon(_Frozen):
     @property
     def groups(self) -> tuple[AgeGroup, ...]:
         return tuple(AgeGroup(*(int(x) for x in g.split("-"))) for g in self.age_groups)
+
+
+# ------------------------------------------------------------------ album photo categories
+
+DEVICE_IMAGE_CATEGORY_EXAMPLES: tuple[str, ...] = (
+    "selfie",
+    "past memory",
+    "screenshot",
+    "landmark",
+    "animal",
+    "art",
+    "celebrity",
+    "nature",
+    "food",
+)
 
 
 # ------------------------------------------------------------------ persona categories

@@ -240,9 +240,14 @@ def extract(
 
 
 def main() -> None:
+    global TOP_N
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUTPUT)
+    parser.add_argument(
+        "--top-n", type=int, default=TOP_N, help="names per country and gender (paper: 1000)"
+    )
     args = parser.parse_args()
+    TOP_N = args.top_n
 
     from names_dataset import NameDataset  # the throwaway venv's package, never mcu-sim's
 

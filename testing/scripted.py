@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from mcu_sim.personas.lexicons import DEVICE_IMAGE_CATEGORY_EXAMPLES
+
 WORDS = [
     "garden",
     "morning",
@@ -133,13 +135,16 @@ def _events(rng: random.Random, schema: dict[str, Any], body: dict[str, Any]) ->
 
 def _device(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
     count, _ = _array_bounds(schema, "images")
-    item_schema = schema["$defs"]["DeviceItem"]["properties"]["categories"]["items"]
-    categories = item_schema.get("enum", ["other"])
+    spec = schema["$defs"]["DeviceItem"]["properties"]["categories"]
+    # free text (the paper's example categories, as a model given them answers); an enum
+    # when a schema still offers one
+    categories = spec["items"].get("enum") or list(DEVICE_IMAGE_CATEGORY_EXAMPLES)
+    most = min(2, spec.get("maxItems", 1))
     return {
         "images": [
             {
                 "description": f"A photo of a {rng.choice(WORDS)} at the {rng.choice(WORDS)}",
-                "categories": [rng.choice(categories)],
+                "categories": rng.sample(categories, rng.randint(1, most)),
             }
             for _ in range(count)
         ]

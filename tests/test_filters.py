@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mcu_sim.cli import app
 from mcu_sim.config import ConfigError, load_config
-from mcu_sim.graphs.filters import FilterSettings, filter_run
+from mcu_sim.graphs.filters import FilterSettings, filter_episode, filter_run
 from mcu_sim.personas.schema import Episode
 from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 from mcu_sim.testing.fake_openai import client_for, schema_name
@@ -248,3 +248,52 @@ def test_an_album_photo_shown_in_a_turn_is_judged_and_counted_once(
     (over,) = [r for r in second.removals if r.rule == "over_matched_image"]
     assert over.scores == {"matches": 2}
     assert counts["nsfw_image"] == 2 and counts["over_matched_image"] == 1
+
+
+# ----------------------------------------------------------------- PickScore threshold
+
+
+def _scored_episode(*scores: dict[str, Any]) -> Episode:
+    """The schema tests' small episode, its sharing requests aligned with these scores."""
+    from tests.test_schema import valid_episode
+
+    data = valid_episode()
+    for n, (request, values) in enumerate(zip(data["image_requests"], scores, strict=True)):
+        request.update(status="aligned", reason=None, image=_image(f"p{n}", **values))
+    return Episode.model_validate(data)
+
+
+def test_pickscore_threshold_marks_images_scored_below_it() -> None:
+    not_scored = "not scored: no PickScore weights"
+    episode = _scored_episode(
+        {"clip": 0.30, "pickscore": 17.5},  # aligned for CLIP, not for PickScore
+        {"clip": 0.10, "pickscore": 12.0},  # below both
+        {"clip": 0.30, "pickscore": not_scored},  # no weights: never marked for PickScore
+    )
+    off = filter_episode(episode, FilterSettings(min_sessions=1, max_sessions=9))
+    (clip_only,) = [r for r in off.removals if r.rule == "misaligned_image"]  # default: off
+    assert clip_only.target == "image:s1-3" and clip_only.scores == {"clip": 0.10}
+    assert clip_only.threshold == FilterSettings().clip_threshold
+    settings = FilterSettings(min_sessions=1, max_sessions=9, pickscore_threshold=18.0)
+    marks = {
+        r.target: r
+        for r in filter_episode(episode, settings).removals
+        if r.rule == "misaligned_image"
+    }
+    assert sorted(marks) == ["image:s1-2", "image:s1-3"]
+    first, both = marks["image:s1-2"], marks["image:s1-3"]
+    assert first.scores == {"pickscore": 17.5} and first.threshold == 18.0
+    assert first.reason.startswith("PickScore below")
+    assert both.scores == {"clip": 0.10, "pickscore": 12.0}
+    assert both.threshold == f"clip {settings.clip_threshold:g}, pickscore 18"
+    assert both.reason.startswith("CLIP score and PickScore below")
+
+
+@pytest.mark.parametrize("value", ["nan", "101", "-101"])
+def test_pickscore_threshold_is_bounded(value: str) -> None:
+    assert load_config(None, []).filters.pickscore_threshold is None  # the paper gives none
+    assert (
+        load_config(None, ["filters.pickscore_threshold=19.5"]).filters.pickscore_threshold == 19.5
+    )
+    with pytest.raises(ConfigError, match=r"filters\.pickscore_threshold"):
+        load_config(None, [f"filters.pickscore_threshold={value}"])

@@ -404,3 +404,73 @@ def test_every_prompt_renders_the_same_through_the_quick_path_as_through_render(
         with pytest.raises(jinja2.UndefinedError):
             _render(prompt.user, {})
     assert rendered >= 10  # templates with variables were compared, not only fixed text
+
+
+# ----------------------------------------------------------------- device and planner roles
+
+
+async def test_album_categories_are_free_text_bounded_and_normalised(fake_openai, make_llm_client):
+    from mcu_sim.agents.base import RoleCall
+    from mcu_sim.agents.device import CATEGORY_MAX_LENGTH, generate_device_images
+    from mcu_sim.personas.lexicons import DEVICE_IMAGE_CATEGORY_EXAMPLES
+
+    call = RoleCall(make_llm_client(cache_path=None), default_step_settings()["device"])
+    too_long = {"description": "A photo of Tom's dog in the park", "categories": ["x" * 40]}
+    good = [
+        {
+            "description": "A selfie of Tom at the Warriors' arena",
+            "categories": ["Selfie ", "sport"],
+        },
+        {
+            "description": "A screenshot of Tom's Python chatbot code",
+            "categories": ["Screenshot", "  computer   Software", "screenshot"],
+        },
+    ]
+    fake_openai.script({"images": [too_long, good[1]]}, {"images": good})
+    images, completion, version = await generate_device_images(call, "Tom", "Tom codes.", 2)
+    assert [d.categories for d in images] == [
+        ["selfie", "sport"],
+        ["screenshot", "computer software"],  # not one of the paper's examples: kept as given
+    ]
+    assert completion.repairs == 1 and version.startswith("2")
+    first = fake_openai.chat_requests[0].body
+    items = first["response_format"]["json_schema"]["schema"]["$defs"]["DeviceItem"]
+    spec = items["properties"]["categories"]
+    assert "enum" not in spec["items"] and spec["items"]["maxLength"] == CATEGORY_MAX_LENGTH
+    assert spec["maxItems"] == 3
+    system = first["messages"][0]["content"]
+    assert ", ".join(DEVICE_IMAGE_CATEGORY_EXAMPLES) in system  # the paper's examples
+    assert system.count('"description":') == 5  # a five-photo few-shot album
+    assert "at most 32 characters" in fake_openai.chat_requests[1].body["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize(
+    ("modules", "shown", "hidden"),
+    [
+        (
+            ["personalized_t2i", "retrieval", "web_search"],
+            ["woman img", "Champions"],
+            ["lighthouse"],
+        ),
+        (["retrieval", "t2i"], ["spreadsheet", "lighthouse"], ["woman img", "Champions"]),
+    ],
+)
+def test_planner_prompt_shows_examples_only_for_the_offered_modules(modules, shown, hidden):
+    from mcu_sim.agents.prompting import load_prompt
+
+    system, user = load_prompt("planner").render(
+        modules=modules,
+        name="Tom",
+        age=21,
+        gender="male",
+        class_word="young man",
+        description="A selfie of Tom at the arena",
+        image_source="mobile",
+    )
+    for word in shown:
+        assert word in system["content"]
+    for word in hidden:
+        assert word not in system["content"]
+    assert 'own class word, "young man"' in system["content"]
+    assert system["content"].count('{"module": ') == len(modules)
+    assert "Image description: A selfie of Tom at the arena" in user["content"]

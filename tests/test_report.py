@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mcu_sim.cli import app
+from mcu_sim.personas.lexicons import DEVICE_IMAGE_CATEGORY_EXAMPLES
 from mcu_sim.runner.outputs import RunDir, atomic_write_json
 from mcu_sim.testing.fake_openai import FakeOpenAIServer
 from mcu_sim.testing.scripted import scripted_answer
@@ -98,6 +99,13 @@ def hand_count(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "years": Counter(str(s["date"][:4]) for s in sessions),
         "gaps": gaps,
         "categories": Counter(e["persona_category"] for e in episodes),
+        "album_categories": Counter(
+            c
+            for e in episodes
+            for d in e["device_images"]
+            if not d["added_in_session"]
+            for c in d["categories"]
+        ),
         "distinct_1": len(set(unigrams)) / len(unigrams),
         "distinct_2": len(set(bigrams)) / len(bigrams),
         "user_turns": 100 * sum(t["speaker"] != "AI Assistant" for t in turns) / len(turns),
@@ -134,6 +142,12 @@ def test_report_numbers_match_a_hand_count(small_run: Path) -> None:
         d["persona_rows_covered"] == len(expected["categories"]) and d["persona_rows_total"] == 50
     )
     assert d["countries_total"] == 19
+    album = expected["album_categories"]  # free text; the scripted model answers the examples
+    assert set(album) <= set(DEVICE_IMAGE_CATEGORY_EXAMPLES) and sum(album.values()) >= 15
+    top = d["device_categories_top10_pct"]
+    assert set(top) == set(album) and "shared" not in top  # only the album made before chat
+    for category, count in album.items():
+        assert top[category] == pytest.approx(100 * count / sum(album.values()), abs=0.01)
     assert tx["distinct_1"] == pytest.approx(expected["distinct_1"], abs=1e-3)
     assert tx["distinct_2"] == pytest.approx(expected["distinct_2"], abs=1e-3)
     assert tx["turns_by_speaker_pct"]["user"] == pytest.approx(expected["user_turns"], abs=0.01)

@@ -89,13 +89,27 @@ def _record(run_dir: Path, episode_id: str, name: str, n: int, module: str) -> d
     return {"path": relative, "module": module, "seed": n, **fields}
 
 
+def show_album_photo(data: dict[str, Any], request: dict[str, Any], photo: int) -> None:
+    """Make the sharing moment of ``request`` show album photo ``photo`` from the phone."""
+    request["device_image_id"] = photo
+    for session in data["sessions"]:
+        for turn in session["turns"]:
+            if turn.get("request_id") == request["id"]:
+                turn["sharing"].update(image_source="mobile", image_id_from_mobile=photo)
+
+
 def attach_images(run_dir: Path, episode_id: str, *, low_clip: bool = True) -> Episode:
     """Give the face, the first two album photos and every other sharing moment a real
-    image; one sharing image gets two alternatives, one (``low_clip``) a CLIP score below
-    the filter threshold. Then recompute the removal marks with the real filters."""
+    image; the second sharing moment shows album photo 2 again (whatever the scripted
+    dialogue chose), one sharing image gets two alternatives, one (``low_clip``) a CLIP
+    score below the filter threshold. Then recompute the removal marks with the real
+    filters."""
     from mcu_sim.graphs.filters import FilterSettings, filter_episode
 
     def change(data: dict[str, Any]) -> None:
+        moments = [r for r in data["image_requests"] if r["origin"] == "sharing"]
+        if len(moments) > 1 and len(data["device_images"]) > 1:
+            show_album_photo(data, moments[1], data["device_images"][1]["id"])
         data["face"].update(
             status="generated",
             reason=None,

@@ -130,6 +130,8 @@ class DatasetStats:
             self.entity_keys[key] += 1
         self.persona_attributes += len(ep.get("persona") or [])
         for image in ep.get("device_images") or []:
+            if image.get("added_in_session"):
+                continue  # Fig. 3 counts the album made before the chat (§3.7), not shared photos
             self.device_categories.update(str(c).lower() for c in image.get("categories") or [])
 
     def result(self, persona_rows: list[tuple[str, str]], countries: list[str]) -> dict[str, Any]:
