@@ -1,0 +1,85 @@
+"""Stepwise events role: one event at a time given the ones before, then the experience
+between it and its cause. Code picks causes, time intervals and operations (seeded), so
+the graph's ids, edges and dates are right by construction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+from mcu_sim.agents.base import RoleCall
+from mcu_sim.agents.events import check_causes, events_model, to_graph
+from mcu_sim.agents.llm.client import Completion
+from mcu_sim.agents.stepwise.text import Pieces, ask_text
+from mcu_sim.personas.schema import EventGraph
+
+# (unit, smallest, largest amount) for the gap between an event and its cause
+GAPS = (("day", 2, 6), ("week", 1, 3), ("month", 1, 5))
+
+
+def _gap_words(amount: int, unit: str) -> str:
+    return f"{amount} {unit}{'s' if amount != 1 else ''}"
+
+
+async def generate_events(
+    call: RoleCall, name: str, narrative: str, count: int, start: dt.date
+) -> tuple[EventGraph, Completion, str]:
+    """``count`` events; each after the first is caused by the previous one or (one time
+    in four) an earlier one, with a code-drawn interval the model is told about."""
+    pieces = Pieces("events")
+    rng = random.Random(call.seed)
+    items: list[dict[str, object]] = []
+    for number in range(1, count + 1):
+        texts = [str(item["event"]) for item in items]
+        if number == 1:
+            cause, unit, amount = 0, "day", 1
+        else:
+            cause = number - 1 if number == 2 or rng.random() < 0.75 else rng.randint(1, number - 2)
+            unit, low, high = rng.choice(GAPS)
+            amount = rng.randint(low, high)
+        gap = _gap_words(amount, unit)
+        event = await ask_text(
+            call,
+            pieces,
+            "stepwise_event",
+            fallback=f"{name} spends a quiet day at home and thinks about what comes next.",
+            what=f"event {number}",
+            max_tokens=50,
+            min_words=4,
+            max_sentences=1,
+            max_chars=300,
+            narrative=narrative,
+            previous=texts,
+            name=name,
+            gap=gap,
+            cause=texts[cause - 1] if cause else "",
+        )
+        experience = "It is the first day of the story."
+        if number > 1:
+            experience = await ask_text(
+                call,
+                pieces,
+                "stepwise_experience",
+                fallback=f"{name} kept going with daily life.",
+                what=f"the experience before event {number}",
+                max_tokens=40,
+                max_sentences=1,
+                max_chars=190,
+                cause=texts[cause - 1],
+                event=event,
+                gap=gap,
+                name=name,
+            )
+        items.append(
+            {
+                "event": event,
+                "caused_by": cause,
+                "time_interval": amount,
+                "time_unit": unit,
+                "experience_op": "update" if number > 1 and rng.random() < 0.25 else "add",
+                "experience": experience,
+            }
+        )
+    output = events_model(count).model_validate({"events": items})
+    check_causes(output)
+    return to_graph(output, start), pieces.completion(output), pieces.version()
