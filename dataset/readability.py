@@ -34,6 +34,11 @@ def _zipf() -> Any:
     return zipf_frequency
 
 
+def _letters(token: str) -> bool:
+    """Letters only, an apostrophe inside allowed ("I'm", "you're")."""
+    return token.replace("'", "").replace("’", "").isalpha()
+
+
 def reads_as_english(text: str) -> bool:
     """At least ``MIN_WORDS`` tokens, and at least 80 % of them English words."""
     zipf = _zipf()
@@ -41,7 +46,7 @@ def reads_as_english(text: str) -> bool:
     tokens = [t for t in tokens if t]
     if len(tokens) < MIN_WORDS:
         return False
-    english = sum(1 for t in tokens if t.isalpha() and zipf(t, "en") >= MIN_ZIPF)
+    english = sum(1 for t in tokens if _letters(t) and zipf(t, "en") >= MIN_ZIPF)
     return english >= MIN_ENGLISH_SHARE * len(tokens)
 
 

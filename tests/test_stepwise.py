@@ -129,6 +129,7 @@ def test_tidy_and_readability() -> None:
     )
     check_text(tidy("I love dancing, and I went to a show at 8 pm."))
     assert reads_as_english("I watched a dance show downtown with my sister.")
+    assert reads_as_english("Hello! I'm glad you're having a great day.")
     assert not reads_as_english("quanquiamagrafe 0056 image_id_original")
     assert not reads_as_english("Dance show")  # under three words
 

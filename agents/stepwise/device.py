@@ -9,7 +9,7 @@ import typing
 from mcu_sim.agents.base import RoleCall
 from mcu_sim.agents.device import Category, device_model
 from mcu_sim.agents.llm.client import Completion
-from mcu_sim.agents.stepwise.text import Pieces, ask_text
+from mcu_sim.agents.stepwise.text import PHOTO_STARTS, Pieces, ask_text
 from mcu_sim.personas.schema import DeviceImage
 
 # The categories a phone album is made of (document and screenshot photos describe badly).
@@ -35,7 +35,8 @@ async def generate_device_images(
             min_words=4,
             max_sentences=1,
             max_chars=190,
-            context=narrative,
+            starts=PHOTO_STARTS,
+            context=f"About {name}: {narrative}",
             subject=f"a {category} photo on {name}'s phone",
         )
         items.append({"description": description, "categories": [category]})

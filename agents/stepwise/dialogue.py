@@ -16,73 +16,17 @@ from typing import Any
 from mcu_sim.agents.base import RoleCall
 from mcu_sim.agents.dialogue import dialogue_model, to_turns
 from mcu_sim.agents.llm.client import Completion
-from mcu_sim.agents.stepwise.text import Pieces, ask_text, words
+from mcu_sim.agents.stepwise.text import PHOTO_STARTS, Pieces, ask_text, content_words
 from mcu_sim.personas.schema import ASSISTANT, DeviceImage, Turn
 
 PHOTO_WORDS = re.compile(r"\b(photos?|pictures?|pics?|snaps?|selfies?|shots?|look|show)\b", re.I)
 ONLINE_WORDS = re.compile(r"\b(online|internet|website|found|news|article)\b", re.I)
-STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "of",
-        "on",
-        "in",
-        "at",
-        "to",
-        "for",
-        "with",
-        "and",
-        "or",
-        "but",
-        "from",
-        "by",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "this",
-        "that",
-        "these",
-        "those",
-        "it",
-        "its",
-        "my",
-        "your",
-        "his",
-        "her",
-        "their",
-        "our",
-        "me",
-        "you",
-        "him",
-        "them",
-        "we",
-        "they",
-        "i",
-        "photo",
-        "picture",
-        "image",
-        "shows",
-        "showing",
-        "taken",
-        "some",
-        "very",
-        "just",
-        "there",
-        "here",
-    ]
+CONTEXT_TURNS = 6  # the last turns of the chat the next utterance sees
+# what the person would not say (a small model playing them falls back to assistant talk)
+ASSISTANT_TALK = re.compile(
+    r"\b(assist\w*|help you|how can i|i'?m sorry|i'?m unable|contact me|reach me)\b", re.I
 )
-CONTEXT_LINES = 6  # the last lines of the chat the next utterance sees
-
-
-def content_words(text: str) -> list[str]:
-    """The words of ``text`` that carry its content, lowercased, in order, once each."""
-    found = [w.lower() for w in words(text)]
-    return list(dict.fromkeys(w for w in found if w not in STOPWORDS and len(w) > 2))
+OPENER = "Hi!"  # what the person says to open the app, before the first utterance
 
 
 def album_match(text: str, album: list[DeviceImage]) -> DeviceImage | None:
@@ -112,9 +56,18 @@ def _recap(variables: dict[str, Any]) -> str:
 def _hint(speaker: str, name: str, number: int, after_photo: bool) -> str:
     if speaker == ASSISTANT:
         if number == 1:
-            return f"Greet {name} and ask about the topic."
-        return f"React warmly to the photo {name} just shared." if after_photo else ""
-    return "Tell the assistant about the topic." if number == 2 else ""
+            return f"Greet {name} and ask about the day."
+        return f"Say something kind about the photo {name} just shared." if after_photo else ""
+    return "Tell the assistant what you did today." if number == 2 else "Add one detail."
+
+
+def chat_history(turns: list[tuple[str, str]], speaker: str) -> list[dict[str, str]]:
+    """The chat so far as ``speaker`` sees it: their lines are the model's (``assistant``),
+    the other side's are ``user`` messages; the person's opener first."""
+    messages = [{"role": "user" if speaker == ASSISTANT else "assistant", "content": OPENER}]
+    for who, text in turns:
+        messages.append({"role": "assistant" if who == speaker else "user", "content": text})
+    return messages[-CONTEXT_TURNS:]
 
 
 async def _moment(
@@ -137,8 +90,9 @@ async def _moment(
             min_words=4,
             max_sentences=1,
             max_chars=240,
-            context=f"{variables['event']} {name} says: {utterance}",
-            subject=f"the photo {name} shares now",
+            starts=PHOTO_STARTS,
+            context=f'{name} says: "{utterance}" Then {name} shares a photo.',
+            subject="the photo",
         )
     rationale = await ask_text(
         call,
@@ -149,7 +103,9 @@ async def _moment(
         max_tokens=40,
         max_sentences=1,
         max_chars=190,
+        starts=("To ",),
         name=name,
+        pronoun="He" if variables.get("gender") == "male" else "She",
         utterance=utterance,
         description=description,
     )
@@ -180,12 +136,13 @@ async def generate_session(
     count = max_turns  # the dialogue model takes MIN_TURNS..max_turns
     wanted = max(1, min_sharing)  # sharing moments this session has at least
     person_turns = [n for n in range(1, count + 1) if n % 2 == 0]
-    lines: list[str] = []
+    said: list[tuple[str, str]] = []  # (speaker, line) with shared photos in the line
     utterances: list[str] = []
     moments: list[dict[str, Any]] = []
     after_photo = False
     for number in range(1, count + 1):
         speaker = ASSISTANT if number % 2 == 1 else name
+        history = chat_history(said, speaker)
         text = await ask_text(
             call,
             pieces,
@@ -198,16 +155,20 @@ async def generate_session(
             what=f"utterance {number}",
             max_tokens=60,
             max_chars=max_chars,
+            history=history[:-1],
+            last=history[-1]["content"],
+            as_assistant=speaker == ASSISTANT,
             name=name,
+            age=variables["age"],
+            gender="man" if variables.get("gender") == "male" else "woman",
             date=variables["date"],
             event=variables["event"],
             recap=_recap(variables),
-            lines=lines[-CONTEXT_LINES:],
-            speaker="the AI assistant" if speaker == ASSISTANT else name,
             hint=_hint(speaker, name, number, after_photo),
+            refuse=None if speaker == ASSISTANT else ASSISTANT_TALK,
         )
         utterances.append(text)
-        lines.append(f"{speaker}: {text}")
+        said.append((speaker, text))
         after_photo = False
         if speaker == ASSISTANT or len(moments) > wanted:
             continue
@@ -215,7 +176,7 @@ async def generate_session(
         if PHOTO_WORDS.search(text) or left < wanted - len(moments):
             moment = await _moment(call, pieces, variables, text, number)
             moments.append(moment)
-            lines.append(f"{name}: [shares a photo: {moment['image_description']}]")
+            said[-1] = (speaker, f"{text} (shares a photo: {moment['image_description']})")
             after_photo = True
     model = dialogue_model(album_ids, min_sharing, max_turns, max_chars)
     output = model.model_validate({"utterances": utterances, "sharing_moments": moments})

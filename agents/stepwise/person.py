@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from mcu_sim.agents.base import RoleCall
 from mcu_sim.agents.commonsense import RELATIONS, CommonsenseOutput, clean_phrase
 from mcu_sim.agents.llm.client import Completion
 from mcu_sim.agents.narrative import NarrativeOutput
 from mcu_sim.agents.stepwise.text import Pieces, ask_text
-from mcu_sim.personas.samplers import demographic_sentence
 from mcu_sim.personas.schema import Commonsense, Demographics, Narrative
 
 # The frame each relation's sentence starts with (STARK's PEACOK frames) and the sentence
@@ -47,7 +48,6 @@ async def generate_commonsense(
 ) -> tuple[list[Commonsense], Completion, str]:
     """The five relations, each the model's sentence in its frame."""
     pieces = Pieces("commonsense")
-    person = f"My name is {demographics.name}. {demographic_sentence(demographics)}"
     phrases: dict[str, str] = {}
     for relation in RELATIONS:
         frame, fallback = FRAMES[relation]
@@ -60,10 +60,12 @@ async def generate_commonsense(
             max_tokens=40,
             max_sentences=1,
             max_chars=150,
-            person=person,
+            starts=(frame,),
             persona_sentence=persona_sentence,
             name=demographics.name,
-            frame=f"{frame} ...",
+            age=demographics.age,
+            gender="man" if demographics.gender == "male" else "woman",
+            frame=frame,
         )
         phrases[relation] = in_frame(text, frame, demographics.name)
     output = CommonsenseOutput.model_validate(phrases)
@@ -76,6 +78,7 @@ async def generate_narrative(
 ) -> tuple[Narrative, Completion, str]:
     """The sentence form retold in two or three sentences (the form itself as fallback)."""
     pieces = Pieces("narrative")
+    named = re.match(r"My name is ([^.]+)\.", sentence_form)
     text = await ask_text(
         call,
         pieces,
@@ -86,7 +89,9 @@ async def generate_narrative(
         min_words=12,
         max_sentences=3,
         max_chars=600,
+        starts=(named.group(1),) if named else (),
         sentence_form=sentence_form,
+        name=named.group(1) if named else "this person",
     )
     output = NarrativeOutput.model_validate({"narrative": text})
     narrative = Narrative(

@@ -5,17 +5,17 @@ from __future__ import annotations
 from mcu_sim.agents.base import RoleCall
 from mcu_sim.agents.llm.client import Completion
 from mcu_sim.agents.persona import PersonaOutput, to_attributes
-from mcu_sim.agents.stepwise.text import Pieces, ask_text, words
-from mcu_sim.personas.samplers import demographic_sentence
+from mcu_sim.agents.stepwise.text import Pieces, ask_text, content_words
 from mcu_sim.personas.schema import Demographics, PersonaAttribute
 
-VALUE_WORDS = 3
+VALUE_WORDS = 2
 
 
-def _fallback_value(sentence: str, category: str) -> str:
-    """The sentence's last few words stand for its value when the model gives none."""
-    found = words(sentence)
-    return " ".join(found[-VALUE_WORDS:]) if found else category
+def entity_value(sentence: str, fallback: str) -> str:
+    """The value a persona sentence gives its entity key, by a code rule: its last content
+    words ("I worked as a bus driver." -> "bus driver")."""
+    found = content_words(sentence)
+    return " ".join(found[-VALUE_WORDS:]) if found else fallback
 
 
 async def generate_persona(
@@ -24,7 +24,6 @@ async def generate_persona(
     """``count`` persona sentences about ``category``, each asked knowing the ones before
     (so it says something new); a sentence already said is asked again once."""
     pieces = Pieces("persona")
-    person = f"My name is {demographics.name}. {demographic_sentence(demographics)}"
     topic = category.split("▷")[-1].strip().lower()  # "Employment ▷ Previous Profession"
     items: list[dict[str, str]] = []
     said: set[str] = set()
@@ -39,27 +38,17 @@ async def generate_persona(
                 what=f"sentence {number}",
                 max_sentences=1,
                 max_chars=160,
-                person=person,
+                starts=("I ", "I'", "My "),
                 said=[item["sentence"] for item in items],
                 name=demographics.name,
+                age=demographics.age,
+                gender="man" if demographics.gender == "male" else "woman",
+                pronoun="his" if demographics.gender == "male" else "her",
                 category=topic,
             )
             if sentence.lower() not in said:
                 break
         said.add(sentence.lower())
-        value = await ask_text(
-            call,
-            pieces,
-            "stepwise_persona_value",
-            fallback=_fallback_value(sentence, topic),
-            what=f"the {entity_key} of sentence {number}",
-            max_tokens=12,
-            min_words=1,
-            max_sentences=1,
-            max_chars=60,
-            sentence=sentence,
-            entity_key=entity_key.replace("_", " "),
-        )
-        items.append({"sentence": sentence, "entity_value": value.rstrip(".!?")})
+        items.append({"sentence": sentence, "entity_value": entity_value(sentence, topic)})
     output = PersonaOutput.model_validate({"items": items})
     return to_attributes(output, category, entity_key), pieces.completion(output), pieces.version()

@@ -22,12 +22,20 @@ ATTEMPTS = 3
 # Sampling that suits a small model writing one short piece: some variety, no long tails.
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "frequency_penalty": 0.3, "presence_penalty": 0.0}
 STOP_LINE = ["\n"]
+PHOTO_STARTS = ("A photo of", "A picture of", "A selfie", "A close-up")
 
 _ALLOWED = re.compile(r"^[\w\s.,!?;:'’\"()\-–—&/%]*$")
 _JSON_HINT = re.compile(r"[{}\[\]<>|*#_=\\]|\"\s*:|\b(null|true|false)\b")
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
 _SPEAKER = re.compile(r"^\s*(?:\*\*)?[A-Z][\w .]{0,30}?(?:\*\*)?:\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# Words a small model uses when it talks about the request instead of answering it
+# ("Here is the sentence:", "Chat so far:", "What an interesting phrase").
+_META = re.compile(
+    r"\b(sentences?|answers?|phrases?|prompts?|retell\w*|example|chat so far|here is|"
+    r"as an ai|language model)\b",
+    re.I,
+)
 
 
 def words(text: str) -> list[str]:
@@ -35,13 +43,84 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-def check_text(text: str, min_words: int = 3, max_words: int = 60) -> None:
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "on",
+        "in",
+        "at",
+        "to",
+        "for",
+        "with",
+        "and",
+        "or",
+        "but",
+        "from",
+        "by",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "am",
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "my",
+        "your",
+        "his",
+        "her",
+        "their",
+        "our",
+        "me",
+        "you",
+        "him",
+        "them",
+        "we",
+        "they",
+        "i",
+        "photo",
+        "picture",
+        "image",
+        "shows",
+        "showing",
+        "taken",
+        "some",
+        "very",
+        "just",
+        "there",
+        "here",
+        "love",
+        "like",
+        "really",
+    ]
+)
+
+
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` that carry its content, lowercased, in order, once each."""
+    found = [w.lower() for w in words(text)]
+    return list(dict.fromkeys(w for w in found if w not in STOPWORDS and len(w) > 2))
+
+
+def check_text(
+    text: str, min_words: int = 3, max_words: int = 60, starts: tuple[str, ...] = ()
+) -> None:
     """Raise ``ValueError`` unless ``text`` is words and punctuation.
 
     Refused: empty or too short, too long, characters outside letters, digits and ordinary
     punctuation (JSON braces, markup, special tokens), more than a few digits, a word
     repeated three times in a row, a 'word' no language has (over 20 letters)."""
     stripped = text.strip()
+    if starts and not stripped.lower().startswith(tuple(s.lower() for s in starts)):
+        raise ValueError(f"does not start with {' or '.join(starts)!r}: {stripped!r:.80}")
     found = words(stripped)
     if len(found) < min_words:
         raise ValueError(f"{len(found)} word(s), at least {min_words} wanted: {stripped!r:.80}")
@@ -52,6 +131,8 @@ def check_text(text: str, min_words: int = 3, max_words: int = 60) -> None:
     digits = sum(c.isdigit() for c in stripped)
     if digits > max(4, len(stripped) // 10):
         raise ValueError(f"{digits} digits: {stripped!r:.80}")
+    if _META.search(stripped):
+        raise ValueError(f"talks about the request instead of answering: {stripped!r:.80}")
     lowered = [w.lower() for w in found]
     if any(a == b == c for a, b, c in zip(lowered, lowered[1:], lowered[2:], strict=False)):
         raise ValueError(f"a word repeated three times: {stripped!r:.80}")
@@ -110,19 +191,29 @@ async def ask_text(
     min_words: int = 3,
     max_sentences: int = 2,
     max_chars: int = 300,
+    history: list[dict[str, str]] | None = None,
+    starts: tuple[str, ...] = (),
+    refuse: re.Pattern[str] | None = None,
     **variables: Any,
 ) -> str:
     """Ask ``prompt_name`` for one short piece of text; tidy and check it.
 
     A refused answer is asked again with another seed (``ATTEMPTS`` in all); then
-    ``fallback`` is used and ``what`` with the last reason is noted in ``pieces``."""
+    ``fallback`` is used and ``what`` with the last reason is noted in ``pieces``.
+    ``history`` (chat messages) goes between the prompt's system and user parts; with
+    ``starts``, the answer must start with one of these (e.g. ``"A photo of"``); one
+    that ``refuse`` matches is refused."""
     prompt = load_prompt(prompt_name)
     pieces.versions[prompt.name] = prompt.version
-    messages = prompt.render(**variables)
+    system, user = prompt.render(**variables)
+    messages = [system, *(history or []), user]
     settings = call.settings.model_copy(update={**SAMPLING, "max_tokens": max_tokens})
 
     def check(raw: str) -> None:
-        check_text(tidy(raw, max_sentences, max_chars), min_words)
+        text = tidy(raw, max_sentences, max_chars)
+        check_text(text, min_words, starts=starts)
+        if refuse is not None and refuse.search(text):
+            raise ValueError(f"says what this speaker would not: {text!r:.80}")
 
     reason = ""
     piece = len(pieces.texts)  # each piece of the role its own seeds
