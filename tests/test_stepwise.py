@@ -12,7 +12,7 @@ import pytest
 
 from mcu_sim.agents.base import RoleCall
 from mcu_sim.agents.stepwise import events as stepwise_events
-from mcu_sim.agents.stepwise.text import ATTEMPTS, check_text, tidy
+from mcu_sim.agents.stepwise.text import ATTEMPTS, Pieces, ask_text, check_text, tidy
 from mcu_sim.config import StepSettings, load_config
 from mcu_sim.dataset.readability import reads_as_english, run_readability
 from mcu_sim.personas.schema import Episode
@@ -80,17 +80,18 @@ def test_broken_text_is_retried_then_falls_back(fake_openai, bad: str) -> None:
     graph, completion, _ = asyncio.run(
         stepwise_events.generate_events(call, "Lena", "Lena dances.", 2, dt.date(2022, 3, 1))
     )
-    # event 1, event 2, the experience between them: each asked ATTEMPTS times, no more
-    assert len(asked) == 3 * ATTEMPTS
-    assert len(fake_openai.chat_requests) == 3 * ATTEMPTS
+    # event 1, event 2, the experience between them: each asked EVENT_ATTEMPTS times
+    tries = stepwise_events.EVENT_ATTEMPTS
+    assert len(asked) == 3 * tries
+    assert len(fake_openai.chat_requests) == 3 * tries
     first, second = graph.events
     assert first.event.startswith("Lena spends a quiet day at home")  # the fallback rule
     assert second.caused_by is not None and second.caused_by.id == 1
     assert second.date > first.date
     notes = completion.repairs_by_code
-    assert len(notes) == 3 and all(f"after {ATTEMPTS} answers" in n for n in notes)
+    assert len(notes) == 3 and all(f"after {tries} answers" in n for n in notes)
     assert all("refused" in n and n.startswith("events: ") for n in notes)
-    assert completion.usage.calls == 3 * ATTEMPTS
+    assert completion.usage.calls == 3 * tries
 
 
 def test_a_good_answer_after_a_bad_one_is_used(fake_openai) -> None:
@@ -143,3 +144,24 @@ def test_auto_strategy_follows_the_provider() -> None:
     assert endpoint.llm.resolved_strategy() == "structured"
     forced = load_config(None, ["llm.strategy=structured"])
     assert forced.llm.resolved_strategy() == "structured"
+
+
+def test_ask_text_tries_attempts_times_then_notes_the_reason(fake_openai) -> None:
+    fake_openai.handler = lambda body: "[1, 2, 3]"
+    call = RoleCall(llm=client_for(fake_openai, None), settings=StepSettings(), seed=1)
+    pieces = Pieces("dialogue")
+    text = asyncio.run(
+        ask_text(
+            call,
+            pieces,
+            "stepwise_photo",
+            fallback="A photo of a quiet street.",
+            what="a photo",
+            context="Lena walks home.",
+            subject="the photo",
+        )
+    )
+    assert text == "A photo of a quiet street." and pieces.texts == [text]
+    assert len(fake_openai.chat_requests) == ATTEMPTS
+    (note,) = pieces.fallbacks
+    assert note.startswith("dialogue: a photo fell back") and "[1, 2, 3]" in note

@@ -26,6 +26,7 @@ CONTEXT_TURNS = 6  # the last turns of the chat the next utterance sees
 ASSISTANT_TALK = re.compile(
     r"\b(assist\w*|help you|how can i|i'?m sorry|i'?m unable|contact me|reach me)\b", re.I
 )
+QUOTING = re.compile(r"says:|said:|\"")  # a rationale that quotes the chat again
 OPENER = "Hi!"  # what the person says to open the app, before the first utterance
 
 
@@ -103,7 +104,8 @@ async def _moment(
         max_tokens=40,
         max_sentences=1,
         max_chars=190,
-        starts=("To ",),
+        starts=("To ", "Because ", "He wants", "She wants", f"{name} wants", f"{name} shares"),
+        refuse=QUOTING,
         name=name,
         pronoun="He" if variables.get("gender") == "male" else "She",
         utterance=utterance,

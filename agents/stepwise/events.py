@@ -15,6 +15,8 @@ from mcu_sim.personas.schema import EventGraph
 
 # (unit, smallest, largest amount) for the gap between an event and its cause
 GAPS = (("day", 2, 6), ("week", 1, 3), ("month", 1, 5))
+# Few requests, and the ones the sessions are about: worth more tries than a single line.
+EVENT_ATTEMPTS = 5
 
 
 def _gap_words(amount: int, unit: str) -> str:
@@ -49,6 +51,7 @@ async def generate_events(
             max_sentences=1,
             max_chars=300,
             starts=(name,),
+            attempts=EVENT_ATTEMPTS,
             narrative=narrative,
             previous=texts,
             name=name,
@@ -67,6 +70,7 @@ async def generate_events(
                 max_sentences=1,
                 max_chars=190,
                 starts=(name,),
+                attempts=EVENT_ATTEMPTS,
                 cause=texts[cause - 1],
                 event=event,
                 gap=gap,

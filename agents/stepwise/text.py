@@ -33,7 +33,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # ("Here is the sentence:", "Chat so far:", "What an interesting phrase").
 _META = re.compile(
     r"\b(sentences?|answers?|phrases?|prompts?|retell\w*|example|chat so far|here is|"
-    r"as an ai|language model)\b",
+    r"as an ai|language model|not sure if|revised|version|concise|too long|rephrase\w*|"
+    r"rewrit\w*)\b",
     re.I,
 )
 
@@ -194,11 +195,12 @@ async def ask_text(
     history: list[dict[str, str]] | None = None,
     starts: tuple[str, ...] = (),
     refuse: re.Pattern[str] | None = None,
+    attempts: int = ATTEMPTS,
     **variables: Any,
 ) -> str:
     """Ask ``prompt_name`` for one short piece of text; tidy and check it.
 
-    A refused answer is asked again with another seed (``ATTEMPTS`` in all); then
+    A refused answer is asked again with another seed (``attempts`` in all); then
     ``fallback`` is used and ``what`` with the last reason is noted in ``pieces``.
     ``history`` (chat messages) goes between the prompt's system and user parts; with
     ``starts``, the answer must start with one of these (e.g. ``"A photo of"``); one
@@ -217,7 +219,7 @@ async def ask_text(
 
     reason = ""
     piece = len(pieces.texts)  # each piece of the role its own seeds
-    for attempt in range(ATTEMPTS):
+    for attempt in range(attempts):
         seed = None if call.seed is None else call.seed + 1000 * piece + attempt
         try:
             completion = await call.llm.complete(
@@ -240,7 +242,7 @@ async def ask_text(
         pieces.texts.append(text)
         return text
     pieces.fallbacks.append(
-        f"{pieces.role}: {what} fell back to a fixed text after {ATTEMPTS} answers (last "
+        f"{pieces.role}: {what} fell back to a fixed text after {attempts} answers (last "
         f"refused: {reason})"
     )
     pieces.texts.append(fallback)
