@@ -15,6 +15,18 @@ from mcu_sim.testing.scripted import scripted_answer
 _NAME_IN_ASK = re.compile(r"(?:to|about|does|that) ([A-Z][a-z]+)\b")
 
 
+ASSISTANT_LINES = [
+    "That sounds wonderful! What did you enjoy most about it?",
+    "How lovely. Who else was there with you?",
+    "What a beautiful picture. How did it feel to be there?",
+]
+PERSON_LINES = [
+    "I went to the dance show and loved every minute of it.",
+    "My sister came along, and we laughed all evening.",
+    "It felt like being young again, look at this photo.",
+]
+
+
 def _ask(body: dict[str, Any]) -> str:
     return body["messages"][-1]["content"]
 
@@ -28,10 +40,11 @@ def plain_answer(body: dict[str, Any]) -> str:
     last = _ask(body).strip().splitlines()[-1]
     name = _NAME_IN_ASK.search(last)
     who = name.group(1) if name else "Sam"
+    turn = len(body["messages"])  # a different line at each point of the chat
     if system.startswith("You are a friendly AI assistant"):
-        return "That sounds wonderful! What did you enjoy most about it?"
+        return ASSISTANT_LINES[turn % len(ASSISTANT_LINES)]
     if system.startswith("You are "):  # the person, replying to the assistant
-        return "I went to the dance show and loved every minute of it."
+        return PERSON_LINES[turn % len(PERSON_LINES)]
     if "Why does" in last:
         return "To show the assistant how lovely the evening was."
     if "says about" in last:

@@ -12,7 +12,15 @@ import pytest
 
 from mcu_sim.agents.base import RoleCall
 from mcu_sim.agents.stepwise import events as stepwise_events
-from mcu_sim.agents.stepwise.text import ATTEMPTS, Pieces, ask_text, check_text, tidy
+from mcu_sim.agents.stepwise.text import (
+    ATTEMPTS,
+    Pieces,
+    ask_text,
+    check_echo,
+    check_text,
+    shingles,
+    tidy,
+)
 from mcu_sim.config import StepSettings, load_config
 from mcu_sim.dataset.readability import reads_as_english, run_readability
 from mcu_sim.personas.schema import Episode
@@ -60,6 +68,10 @@ def test_stepwise_episode_from_plain_text(fake_openai, tmp_path: Path) -> None:
         shared = [t for t in session.turns if t.sharing]
         assert shared and all(t.speaker == episode.demographics.name for t in shared)
         assert all(t.sharing.rationale.startswith("To ") for t in shared)
+        # the model's own lines, none replaced by a fallback
+        assert not any(
+            t.utterance.startswith(("That sounds lovely", "I wanted to")) for t in spoken
+        )
     assert episode.prompt_versions["dialogue"].startswith("stepwise ")
     result = run_readability(tmp_path / "run")
     assert all(entry["share"] >= 0.9 for entry in result.values()), result
@@ -122,6 +134,13 @@ def test_a_good_answer_after_a_bad_one_is_used(fake_openai) -> None:
 def test_check_text_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         check_text(tidy(text))
+
+
+def test_an_answer_that_copies_its_request_is_refused() -> None:
+    seen = shingles("Quan is a retired bus driver who walks in the park every day.")
+    with pytest.raises(ValueError, match="copies the request"):
+        check_echo("Quan walks in the park every day with friends.", seen)
+    check_echo("Quan meets an old friend from the bus company.", seen)
 
 
 def test_tidy_and_readability() -> None:

@@ -33,7 +33,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # ("Here is the sentence:", "Chat so far:", "What an interesting phrase").
 _META = re.compile(
     r"\b(sentences?|answers?|phrases?|prompts?|retell\w*|example|chat so far|here is|"
-    r"as an ai|language model|not sure if|revised|version|concise|too long|rephrase\w*|"
+    r"as an ai|language model|narrative|not sure if|revised|version|concise|too long|rephrase\w*|"
     r"rewrit\w*)\b",
     re.I,
 )
@@ -141,6 +141,23 @@ def check_text(
         raise ValueError(f"a word of over 20 letters: {stripped!r:.80}")
 
 
+ECHO_WORDS = 5  # this many words in a row copied from the request make an echo
+
+
+def shingles(text: str, size: int = ECHO_WORDS) -> set[tuple[str, ...]]:
+    """Every run of ``size`` consecutive words of ``text``, lowercased."""
+    found = [w.lower() for w in words(text)]
+    return {tuple(found[i : i + size]) for i in range(len(found) - size + 1)}
+
+
+def check_echo(text: str, seen: set[tuple[str, ...]]) -> None:
+    """Refuse ``text`` when it copies ``ECHO_WORDS`` words in a row from ``seen`` (the
+    request's shingles): a small model repeats its context instead of adding to it."""
+    copied = shingles(text) & seen
+    if copied:
+        raise ValueError(f"copies the request ({' '.join(next(iter(copied)))!r}): {text!r:.80}")
+
+
 def tidy(text: str, max_sentences: int = 2, max_chars: int = 300) -> str:
     """The model's answer as a clean piece: one line, no speaker label or quotes, cut after
     ``max_sentences`` sentences, an unfinished last sentence dropped when a whole one is
@@ -209,11 +226,14 @@ async def ask_text(
     pieces.versions[prompt.name] = prompt.version
     system, user = prompt.render(**variables)
     messages = [system, *(history or []), user]
+    # the instructions are the template's own words, which an answer may well use
+    seen = set().union(*(shingles(m["content"]) for m in messages[1:]))
     settings = call.settings.model_copy(update={**SAMPLING, "max_tokens": max_tokens})
 
     def check(raw: str) -> None:
         text = tidy(raw, max_sentences, max_chars)
         check_text(text, min_words, starts=starts)
+        check_echo(text, seen)
         if refuse is not None and refuse.search(text):
             raise ValueError(f"says what this speaker would not: {text!r:.80}")
 
