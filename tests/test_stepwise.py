@@ -98,6 +98,7 @@ def test_broken_text_is_retried_then_falls_back(fake_openai, bad: str) -> None:
     assert len(fake_openai.chat_requests) == 3 * tries
     first, second = graph.events
     assert first.event.startswith("Lena spends a quiet day at home")  # the fallback rule
+    assert second.event.startswith("Lena meets an old friend")  # a different one
     assert second.caused_by is not None and second.caused_by.id == 1
     assert second.date > first.date
     notes = completion.repairs_by_code

@@ -18,6 +18,26 @@ ALBUM_CATEGORIES = tuple(
 )
 
 
+# The fallback rule: a plain photo of the category (the model's own words preferred).
+FALLBACKS = {
+    "selfie": "A selfie taken outdoors on a bright day.",
+    "past memory": "A photo of an old family picture from many years ago.",
+    "landmark": "A photo of a famous old building in the city centre.",
+    "animal": "A photo of a small dog sleeping in the sun.",
+    "art": "A photo of a colourful painting on a gallery wall.",
+    "celebrity": "A photo of a singer on stage at a concert.",
+    "nature": "A photo of green hills under a blue sky.",
+    "food": "A photo of a plate of fresh noodles on a wooden table.",
+    "drink": "A photo of a cup of coffee next to a window.",
+    "sport": "A photo of a football match in a small stadium.",
+    "family": "A photo of a family dinner around a big table.",
+    "friends": "A photo of friends laughing together in a park.",
+    "travel": "A photo of a train station on a sunny morning.",
+    "work": "A photo of a tidy desk with a laptop and notes.",
+    "hobby": "A photo of tools and materials laid out for a hobby.",
+}
+
+
 async def generate_device_images(
     call: RoleCall, name: str, narrative: str, count: int
 ) -> tuple[list[DeviceImage], Completion, str]:
@@ -29,7 +49,7 @@ async def generate_device_images(
             call,
             pieces,
             "stepwise_photo",
-            fallback=f"A photo of {name}'s {category} moments.",
+            fallback=FALLBACKS.get(category, "A photo of a sunny afternoon outdoors."),
             what=f"album photo {number}",
             max_tokens=45,
             min_words=4,

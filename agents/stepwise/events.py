@@ -15,6 +15,15 @@ from mcu_sim.personas.schema import EventGraph
 
 # (unit, smallest, largest amount) for the gap between an event and its cause
 GAPS = (("day", 2, 6), ("week", 1, 3), ("month", 1, 5))
+# The fallback rule: an everyday event, a different one for each event of the episode.
+EVERYDAY = (
+    "{name} spends a quiet day at home and thinks about what comes next.",
+    "{name} meets an old friend for lunch and they talk for hours.",
+    "{name} takes a long walk through the city and finds a new cafe.",
+    "{name} cooks a big dinner for the family on a rainy evening.",
+    "{name} visits the local market early on a sunny morning.",
+    "{name} spends the afternoon in the park reading a good book.",
+)
 # Few requests, and the ones the sessions are about: worth more tries than a single line.
 EVENT_ATTEMPTS = 5
 
@@ -44,7 +53,7 @@ async def generate_events(
             call,
             pieces,
             "stepwise_event",
-            fallback=f"{name} spends a quiet day at home and thinks about what comes next.",
+            fallback=EVERYDAY[(number - 1) % len(EVERYDAY)].format(name=name),
             what=f"event {number}",
             max_tokens=50,
             min_words=4,
