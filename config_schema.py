@@ -225,8 +225,20 @@ class CacheConfig(Strict):
     path: str = ".mcu-cache/llm.sqlite"
 
 
+Strategy = Literal["auto", "structured", "stepwise"]
+
+
 class LLMConfig(Strict):
     provider: ProviderConfig = Field(default_factory=ProviderConfig)
+    strategy: Strategy = Field(
+        "auto",
+        description=(
+            "structured: one call per role answering its whole JSON object (STARK's prompts; "
+            "for capable endpoints); stepwise: one short plain-text request at a time, the "
+            "structure assembled by code (for small local models); auto: stepwise for the "
+            "in-process llamacpp provider, structured for every endpoint."
+        ),
+    )
     steps: dict[str, StepSettings] = Field(default_factory=default_step_settings)
     repair_turns: int = Field(2, ge=0, le=10)
     cache: CacheConfig = Field(default_factory=CacheConfig)
@@ -254,6 +266,13 @@ class LLMConfig(Strict):
         for name, value in defaults.items():
             merged.setdefault(name, value.model_dump())
         return {**data, "steps": merged}
+
+    def resolved_strategy(self, provider: ProviderConfig | None = None) -> str:
+        """``strategy`` with ``auto`` decided by ``provider`` (default: this config's)."""
+        if self.strategy != "auto":
+            return self.strategy
+        kind = (provider or self.provider).kind
+        return "stepwise" if kind == "llamacpp" else "structured"
 
     def step(self, name: str) -> StepSettings:
         if name not in self.steps:

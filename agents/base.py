@@ -23,6 +23,8 @@ class RoleCall:
     settings: StepSettings
     seed: int | None = None
     use_cache: bool = True
+    # "structured" (one JSON call per role) or "stepwise" (agents/stepwise: plain text)
+    strategy: str = "structured"
 
 
 async def ask(

@@ -53,4 +53,7 @@ class EpisodeContext:
             settings=settings,
             seed=derive_seed(seed, step, *labels),
             use_cache=self.use_cache,
+            # auto follows the client actually used (a test may pair any config with a fake
+            # endpoint's client)
+            strategy=self.config.llm.resolved_strategy(self.llm.provider),
         )

@@ -14,7 +14,16 @@ from typing import Any, NamedTuple, TypeVar
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, TypeAdapter
 
-from mcu_sim.agents import commonsense, device, dialogue, events, narrative, persona, summarizer
+from mcu_sim.agents import (
+    commonsense,
+    device,
+    dialogue,
+    events,
+    narrative,
+    persona,
+    strategy,
+    summarizer,
+)
 from mcu_sim.agents.llm.client import Completion
 from mcu_sim.graphs.context import IMAGES_DISABLED, EpisodeContext, derive_seed
 from mcu_sim.graphs.state import EpisodeState, node_reads
@@ -34,10 +43,16 @@ Ctx = Runtime[EpisodeContext]
 
 
 def _accounting(node: str, completion: Completion, prompt: str, version: str) -> dict[str, Any]:
-    return {
+    """Usage and prompt version; with the stepwise strategy, also the notes of each piece
+    that fell back to a fixed text (its ``repairs_by_code``, which in the structured
+    strategy only the events role fills, noted by the events node itself)."""
+    update: dict[str, Any] = {
         "usage": {node: completion.usage.as_dict()},
         "prompt_versions": {prompt: version},
     }
+    if completion.repairs_by_code and node != "events":
+        update["notes"] = list(completion.repairs_by_code)
+    return update
 
 
 def _count(runtime: Ctx, node: str) -> EpisodeContext:
@@ -104,7 +119,7 @@ async def persona_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     """reads: demographics, persona_category / writes: persona, persona_focus."""
     ctx = _count(runtime, "persona")
     category = state["persona_category"]
-    attributes, completion, version = await persona.generate_persona(
+    attributes, completion, version = await strategy.generate_persona(
         ctx.role("persona", state["seed"]),
         _demo(state),
         category["category"],
@@ -130,12 +145,13 @@ async def commonsense_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     one call per relation with the paper's frames, or one joint call, by the preset)."""
     ctx = _count(runtime, "commonsense")
     per_relation = ctx.config.episode.commonsense_mode() == "per_relation"
-    generate = (
-        commonsense.generate_per_relation if per_relation else commonsense.generate_commonsense
-    )
-    items, completion, version = await generate(
-        ctx.role("commonsense", state["seed"]), _demo(state), _focus_sentence(state)
-    )
+    call = ctx.role("commonsense", state["seed"])
+    if per_relation and call.strategy != "stepwise":
+        generate = commonsense.generate_per_relation
+    else:  # one joint call (economy), or the stepwise role's own way
+        per_relation = False
+        generate = strategy.generate_commonsense
+    items, completion, version = await generate(call, _demo(state), _focus_sentence(state))
     prompt = commonsense.PROMPT_PER_RELATION if per_relation else commonsense.PROMPT
     return {
         "commonsense": [c.model_dump(mode="json") for c in items],
@@ -156,7 +172,7 @@ async def narrative_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     form = samplers.sentence_form(
         chosen["relation"], demo.name, demo, _focus_sentence(state), chosen["text"]
     )
-    result, completion, version = await narrative.generate_narrative(
+    result, completion, version = await strategy.generate_narrative(
         ctx.role("narrative", state["seed"]), chosen["relation"], form
     )
     return {
@@ -172,8 +188,9 @@ async def events_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     ctx = _count(runtime, "events")
     episode = ctx.config.episode
     window = (episode.date_window.start, episode.date_window.end)
-    graph, completion, version = await events.generate_events(
-        ctx.role("events", state["seed"]),
+    call = ctx.role("events", state["seed"])
+    graph, completion, version = await strategy.generate_events(
+        call,
         _demo(state).name,
         state["narrative"]["narrative"],
         episode.asked_events(),
@@ -184,6 +201,8 @@ async def events_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     )
     fixed = completion.repairs_by_code
     notes = [f"events: model never gave valid causes; code repaired {'; '.join(fixed)}"]
+    if call.strategy == "stepwise":  # the pieces that fell back, each with its reason
+        notes = fixed
     return {
         "events": graph.model_dump(mode="json"),
         "n_sessions": len(graph.events),
@@ -216,7 +235,7 @@ def _unless_images_off(ctx: EpisodeContext, requests: list[dict[str, Any]]) -> l
 async def device_images_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     """reads: narrative / writes: device_images (the album), image_requests (one per photo)."""
     ctx = _count(runtime, "device_images")
-    images, completion, version = await device.generate_device_images(
+    images, completion, version = await strategy.generate_device_images(
         ctx.role("device", state["seed"]),
         _demo(state).name,
         state["narrative"]["narrative"],
@@ -330,7 +349,7 @@ async def session_node(state: EpisodeState, runtime: Ctx) -> dict[str, Any]:
     variables = _session_variables(state, index)
     album_ids = [image.id for image in variables["album"]]
     episode = ctx.config.episode
-    turns, completion, version = await dialogue.generate_session(
+    turns, completion, version = await strategy.generate_session(
         ctx.role("dialogue", state["seed"], index),
         variables={k: v for k, v in variables.items() if k not in _NOT_PROMPT_VARIABLES},
         album_ids=album_ids,

@@ -3,12 +3,13 @@
 Small on purpose (two sessions, short turns) so CI can afford it; the README demo runs the
 longer version. Two sessions, so the n-th-session prompt (history, time since the last
 session, experience in between) runs on the embedded model too. The point is that a weak
-model still yields a *valid* episode because the schemas bound every choice and code derives
-ids, dates and references.
+model still yields a *valid* episode that reads as English: the stepwise strategy (the
+default for llamacpp) asks it for one short plain-text piece at a time, and code derives
+ids, dates, speakers, sharing moments and album references.
 
-Measured on the 2-core dev machine (seed 4): one session 25 s, 8 calls, 2,410 + 1,004
-tokens; two sessions 62 s, 10 calls (persona 1, commonsense 1, narrative 1, events 3,
-device 1, dialogue 3), 4,376 + 2,773 tokens; about 0.5 GB RSS.
+Measured with the structured strategy, before stepwise existed (seed 4): one session
+25 s, 8 calls, 2,410 + 1,004 tokens; two sessions 62 s, 10 calls (persona 1, commonsense
+1, narrative 1, events 3, device 1, dialogue 3), 4,376 + 2,773 tokens; about 0.5 GB RSS.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mcu_sim.config import load_config
+from mcu_sim.dataset.readability import run_readability
 from mcu_sim.personas.schema import Episode
 from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
 
@@ -62,3 +64,7 @@ def test_embedded_model_produces_a_valid_episode(tmp_path: Path) -> None:
     assert second.date >= first.date
     assert episode.usage["session"]["calls"] >= 2
     assert report.usage.calls >= 7 and report.usage.completion_tokens > 0
+    # every group of texts reads as English (>= 3 words, >= 80 % English words)
+    readable = run_readability(tmp_path / "run")
+    assert all(group["texts"] > 0 for group in readable.values()), readable
+    assert all(group["share"] >= 0.9 for group in readable.values()), readable

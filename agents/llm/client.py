@@ -141,12 +141,16 @@ class LLMClient:
         use_cache: bool = True,
         validate: Callable[[Any], None] | None = None,
         rescue: Rescue | None = None,
+        stop: list[str] | None = None,
+        repair_turns: int | None = None,
     ) -> Completion:
         """Send ``messages``; return the ``schema``-validated object (or the text) and usage.
 
-        ``validate`` is an optional callable run on the parsed object; a ``ValueError`` it
-        raises counts as a validation error and is fed back like any other. Only answers
-        that pass validation are cached; a cached answer is validated again when read.
+        ``validate`` is an optional callable run on the parsed object (on the text when there
+        is no ``schema``); a ``ValueError`` it raises counts as a validation error and is fed
+        back like any other. Only answers that pass validation are cached; a cached answer
+        is validated again when read. ``stop`` lists stop sequences (plain-text requests of
+        the stepwise strategy); ``repair_turns`` overrides ``llm.repair_turns`` for this call.
 
         ``rescue`` is the last resort once the repair turns are used up: called with the
         model's last text, it returns the object fixed by code and what it changed (or
@@ -162,6 +166,7 @@ class LLMClient:
             json_schema=json_schema,
             schema_name=schema.__name__ if schema else "",
             seed=seed if self.provider.supports_seed else None,
+            stop=list(stop) if stop else None,
         )
         cache = self.cache if use_cache and self.config.cache.enabled else None
         key = ""
@@ -174,6 +179,7 @@ class LLMClient:
                 prompt_version,
                 request.seed,
                 self.provider.structured_output,
+                *([{"stop": request.stop}] if request.stop else []),
             )
             entry = cache.get_entry(key)
             if entry is not None:
@@ -190,7 +196,12 @@ class LLMClient:
                     fixed = list((original or {}).get("repairs_by_code") or [])
                     return Completion(value, hit, usage, cached=True, repairs_by_code=fixed)
         try:
-            completion = await self._complete_with_repairs(request, schema, validate)
+            completion = await self._complete_with_repairs(
+                request,
+                schema,
+                validate,
+                self.config.repair_turns if repair_turns is None else repair_turns,
+            )
         except LLMOutputError as exc:
             if rescue is None:
                 raise
@@ -232,6 +243,8 @@ class LLMClient:
 
     def _parse(self, text: str, schema: type[T] | None, validate: Any) -> Any:
         if schema is None:
+            if validate is not None:
+                validate(text)
             return text
         value = schema.model_validate(extract_json(text))
         if validate is not None:
@@ -254,13 +267,13 @@ class LLMClient:
         )
 
     async def _complete_with_repairs(
-        self, request: Request, schema: type[T] | None, validate: Any
+        self, request: Request, schema: type[T] | None, validate: Any, repair_turns: int
     ) -> Completion:
         request = self._prepare(request)
         total = Usage()
         messages = list(request.messages)
         text, last_error = "", ""
-        for attempt in range(self.config.repair_turns + 1):
+        for attempt in range(repair_turns + 1):
             sent = request if attempt == 0 else replace(request, messages=messages)
             reply = await self._send_with_retries(sent)
             total = total + self._usage_of(reply, request.settings)
@@ -285,9 +298,9 @@ class LLMClient:
             return Completion(value, text, total, repairs=attempt)
         raise LLMOutputError(
             f"{request.schema_name or 'answer'} still invalid after "
-            f"{self.config.repair_turns} repair turn(s): {last_error}",
+            f"{repair_turns} repair turn(s): {last_error}",
             raw_text=text,
-            attempts=self.config.repair_turns + 1,
+            attempts=repair_turns + 1,
             usage=total,
         )
 

@@ -125,6 +125,8 @@ class LlamaCppAdapter:
             kwargs["grammar"] = self.grammar(request.json_schema)
         if request.seed is not None:
             kwargs["seed"] = request.seed
+        if request.stop:
+            kwargs["stop"] = request.stop
         with self._run_lock:
             try:
                 result = llama.create_chat_completion(**kwargs)

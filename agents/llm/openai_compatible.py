@@ -117,6 +117,8 @@ class OpenAICompatibleAdapter:
             kwargs["response_format"] = answer_format
         if request.seed is not None:
             kwargs["seed"] = request.seed
+        if request.stop:
+            kwargs["stop"] = request.stop
         return kwargs
 
     async def send(self, request: Request) -> RawReply:

@@ -143,6 +143,8 @@ class Request:
     json_schema: dict[str, Any] | None
     schema_name: str
     seed: int | None = None
+    # stop sequences (sent only when given: a structured request carries none)
+    stop: list[str] | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The sampling arguments every wire protocol takes under these names."""
