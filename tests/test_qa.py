@@ -146,3 +146,22 @@ def test_max_alternatives_bounds_the_passing_candidates_kept_on_disk(
     assert sorted(verdict.record["deleted"]) == sorted(
         Path(c["path"]).name for c in candidates if Path(c["path"]).name not in kept
     )
+
+
+def test_a_score_without_a_qa_threshold_is_recorded_not_a_gate() -> None:
+    """PickScore runs in QA by default but has no QA threshold: a low or missing PickScore
+    never fails a candidate, while the scorers with thresholds still do."""
+    from mcu_sim.tools.qa import check_scores
+    from mcu_sim.tools.scoring import Score
+
+    limits = {"clip": 0.21, "nsfw": 0.5}
+    scores = {
+        "clip": Score("clip", 0.30, "v1"),
+        "nsfw": Score("nsfw", 0.10, "v1"),
+        "pickscore": Score("pickscore", -3.0, "v1"),
+    }
+    assert check_scores(scores, limits, accept_unscored=False) == []
+    scores["pickscore"] = Score("pickscore", None, "v1", note="not scored: no weights")
+    assert check_scores(scores, limits, accept_unscored=False) == []
+    scores["clip"] = Score("clip", 0.10, "v1")
+    assert check_scores(scores, limits, accept_unscored=False) == ["clip 0.100 not >= 0.21"]

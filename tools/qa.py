@@ -52,9 +52,13 @@ def thresholds(settings: ImagesConfig) -> dict[str, float]:
 def check_scores(
     scores: dict[str, Any], limits: dict[str, float], accept_unscored: bool
 ) -> list[str]:
-    """Reasons a candidate fails (empty when it passes)."""
+    """Reasons a candidate fails (empty when it passes). A score without a QA threshold
+    (PickScore: the paper gives none; ``filters.pickscore_threshold`` marks afterwards) is
+    recorded, not a gate."""
     reasons = []
     for name, score in scores.items():
+        if name not in limits:
+            continue
         verdict = score.passes(limits[name], HIGHER_IS_BETTER[name])
         if verdict is None and not accept_unscored:
             reasons.append(f"{name} {score.note}")
