@@ -123,15 +123,15 @@ def test_dialogcc_inconsistent_images_rule_runs_in_the_graph(fake_openai, tmp_pa
         run,
         f"images.scorers.clip.model={clip}",
         "images.qa.scorers=[clip]",
-        # every pair of distinct photos is "inconsistent" at tau above 1; drop half
-        "filters.inconsistent_similarity=1.01",
+        # every pair of distinct photos is "inconsistent" at tau 1 (cosine < 1); drop half
+        "filters.inconsistent_similarity=1.0",
         "filters.inconsistent_drop_fraction=0.5",
     )
     own = [r for r in episode.image_requests if r.status == "aligned" and r.alternatives]
     assert own and all(len(r.alternatives) == 2 for r in own)  # the other passing top-3
     marks = [m for m in episode.removals if m.rule == "inconsistent_image"]
     assert {m.target.split("#")[0] for m in marks} == {f"image:{r.id}" for r in own}
-    assert all(m.threshold == 1.01 and m.scores["offences"] == 2 for m in marks)
+    assert all(m.threshold == 1.0 and m.scores["offences"] == 2 for m in marks)
     assert all(a.get("event") != "filter_not_applied" for r in own for a in r.attempts)
     # on disk: exactly the chosen images and their alternatives, nothing unreferenced
     kept = {img.path for r in episode.image_requests for img in [r.image, *r.alternatives] if img}
