@@ -158,6 +158,13 @@ def _print_report(report, run_dir: Path) -> None:
         f"{usage.calls} ({usage.cached_calls} cached), tokens "
         f"{usage.prompt_tokens}+{usage.completion_tokens}, cost ${usage.cost_usd:.4f}"
     )
+    if usage.prompt_tokens:
+        share = usage.repeated_prompt_tokens / usage.prompt_tokens
+        console.print(
+            f"prompt tokens repeating a prefix sent earlier in their episode: "
+            f"{usage.repeated_prompt_tokens} ({share:.1%}); served from the endpoint's "
+            f"prompt cache: {usage.cached_prompt_tokens}"
+        )
     for rule, count in report.run_removals.items():
         console.print(f"run-level filter: {count} {rule} mark(s) (items kept, marked)")
     if report.stopped_for_budget:

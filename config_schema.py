@@ -100,10 +100,13 @@ def default_step_settings() -> dict[str, StepSettings]:
 
 
 class Price(Strict):
-    """US dollars per million tokens."""
+    """US dollars per million tokens. ``cached_input`` prices the prompt tokens the endpoint
+    says it served from its prompt cache (``usage.prompt_tokens_details.cached_tokens``);
+    unset, they cost ``input``."""
 
     input: float = Field(0.0, ge=0, le=100_000)
     output: float = Field(0.0, ge=0, le=100_000)
+    cached_input: float | None = Field(None, ge=0, le=100_000)
 
 
 StructuredMode = Literal["json_schema", "json_object", "json_object_schema", "prompt"]

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mcu_sim.agents.llm.client import LLMOutputError
+from mcu_sim.agents.llm.prefix import episode_prefixes
 from mcu_sim.graphs.context import EpisodeContext
 from mcu_sim.runner.jobs import EpisodeJob
 from mcu_sim.runner.scrub import Scrubber
@@ -70,16 +71,19 @@ async def drive_episode(
     )
     episode = None
     # closed here, not by the garbage collector: with durability "exit" LangGraph writes
-    # the checkpoint as the stream closes, which must happen while the saver is open
-    async with contextlib.aclosing(stream):
-        async for update in stream:
-            for node, values in update.items():
-                if on_node is not None:
-                    on_node(node)
-                if isinstance(values, dict) and "episode" in values:
-                    episode = values["episode"]  # the last step's output: no need to reload
-            if should_stop is not None and episode is None and await _said_stop(should_stop):
-                return None  # a finished episode is kept
+    # the checkpoint as the stream closes, which must happen while the saver is open. The
+    # requests of this run of the graph are one episode for the prompt-prefix measure.
+    with episode_prefixes():
+        async with contextlib.aclosing(stream):
+            async for update in stream:
+                for node, values in update.items():
+                    if on_node is not None:
+                        on_node(node)
+                    if isinstance(values, dict) and "episode" in values:
+                        episode = values["episode"]  # the last step's output: no reload
+                stop = should_stop is not None and episode is None
+                if stop and await _said_stop(should_stop):  # type: ignore[arg-type]
+                    return None  # a finished episode is kept
     if episode is None:
         snapshot = await graph.aget_state(config)
         episode = snapshot.values.get("episode")

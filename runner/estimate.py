@@ -15,6 +15,12 @@ How the numbers are made:
 - **Completion tokens** are typical answer sizes for each role (from the configured counts:
   persona sentences, events, album size, turns), capped by the step's ``max_tokens``.
 - **Cost** uses ``llm.provider.prices`` for each step's model.
+- **Repeated prefix**: the dry run's client measures, for each request, the longest common
+  prefix (in characters of the serialized messages) with any earlier request of the same
+  episode, as a share of the request's prompt tokens (:mod:`mcu_sim.agents.llm.prefix`).
+  Each role's share of repeated prompt tokens is what a prefix-caching endpoint could serve
+  from its cache; the cost is shown with those tokens at ``prices.<model>.cached_input``
+  beside the cost at the full input price.
 - **--from-run DIR** replaces predictions with the means measured in that run's episodes
   (their ``usage`` field) wherever it has them.
 """
@@ -59,6 +65,8 @@ class RoleEstimate:
     completion_tokens_per_call: float
     usd_per_episode: float = 0.0
     source: str = "predicted"
+    repeated_share: float = 0.0  # of the prompt tokens, those repeating an earlier prefix
+    usd_per_episode_cached: float = 0.0  # repeated tokens at the cached-input price
 
 
 @dataclass
@@ -86,8 +94,24 @@ class Estimate:
         )
 
     @property
+    def repeated_prompt_tokens(self) -> float:
+        return self.episodes * sum(
+            r.calls_per_episode * r.prompt_tokens_per_call * r.repeated_share for r in self.roles
+        )
+
+    @property
+    def repeated_share(self) -> float:
+        """The share of prompt tokens that repeat a prefix sent earlier in the episode."""
+        return self.repeated_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
     def cost_usd(self) -> float:
         return self.episodes * sum(r.usd_per_episode for r in self.roles)
+
+    @property
+    def cost_usd_cached(self) -> float:
+        """The cost with the repeated prefixes at ``prices.<model>.cached_input``."""
+        return self.episodes * sum(r.usd_per_episode_cached for r in self.roles)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +120,9 @@ class Estimate:
             "prompt_tokens": round(self.prompt_tokens),
             "completion_tokens": round(self.completion_tokens),
             "cost_usd": round(self.cost_usd, 4),
+            "repeated_prompt_tokens": round(self.repeated_prompt_tokens),
+            "repeated_prompt_share": round(self.repeated_share, 4),
+            "cost_usd_with_cached_input": round(self.cost_usd_cached, 4),
             "priced": self.priced,
             "tokenizer": self.tokenizer,
             "roles": [asdict(r) for r in self.roles],
@@ -195,8 +222,11 @@ def dry_run_config(config: Config) -> Config:
     return config.model_copy(update={"run": run})
 
 
-def dry_run(config: Config, episodes: int = DRY_RUN_EPISODES) -> tuple[list[dict], list[int]]:
-    """Run sample episodes against a fake endpoint; return (request bodies, sessions)."""
+def dry_run(
+    config: Config, episodes: int = DRY_RUN_EPISODES
+) -> tuple[list[dict], list[int], dict[str, dict[str, float]]]:
+    """Run sample episodes against a fake endpoint; return (request bodies, sessions, the
+    episodes' usage summed per node)."""
     from mcu_sim.agents.llm.client import build_client
     from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
     from mcu_sim.testing.fake_openai import FakeOpenAIServer
@@ -224,9 +254,27 @@ def dry_run(config: Config, episodes: int = DRY_RUN_EPISODES) -> tuple[list[dict
         if report.failed:
             reason = next(iter(report.failed.values()))
             raise ValueError(f"the estimate's dry run failed: {reason}")
-        sessions = [len(runner.run.read_episode(i)["sessions"]) for i in runner.run.finished_ids()]
+        ids = runner.run.finished_ids()
+        sessions = [len(runner.run.read_episode(i)["sessions"]) for i in ids]
         bodies = [r.body for r in server.chat_requests if isinstance(r.body, dict)]
-    return bodies, sessions
+        usage = usage_per_node(runner.run, ids)
+    return bodies, sessions, usage
+
+
+def usage_per_node(run: Any, ids: list[str]) -> dict[str, dict[str, float]]:
+    """The ``usage`` of the episodes ``ids`` of ``run`` (a RunDir), summed per node."""
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for episode_id in ids:
+        for node, values in (run.read_episode(episode_id).get("usage") or {}).items():
+            for key, value in values.items():
+                totals[node][key] += float(value)
+    return totals
+
+
+def repeated_share(values: dict[str, float]) -> float:
+    """The share of a node's prompt tokens that repeat an earlier prefix of the episode."""
+    prompt = values.get("prompt_tokens", 0.0)
+    return values.get("repeated_prompt_tokens", 0.0) / prompt if prompt else 0.0
 
 
 # ---------------------------------------------------------------- the estimate
@@ -237,7 +285,7 @@ def estimate_run(config: Config, episodes: int, from_run: Path | None = None) ->
     from mcu_sim.testing.scripted import schema_of
 
     count, tokenizer = token_counter(config.llm.provider.model)
-    bodies, sessions = dry_run(config)
+    bodies, sessions, node_usage = dry_run(config)
     sampled = len(sessions)
     expected = expected_sessions(config)
     session_scale = expected / max(statistics.mean(sessions), 1e-9)
@@ -257,9 +305,9 @@ def estimate_run(config: Config, episodes: int, from_run: Path | None = None) ->
         completion = typical_completion(role, config)
         if settings is not None:
             completion = min(completion, settings.max_tokens)
-        result.roles.append(
-            RoleEstimate(role, step, calls, statistics.mean(prompts), float(completion))
-        )
+        row = RoleEstimate(role, step, calls, statistics.mean(prompts), float(completion))
+        row.repeated_share = repeated_share(node_usage.get(ROLES.get(role, (role, role))[1], {}))
+        result.roles.append(row)
     if from_run is not None:
         refine_from_run(result, Path(from_run))
     price_roles(result, config)
@@ -307,11 +355,7 @@ def refine_from_run(result: Estimate, run_dir: Path) -> None:
     ids = run.finished_ids() if run.episodes.is_dir() else []
     if not ids:
         raise FileNotFoundError(f"{run_dir} has no finished episodes to measure")
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for episode_id in ids:
-        for node, values in (run.read_episode(episode_id).get("usage") or {}).items():
-            for key, value in values.items():
-                totals[node][key] += float(value)
+    totals = usage_per_node(run, ids)
     present = {r.role for r in result.roles}  # a node two roles share: the one predicted
     by_node = {node: role for role, (_, node) in ROLES.items() if role in present}
     by_node.update({n: r for r, (_, n) in ROLES.items() if n not in by_node})
@@ -327,6 +371,7 @@ def refine_from_run(result: Estimate, run_dir: Path) -> None:
         if values["calls"] > 0:  # cached answers carry no token counts
             row.prompt_tokens_per_call = values["prompt_tokens"] / values["calls"]
             row.completion_tokens_per_call = values["completion_tokens"] / values["calls"]
+            row.repeated_share = repeated_share(values)
         row.source = f"measured ({len(ids)} episodes)"
     result.notes.append(f"refined with {len(ids)} episodes of {run_dir}")
 
@@ -341,9 +386,13 @@ def price_roles(result: Estimate, config: Config) -> None:
         if price is None:
             missing.add(model)
             continue
-        per_call = row.prompt_tokens_per_call * price.input
-        per_call += row.completion_tokens_per_call * price.output
+        completion = row.completion_tokens_per_call * price.output
+        per_call = row.prompt_tokens_per_call * price.input + completion
         row.usd_per_episode = row.calls_per_episode * per_call / 1_000_000
+        cached_price = price.input if price.cached_input is None else price.cached_input
+        repeated = row.prompt_tokens_per_call * row.repeated_share
+        per_call += repeated * (cached_price - price.input)
+        row.usd_per_episode_cached = row.calls_per_episode * per_call / 1_000_000
     if missing:
         result.priced = False
         result.notes.append(
@@ -368,6 +417,14 @@ def format_estimate(result: Estimate) -> str:
         f"{result.episodes} episodes: {result.calls:,.0f} LLM calls, "
         f"{result.prompt_tokens:,.0f} prompt + {result.completion_tokens:,.0f} completion "
         f"tokens ({result.tokenizer}), cost {cost}",
+        f"repeated prefix: {result.repeated_prompt_tokens:,.0f} prompt tokens "
+        f"({result.repeated_share:.1%}) repeat a prefix sent earlier in the episode; "
+        + (
+            f"cost with them at the cached-input price ${result.cost_usd_cached:,.2f} "
+            f"(without ${result.cost_usd:,.2f})"
+            if result.priced
+            else "no cost (no prices)"
+        ),
         *[f"note: {n}" for n in result.notes],
     ]
     return "\n".join(lines)

@@ -19,12 +19,23 @@ from typing import Any, Literal
 
 @dataclass
 class Reply:
-    """A normal answer. Token counts default to whitespace-separated word counts."""
+    """A normal answer. Token counts default to whitespace-separated word counts;
+    ``cached_tokens``, when given, is reported as OpenAI's
+    ``usage.prompt_tokens_details.cached_tokens`` (prompt tokens served from its cache)."""
 
     content: str | dict[str, Any] | list[Any] = ""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str = "stop"
+    cached_tokens: int | None = None
+
+    def usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        """The ``usage`` object of the answer, given its token counts."""
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+        usage["total_tokens"] = prompt + completion
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
     @property
     def text(self) -> str:

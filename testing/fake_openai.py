@@ -263,11 +263,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     "logprobs": None,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            },
+            "usage": outcome.usage(prompt, completion),
         }
         self._send(200, json.dumps(payload).encode())
         return 200

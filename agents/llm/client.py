@@ -28,6 +28,7 @@ from tenacity import (
 
 from mcu_sim.agents.llm.adapters import make_adapter
 from mcu_sim.agents.llm.cache import Encoded, ResponseCache, cache_key, canonical_json
+from mcu_sim.agents.llm.prefix import note_request
 from mcu_sim.agents.llm.retry import (
     RateLimiter,
     RetryAfterWait,
@@ -307,11 +308,16 @@ class LLMClient:
     def _usage_of(self, reply: RawReply, settings: StepSettings) -> Usage:
         model = settings.model or self.provider.model
         price = self.provider.prices.get(model)
+        cached = min(max(reply.cached_prompt_tokens, 0), reply.prompt_tokens)
         cost = 0.0
         if price:
-            cost = reply.prompt_tokens * price.input + reply.completion_tokens * price.output
-            cost /= 1_000_000
-        usage = Usage(1, 0, reply.prompt_tokens, reply.completion_tokens, cost)
+            cached_price = price.input if price.cached_input is None else price.cached_input
+            cost = (reply.prompt_tokens - cached) * price.input + cached * cached_price
+            cost = (cost + reply.completion_tokens * price.output) / 1_000_000
+        usage = Usage(
+            1, 0, reply.prompt_tokens, reply.completion_tokens, cost,
+            cached_prompt_tokens=cached, repeated_prompt_tokens=reply.repeated_prompt_tokens,
+        )  # fmt: skip
         self.usage = self.usage + usage
         return usage
 
@@ -338,8 +344,13 @@ class LLMClient:
         async with self._semaphore():
             if clock.first_sent is None:
                 clock.first_sent = time.monotonic()
+                clock.prefix = note_request(request.messages)
             self.network_calls += 1
-            return await self.adapter.send(request)
+            reply = await self.adapter.send(request)
+        repeated, chars = clock.prefix
+        if chars:
+            reply.repeated_prompt_tokens = round(reply.prompt_tokens * repeated / chars)
+        return reply
 
     def _retrying(self, clock: SendClock) -> AsyncRetrying:
         return AsyncRetrying(

@@ -139,6 +139,10 @@ class OpenAICompatibleAdapter:
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
             model=response.model or kwargs["model"],
             finish_reason=getattr(choices[0], "finish_reason", None),
+            cached_prompt_tokens=getattr(
+                getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0
+            )
+            or 0,
         )
 
     async def aclose(self) -> None:

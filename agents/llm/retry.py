@@ -78,6 +78,8 @@ class SendClock:
     turn taken): where its retry time budget starts."""
 
     first_sent: float | None = None
+    # (repeated characters, characters) of the request as first sent, see agents/llm/prefix
+    prefix: tuple[int, int] = (0, 0)
 
     def started(self) -> float:
         return self.first_sent if self.first_sent is not None else time.monotonic()

@@ -57,6 +57,13 @@ class Usage:
 
     ``calls`` counts requests answered by the endpoint (repair turns included, retried
     failures not); ``cached_calls`` counts answers served from the cache, which cost nothing.
+
+    ``cached_prompt_tokens`` are the prompt tokens the endpoint says it served from its own
+    prompt cache (OpenAI's ``usage.prompt_tokens_details.cached_tokens``), priced at
+    ``Price.cached_input``. ``repeated_prompt_tokens`` are the prompt tokens that repeat a
+    prefix already sent in the same episode, as measured by :mod:`mcu_sim.agents.llm.prefix`
+    (what a prefix-caching endpoint could serve from cache). Both are part of
+    ``prompt_tokens``; :meth:`as_dict` writes them only when not zero.
     """
 
     calls: int = 0
@@ -64,25 +71,15 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    cached_prompt_tokens: int = 0
+    repeated_prompt_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.calls + other.calls,
-            self.cached_calls + other.cached_calls,
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-            self.cost_usd + other.cost_usd,
-        )
+        return Usage(*(getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__))
 
     def __sub__(self, other: Usage) -> Usage:
         """What was spent since ``other`` was read (``client.usage - before``)."""
-        return Usage(
-            self.calls - other.calls,
-            self.cached_calls - other.cached_calls,
-            self.prompt_tokens - other.prompt_tokens,
-            self.completion_tokens - other.completion_tokens,
-            self.cost_usd - other.cost_usd,
-        )
+        return Usage(*(getattr(self, k) - getattr(other, k) for k in self.__dataclass_fields__))
 
     @property
     def total_tokens(self) -> int:
@@ -95,6 +92,11 @@ class Usage:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 8),
+            **{
+                key: value
+                for key in ("cached_prompt_tokens", "repeated_prompt_tokens")
+                if (value := getattr(self, key))
+            },
         }
 
     @classmethod
@@ -132,6 +134,10 @@ class RawReply:
     completion_tokens: int
     model: str
     finish_reason: str | None = None  # "length": cut off at max_tokens
+    # of prompt_tokens, those the endpoint served from its prompt cache (when it says so)
+    cached_prompt_tokens: int = 0
+    # of prompt_tokens, those repeating a prefix of the episode (set by the client)
+    repeated_prompt_tokens: int = 0
 
 
 @dataclass
