@@ -173,6 +173,15 @@ class QASettings(Strict):
     )
 
 
+class BatchingSettings(Strict):
+    """Batched generation on the Ray image actors: SDXL and PhotoMaker requests of different
+    episodes (same tool, size and steps) arriving within ``window_s`` of each other, up to
+    ``max_batch``, share one pipeline call. 1 renders every request alone."""
+
+    window_s: float = Field(0.02, ge=0, le=1, description="Wait for more requests (seconds).")
+    max_batch: int = Field(8, ge=1, le=64, description="Requests per pipeline call at most.")
+
+
 class ImagesConfig(Strict):
     enabled: bool = True
     device: Literal["cpu", "cuda", "mps"] = "cpu"
@@ -187,3 +196,4 @@ class ImagesConfig(Strict):
     web_search: WebSearchSettings = Field(default_factory=WebSearchSettings)
     qa: QASettings = Field(default_factory=QASettings)
     scorers: ScorerSettings = Field(default_factory=ScorerSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)

@@ -128,6 +128,7 @@ class RayEpisodeRunner(EpisodeRunner):
         self._usage = Usage()
         self.tool_actors: list[Any] = []
         self.qa_batches: dict[str, list[int]] = {}  # scorer -> images per model call
+        self.generation_batches: dict[str, list[int]] = {}  # module -> requests per call
         self._saver: Any = None  # the driver's, to delete finished threads (keep: last)
 
     @property
@@ -150,7 +151,8 @@ class RayEpisodeRunner(EpisodeRunner):
             async with self._thread_cleaner():
                 await self._execute_on_ray(jobs, report)
         finally:
-            self.qa_batches = self._collect_batch_sizes()
+            self.qa_batches = self._collect_batch_sizes("batch_sizes")
+            self.generation_batches = self._collect_batch_sizes("generation_batches")
             for actor in self.tool_actors:
                 ray.kill(actor)
             self.tool_actors = []
@@ -171,14 +173,16 @@ class RayEpisodeRunner(EpisodeRunner):
             finally:
                 self._saver = None
 
-    def _collect_batch_sizes(self) -> dict[str, list[int]]:
-        """Images per QA model call, per scorer, over every tool actor (for benchmarks)."""
+    def _collect_batch_sizes(self, method: str) -> dict[str, list[int]]:
+        """Batch sizes over every tool actor (for benchmarks): ``batch_sizes`` gives images
+        per QA model call by scorer, ``generation_batches`` requests per SDXL / PhotoMaker
+        pipeline call by module."""
         import ray
 
         sizes: dict[str, list[int]] = {}
         for actor in self.tool_actors:
             try:
-                served = ray.get(actor.batch_sizes.remote(), timeout=30)
+                served = ray.get(getattr(actor, method).remote(), timeout=30)
             except Exception:  # a dead actor: its figures are lost, the run is not
                 continue
             for name, batches in served.items():

@@ -2,7 +2,9 @@
 
 Each image tool actor (one per GPU, or one CPU actor) runs an :class:`ImageToolService`:
 one :class:`~mcu_sim.tools.toolbox.ImageToolbox`, so models load once per device and every
-episode shares them, with QA scoring batched across episodes (:class:`BatchingScorer`).
+episode shares them, with QA scoring batched across episodes (:class:`BatchingScorer`) and
+so is SDXL and PhotoMaker generation (:class:`~mcu_sim.tools.batching.BatchingGenerator`,
+``images.batching``).
 Episode tasks reach the actors through :class:`RemoteToolbox`, which has the toolbox
 interface the aligner uses.
 """
@@ -85,7 +87,7 @@ class ImageToolService:
 
         self.settings = ImagesConfig.model_validate(images)
         self.batch_window_s = batch_window_s
-        self.toolbox = ImageToolbox(self.settings)
+        self.toolbox = ImageToolbox(self.settings, batch_generation=True)
 
     def describe(self) -> dict[str, Any]:
         modules = [*self.settings.router_order, "face"]
@@ -102,12 +104,18 @@ class ImageToolService:
 
         scorers = build_qa_scorers(self.settings)
         batched = {n: BatchingScorer(s, self.batch_window_s) for n, s in scorers.items()}
-        self.toolbox = ImageToolbox(self.settings, tools=self.toolbox._tools, scorers=batched)
+        self.toolbox = ImageToolbox(
+            self.settings, tools=self.toolbox.tools(), scorers=batched, batch_generation=True
+        )
         self._wrapped = True
 
     def batch_sizes(self) -> dict[str, list[int]]:
         scorers = self.toolbox.scorers() if getattr(self, "_wrapped", False) else {}
         return {name: list(s.batches) for name, s in scorers.items()}
+
+    def generation_batches(self) -> dict[str, list[int]]:
+        """Requests per SDXL / PhotoMaker pipeline call, by module."""
+        return self.toolbox.generation_batches()
 
     async def execute(self, module: str, description: str, **options: Any) -> list[dict]:
         return await self.toolbox.execute(module, description, **options)

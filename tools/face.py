@@ -15,11 +15,13 @@ spacing, guidance scale 0, and the number of steps the weights were distilled fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mcu_sim.tools.base import Candidate
 from mcu_sim.tools.sdxl import (
+    GenerationRequest,
     SDXLTool,
     check_weights_file,
     cpu_generator,
@@ -91,23 +93,42 @@ class FaceGenerator(SDXLTool):
         )
         return pipe
 
-    def _generate_sync(self, prompt: str, seed: int, out_path: Path) -> Candidate:
+    def request(
+        self,
+        prompt: str,
+        seed: int,
+        out_path: Path,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+    ) -> GenerationRequest:
+        """A checked request for ``generate_batch`` (size and steps default to the tool's)."""
+        if not prompt.strip():
+            raise ValueError("the face prompt is empty")
+        height, width, steps = self.sized(height, width, steps)
+        return GenerationRequest(prompt, int(seed), Path(out_path), height, width, steps)
+
+    def _generate_batch_sync(self, requests: Sequence[GenerationRequest]) -> list[Candidate]:
+        first = requests[0]
         result = self.pipe(
-            prompt=prompt,
-            num_inference_steps=self.steps,
+            prompt=[r.prompt for r in requests],
+            num_inference_steps=first.steps,
             guidance_scale=0.0,
-            height=self.height,
-            width=self.width,
-            generator=cpu_generator(seed),
+            height=first.height,
+            width=first.width,
+            generator=[cpu_generator(r.seed) for r in requests],
         )
-        save_png(result.images[0], out_path)
-        return Candidate(path=Path(out_path), module="face", seed=seed, caption=prompt)
+        return [
+            Candidate(
+                path=save_png(image, r.out_path), module="face", seed=r.seed, caption=r.prompt
+            )
+            for image, r in zip(result.images, requests, strict=True)
+        ]
 
     async def generate(self, prompt: str, seed: int, out_path: Path) -> Candidate:
         """Render the face for ``prompt`` with ``seed`` and write it as a PNG at ``out_path``."""
-        if not prompt.strip():
-            raise ValueError("the face prompt is empty")
-        return await self._run(lambda: self._generate_sync(prompt, seed, Path(out_path)))
+        return (await self.generate_batch([self.request(prompt, seed, out_path)]))[0]
 
 
 def _load_full_unet(pipe: Any, path: Path) -> None:

@@ -22,6 +22,7 @@ All widths come from the loaded checkpoint and text encoders, so tiny test model
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from mcu_sim.personas.trigger import TRIGGER_WORD, check_trigger_prompt
 from mcu_sim.tools.base import Candidate
 from mcu_sim.tools.sdxl import (
+    GenerationRequest,
     SDXLTool,
     check_weights_file,
     cpu_generator,
@@ -335,37 +337,77 @@ class PhotoMakerGenerator(SDXLTool):
         embeds[0, slots] = fused.to(embeds.dtype)
         return embeds, plain, pooled
 
-    def _generate_sync(
-        self, prompt: str, id_images: list[Path], seed: int, out_path: Path, negative: str
-    ) -> Candidate:
+    def request(
+        self,
+        prompt: str,
+        id_images: list[Path],
+        seed: int,
+        out_path: Path,
+        negative_prompt: str | None = None,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+    ) -> GenerationRequest:
+        """A checked request for ``generate_batch`` (size and steps default to the tool's)."""
+        check_trigger_prompt(prompt, self.trigger_word)
+        if not id_images:
+            raise ValueError("PhotoMaker needs at least one ID image (the episode's face)")
+        missing = [str(p) for p in id_images if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"ID image(s) not found: {', '.join(missing)}")
+        negative = DEFAULT_NEGATIVE if negative_prompt is None else negative_prompt
+        height, width, steps = self.sized(height, width, steps)
+        return GenerationRequest(
+            prompt,
+            int(seed),
+            Path(out_path),
+            height,
+            width,
+            steps,
+            id_images=tuple(Path(p) for p in id_images),
+            negative_prompt=negative,
+        )
+
+    def _generate_batch_sync(self, requests: Sequence[GenerationRequest]) -> list[Candidate]:
         import torch
 
         with torch.no_grad():
-            embeds, plain, pooled = self._conditioning(prompt, id_images)
-        merge_step = int(self.style_strength * self.steps)
+            conditions = [self._conditioning(r.prompt, list(r.id_images)) for r in requests]
+        embeds = torch.cat([c[0] for c in conditions])
+        plain = torch.cat([c[1] for c in conditions])
+        pooled = torch.cat([c[2] for c in conditions])
+        first = requests[0]
+        merge_step = int(self.style_strength * first.steps)
+        count = len(requests)
 
         def merge_identity(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-            # after step merge_step - 1, the remaining steps see the identity embeddings
+            # after step merge_step - 1, the remaining steps see the identity embeddings (the
+            # last ``count`` rows are the prompts; the negative ones come first under CFG)
             if step != merge_step - 1:
                 return {}
             current = tensors["prompt_embeds"].clone()
-            current[-1:] = embeds.to(current.dtype)
+            current[-count:] = embeds.to(current.dtype)
             return {"prompt_embeds": current}
 
         result = self.pipe(
             prompt_embeds=plain if merge_step > 0 else embeds,
             pooled_prompt_embeds=pooled,
-            negative_prompt=negative,
-            num_inference_steps=self.steps,
+            negative_prompt=[r.negative_prompt for r in requests],
+            num_inference_steps=first.steps,
             guidance_scale=self.guidance_scale,
-            height=self.height,
-            width=self.width,
-            generator=cpu_generator(seed),
+            height=first.height,
+            width=first.width,
+            generator=[cpu_generator(r.seed) for r in requests],
             callback_on_step_end=merge_identity,
             callback_on_step_end_tensor_inputs=["prompt_embeds"],
         )
-        save_png(result.images[0], out_path)
-        return Candidate(path=Path(out_path), module="photomaker", seed=seed, caption=prompt)
+        return [
+            Candidate(
+                path=save_png(image, r.out_path), module="photomaker", seed=r.seed, caption=r.prompt
+            )
+            for image, r in zip(result.images, requests, strict=True)
+        ]
 
     async def generate(
         self,
@@ -376,14 +418,5 @@ class PhotoMakerGenerator(SDXLTool):
         negative_prompt: str | None = None,
     ) -> Candidate:
         """Render ``prompt`` (containing ``<class word> img``) as the person in ``id_images``."""
-        check_trigger_prompt(prompt, self.trigger_word)
-        if not id_images:
-            raise ValueError("PhotoMaker needs at least one ID image (the episode's face)")
-        missing = [str(p) for p in id_images if not Path(p).is_file()]
-        if missing:
-            raise ValueError(f"ID image(s) not found: {', '.join(missing)}")
-        negative = DEFAULT_NEGATIVE if negative_prompt is None else negative_prompt
-        paths = [Path(p) for p in id_images]
-        return await self._run(
-            lambda: self._generate_sync(prompt, paths, seed, Path(out_path), negative)
-        )
+        request = self.request(prompt, id_images, seed, out_path, negative_prompt)
+        return (await self.generate_batch([request]))[0]

@@ -4,6 +4,11 @@ Weights come only from local paths or the Hugging Face cache (``local_files_only
 here downloads. ``SDXLTool`` is the common shell: cheap construction and validation, a lazy
 ``load()`` that runs once, and an async call that runs the blocking pipeline in a worker thread,
 one generation at a time per tool (a diffusers pipeline is not thread-safe).
+
+Every generation is a batch: ``generate_batch`` renders several :class:`GenerationRequest`
+that share a :attr:`~GenerationRequest.key` (size and steps) in one pipeline call, with one
+``torch.Generator`` per request seeded with that request's seed, so each image is the one the
+request alone would give. ``generate`` is a batch of one.
 """
 
 from __future__ import annotations
@@ -11,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mcu_sim.tools.base import ToolUnavailable, resolve_device
 
 T = TypeVar("T")
+_BUILD_LOCK = threading.Lock()  # one tool loads at a time in a process
 
 DTYPES = ("float32", "float16", "bfloat16")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -156,6 +163,25 @@ def save_png(image: Any, out_path: Path) -> Path:
     return out_path
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to render; the tool fills in its defaults (see ``SDXLTool.request``)."""
+
+    prompt: str
+    seed: int
+    out_path: Path
+    height: int
+    width: int
+    steps: int
+    id_images: tuple[Path, ...] = ()  # PhotoMaker: the person's face image(s)
+    negative_prompt: str = ""
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """Requests with the same key can share one pipeline call."""
+        return (self.height, self.width, self.steps)
+
+
 class SDXLTool:
     """Common shell of the SDXL-based tools (see module docstring)."""
 
@@ -217,14 +243,44 @@ class SDXLTool:
             if not ok:
                 raise ToolUnavailable(self.name, reason)
             resolve_device(self.device)
-            pipe = self._build()
-            pipe.set_progress_bar_config(disable=True)
-            self.pipe = pipe.to(self.device)
+            with _BUILD_LOCK:  # diffusers' lazy imports race when two tools load at once
+                pipe = self._build()
+                pipe.set_progress_bar_config(disable=True)
+                self.pipe = pipe.to(self.device)
 
     def unload(self) -> None:
         """Drop the pipeline (frees its memory once nothing else holds it)."""
         with self._load_lock, self._run_lock:
             self.pipe = None
+
+    # -- generation ---------------------------------------------------------------------------
+    def sized(
+        self, height: int | None, width: int | None, steps: int | None
+    ) -> tuple[int, int, int]:
+        """(height, width, steps) of a request: the tool's own where not given."""
+        height = self.height if height is None else height
+        width = self.width if width is None else width
+        steps = int(getattr(self, "steps", 1)) if steps is None else steps
+        for side, value in (("height", height), ("width", width)):
+            if value <= 0 or value % 8:
+                raise ValueError(f"{side} must be a positive multiple of 8, not {value}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, not {steps}")
+        return height, width, steps
+
+    def _generate_batch_sync(self, requests: Sequence[GenerationRequest]) -> list[Any]:
+        """One pipeline call for ``requests`` (same key); override."""
+        raise NotImplementedError
+
+    async def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Any]:
+        """Candidates for ``requests``, in their order, from one pipeline call."""
+        requests = list(requests)
+        if not requests:
+            return []
+        keys = {r.key for r in requests}
+        if len(keys) > 1:
+            raise ValueError(f"one batch needs one size and step count, got {sorted(keys)}")
+        return await self._run(lambda: self._generate_batch_sync(requests))
 
     async def _run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in a worker thread after a lazy load, one at a time."""

@@ -7,6 +7,7 @@ config imports no tools; this module is where the tools (and their users) name t
 from mcu_sim.config_images import (
     MODULES,
     AestheticSettings,
+    BatchingSettings,
     ClipSettings,
     FaceSettings,
     ImagesConfig,
@@ -22,6 +23,7 @@ from mcu_sim.config_images import (
 __all__ = [
     "MODULES",
     "AestheticSettings",
+    "BatchingSettings",
     "ClipSettings",
     "FaceSettings",
     "ImagesConfig",

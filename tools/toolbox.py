@@ -26,6 +26,7 @@ from mcu_sim.tools.qa import Verdict, build_qa_scorers, judge
 from mcu_sim.tools.settings import ImagesConfig
 
 GENERATORS = {"personalized_t2i", "t2i"}
+SDXL_MODULES = {"personalized_t2i", "t2i", "face"}  # tools with ``generate_batch``
 
 
 class ToolDisabled(ToolUnavailable):
@@ -53,9 +54,11 @@ class ImageToolbox:
         settings: ImagesConfig | None = None,
         tools: dict[str, Any] | None = None,
         scorers: dict[str, Any] | None = None,
+        batch_generation: bool = False,
     ) -> None:
         self.settings = settings or ImagesConfig()
         self._tools: dict[str, Any] = dict(tools or {})
+        self.batch_generation = batch_generation  # concurrent generate calls share batches
         self._scorers = scorers
         self._availability: dict[str, tuple[bool, str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -143,8 +146,26 @@ class ImageToolbox:
 
     def tool(self, module: str) -> Any:
         if module not in self._tools:
-            self._tools[module] = self._make(module)
+            made = self._make(module)
+            if self.batch_generation and module in SDXL_MODULES:
+                from mcu_sim.tools.batching import BatchingGenerator
+
+                batching = self.settings.batching
+                made = BatchingGenerator(made, batching.window_s, batching.max_batch)
+            self._tools[module] = made
         return self._tools[module]
+
+    def tools(self) -> dict[str, Any]:
+        """The tools made so far, by module (batching wrappers included)."""
+        return dict(self._tools)
+
+    def generation_batches(self) -> dict[str, list[int]]:
+        """Requests per pipeline call of each batched generator, by module."""
+        return {
+            module: list(tool.batches)
+            for module, tool in self._tools.items()
+            if module in SDXL_MODULES and isinstance(getattr(tool, "batches", None), list)
+        }
 
     def availability(self, module: str) -> tuple[bool, str]:
         """(usable, reason); probed once per module."""
