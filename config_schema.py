@@ -292,6 +292,15 @@ class RunConfig(Strict):
     )
     backend: Literal["local", "ray"] = "local"
     ray_address: str | None = Field(None, description="Ray cluster; None starts a local one.")
+    ray_episode_actors: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description=(
+            "--backend ray: how many episode actors run the episodes, each with many in "
+            "flight (None: one per CPU of the cluster); 0 runs one Ray task per episode."
+        ),
+    )
     postgres_dsn_env: str | None = Field(
         None,
         description=(
@@ -346,6 +355,7 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
         "shard_size",
         "backend",
         "ray_address",
+        "ray_episode_actors",
         "postgres_dsn_env",
         "durability",
         "keep_checkpoints",

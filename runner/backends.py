@@ -30,5 +30,6 @@ def make_runner(
         from mcu_sim.runner.ray_backend import RayEpisodeRunner
 
         address = ray_address or getattr(config.run, "ray_address", None)
+        options.setdefault("episode_actors", config.run.ray_episode_actors)
         return RayEpisodeRunner(config, out_dir, address=address, **options)
     raise ConfigError(f"unknown backend {backend!r}: choose local or ray (run.backend)")

@@ -57,3 +57,17 @@ def test_episode_actors_and_tasks_give_the_same_episodes(
         episodes[name + "_calls"] = report.usage.calls
     assert episodes["actors"] == episodes["tasks"]
     assert episodes["actors_calls"] == episodes["tasks_calls"]  # no call counted twice
+
+
+def test_run_ray_episode_actors_reaches_the_ray_runner(tmp_path: Path) -> None:
+    """`run.ray_episode_actors` (operational: same fingerprint) chooses the Ray runner's
+    episode actors; an explicit option still wins. Building the runner starts no Ray."""
+    from mcu_sim.config import load_config
+    from mcu_sim.runner.backends import make_runner
+
+    tasks = load_config(None, ["run.ray_episode_actors=0"])
+    assert tasks.fingerprint() == load_config(None).fingerprint()
+    assert make_runner(tasks, tmp_path / "a", backend="ray").episode_actors == 0
+    assert make_runner(load_config(None), tmp_path / "b", backend="ray").episode_actors is None
+    chosen = make_runner(tasks, tmp_path / "c", backend="ray", episode_actors=3)
+    assert chosen.episode_actors == 3
