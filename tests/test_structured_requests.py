@@ -42,6 +42,6 @@ def test_structured_requests_unchanged(fake_openai, tmp_path: Path) -> None:
     if os.environ.get("MCU_WRITE_SNAPSHOT") == "1":
         SNAPSHOT.write_text(json.dumps(bodies, indent=1, ensure_ascii=False) + "\n")
     expected = json.loads(SNAPSHOT.read_text())
-    assert len(bodies) == len(expected)
-    for sent, before in zip(bodies, expected, strict=True):
-        assert sent == before
+    # the same bodies, byte for byte; in any order, since some roles send requests at once
+    # (the stark preset's five commonsense calls) and they reach the server in any order
+    assert sorted(bodies) == sorted(expected)
