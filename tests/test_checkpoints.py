@@ -27,7 +27,7 @@ from mcu_sim.runner.checkpoints import (
 )
 from tests.pg_fixture import postgres_dsn, postgres_env  # noqa: F401 - fixtures
 
-SECRET = "sk-test-0123456789abcdef"
+SECRET = "planted-test-0123456789abcdef"
 THREAD = {"configurable": {"thread_id": "ep-00000001", "checkpoint_ns": ""}}
 
 

@@ -171,7 +171,7 @@ def test_postscript_named_jpeg_is_refused_before_any_decoder(hostile, tmp_path, 
 # ------------------------------------------------------------ config
 
 
-SECRET = "sk-live-hunter2-0123456789"
+SECRET = "planted-hunter2-0123456789"
 
 
 def _error(**kwargs) -> str:

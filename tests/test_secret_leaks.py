@@ -26,7 +26,7 @@ from mcu_sim.runner.scrub import checkpoint_serializer
 from mcu_sim.testing.fake_openai import FakeOpenAIServer, Fault, schema_name
 from mcu_sim.testing.scripted import scripted_answer
 
-API_KEY = "sk-planted-Qw7Rt5Yu3Io1Pa9S"
+API_KEY = "planted-key-Qw7Rt5Yu3Io1Pa9S"
 PASSWORD = "p@ss/w0rd:Zx9!Lk"  # characters a URL must percent-encode
 PASSWORD_IN_URL = quote(PASSWORD, safe="")  # p%40ss%2Fw0rd%3AZx9%21Lk
 QUERY_KEY = "qkey-Hn4Jm8Bv2Cx6"
