@@ -37,3 +37,15 @@ def make_llm_client(fake_openai: FakeOpenAIServer, tmp_path: Path) -> Callable[.
         return client_for(fake_openai, path, **options)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[Any]:
+    """A local Ray instance with 2 CPUs for one test module (skipped without ray); yields
+    the ``ray`` module."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -6,7 +6,6 @@ concurrent callers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,16 +185,6 @@ def test_batching_bounds_are_checked(face: FaceGenerator) -> None:
 
 
 # ---------------------------------------------------------------- through the Ray image actor
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[Any]:
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def test_the_ray_image_actor_batches_concurrent_callers(

@@ -28,15 +28,6 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def image_site() -> Iterator[str]:
     """A Bing-format result page linking one JPEG, served on 127.0.0.1."""
     with serve_image_site(colors=((200, 60, 20),)) as site:
@@ -68,7 +59,7 @@ def _episodes(run: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_ray_tasks_give_the_same_episodes_as_the_local_backend(
-    local_ray: None, fake_openai: FakeOpenAIServer, tmp_path: Path
+    local_ray: Any, fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     fake_openai.handler = scripted_answer
     config = _config(fake_openai, tmp_path, "images.enabled=false", "run.shard_size=2")
@@ -91,7 +82,7 @@ def test_ray_tasks_give_the_same_episodes_as_the_local_backend(
 
 
 def test_image_tools_served_by_a_ray_actor(
-    local_ray: None, fake_openai: FakeOpenAIServer, image_site: str, tmp_path: Path
+    local_ray: Any, fake_openai: FakeOpenAIServer, image_site: str, tmp_path: Path
 ) -> None:
     fake_openai.handler = scripted_answer
     images = [
@@ -152,7 +143,7 @@ def _without_scores(episodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
 
 
 def test_ray_budget_stop_and_resume_redo_nothing(
-    local_ray: None, fake_openai: FakeOpenAIServer, tmp_path: Path
+    local_ray: Any, fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     """The monitor actor stops every task after the step that crossed --max-cost; the next
     run continues the stopped episode from its checkpoint and starts the others."""
@@ -341,7 +332,7 @@ def test_a_worker_leaves_a_finished_episodes_checkpoints_to_the_driver(
 
 
 def test_the_ray_driver_deletes_each_written_episodes_thread_with_keep_last(
-    local_ray: None, fake_openai: FakeOpenAIServer, tmp_path: Path
+    local_ray: Any, fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     import sqlite3
 

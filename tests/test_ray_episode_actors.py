@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,17 +19,8 @@ from mcu_sim.testing.scripted import scripted_answer
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def test_episode_actors_and_tasks_give_the_same_episodes(
-    local_ray: None, fake_openai: FakeOpenAIServer, tmp_path: Path
+    local_ray: Any, fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     fake_openai.handler = scripted_answer
     config = load_config(
