@@ -7,7 +7,6 @@ edit without a version bump still changes cache keys and episode metadata.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -53,25 +52,7 @@ class Prompt:
 
 
 def _render(template: jinja2.Template, variables: dict[str, Any]) -> str:
-    """``template.render(**variables).strip()``, about half as costly for our prompts.
-
-    ``render`` flattens the template's globals (a ``ChainMap``, walked in Python) twice per
-    call; here they are flattened once per template, and the context is made directly
-    (``Environment.context_class``), then the root render function run. A failing render
-    goes again through ``render``, whose error points at the template line."""
-    flat = _flat_globals(template)
-    try:
-        context = _env.context_class(
-            _env, {**flat, **variables}, template.name, template.blocks, globals=flat
-        )
-        return _env.concat(template.root_render_func(context)).strip()
-    except Exception:
-        return template.render(**variables).strip()
-
-
-@functools.lru_cache(maxsize=64)
-def _flat_globals(template: jinja2.Template) -> dict[str, Any]:
-    return dict(template.globals)
+    return template.render(**variables).strip()
 
 
 def _fixed_text(source: str, template: jinja2.Template) -> str | None:

@@ -264,12 +264,20 @@ def _moment(event: Event) -> dt.date:
 
 
 class PastSession(NamedTuple):
-    """An earlier session as the dialogue prompt lists it. A tuple with attributes, not a
-    dict: Jinja looks ``item.date`` up as an attribute first, and a dict's miss raised and
-    caught an AttributeError per lookup, a third of that prompt's render."""
+    """An earlier session as the dialogue prompt lists it, with the phone photos it added.
+
+    The prompt lists the album as it was before the first session and each later photo
+    under the session that took it, so both lists only grow at their end and every
+    session's request repeats the previous one's up to its new part (prefix caching)."""
 
     date: str
     event: str
+    photos: tuple[DeviceImage, ...] = ()
+
+
+def _past_session(session: dict[str, Any], album: list[DeviceImage]) -> PastSession:
+    photos = tuple(image for image in album if image.added_in_session == session["index"])
+    return PastSession(_stark_date(session["date"]), session["event"], photos)
 
 
 def _session_variables(state: EpisodeState, index: int) -> dict[str, Any]:
@@ -298,7 +306,7 @@ def _session_variables(state: EpisodeState, index: int) -> dict[str, Any]:
     if past:
         last = chronology[index - 2]
         variables.update(
-            history=[PastSession(_stark_date(s["date"]), s["event"]) for s in past],
+            history=[_past_session(s, album) for s in past],
             last_date=_stark_date(past[-1]["date"]),
             time_interval=describe_gap(_moment(last), _moment(event)),
             experience=event.caused_by.experience if event.caused_by else "",

@@ -4,6 +4,7 @@ served from its cache. Everything runs against the real HTTP fake endpoint."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,45 @@ def test_estimate_prices_the_repeated_prefix_at_the_cached_input_price(
     text = CliRunner().invoke(app, ["estimate", "-n", "10", *sets])
     assert text.exit_code == 0, text.output
     assert f"({result.repeated_share:.1%}) repeat a prefix" in " ".join(text.output.split())
+
+
+def _dialogue_requests(server: FakeOpenAIServer) -> list[dict[str, Any]]:
+    return [
+        r.body
+        for r in server.chat_requests
+        if "sharing_moments" in json.dumps(r.body.get("response_format", {}))
+    ]
+
+
+def test_dialogue_requests_are_laid_out_for_prefix_caching(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The dialogue prompt is fixed text, then the person and album, then earlier sessions
+    (which only grow), then what is new today: each session's request repeats the previous
+    one up to the point where the previous one's session-specific part began."""
+    fake_openai.handler = scripted_answer
+    sets = [f"--set={s}" for s in _overrides(fake_openai, tmp_path)]
+    sets = [s for s in sets if "sessions_" not in s]
+    sets += ["--set=episode.sessions_min=3", "--set=episode.sessions_max=3"]
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "-n", "2", "-o", str(out), "--no-progress", *sets])
+    assert result.exit_code == 0, result.output
+    dialogues = _dialogue_requests(fake_openai)
+    assert len(dialogues) == 6  # two episodes of three sessions
+    systems = {body["messages"][0]["content"] for body in dialogues}
+    assert len(systems) == 1  # no person in the fixed part: the same for every episode
+    by_person: dict[str, list[str]] = {}
+    for body in dialogues:  # the two episodes' requests interleave
+        user = body["messages"][1]["content"]
+        by_person.setdefault(user.split(":", 1)[0], []).append(user)
+    assert sorted(len(users) for users in by_person.values()) == [3, 3]
+    # photos taken in a session are listed under it, not appended to the first album
+    assert any("new photo on the phone" in user for users in by_person.values() for user in users)
+    for person, users in by_person.items():
+        assert person.removeprefix("About ") not in next(iter(systems))
+        for earlier, later in itertools.pairwise(users):
+            stable = earlier.split("\n\nToday's topic")[0]  # the first session: person, album
+            if "Earlier conversations" in earlier:  # ... and the sessions before it
+                stable = earlier[: earlier.index("\n\n", earlier.index("Earlier conversations"))]
+            assert later.startswith(stable), earlier + "\n=====\n" + later
+            assert "Photos on" in stable and len(stable) > len(earlier) / 2
