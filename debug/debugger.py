@@ -374,18 +374,19 @@ async def debug_episode(
     directory meanwhile), checks the config fingerprint against the manifest and records
     the seed there, so ``mcu run --resume`` continues the episode later.
     """
-    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.agents.llm.client import build_run_client
     from mcu_sim.runner.manifest import finish_manifest, run_lock, start_manifest
     from mcu_sim.runner.runner import RunReport, build_toolbox
+    from mcu_sim.runner.scrub import Scrubber, scrubbed_logging
 
     own_llm = llm is None
-    llm = llm if llm is not None else build_client(config.llm, cache_path=config.llm.cache.path)
+    llm = llm if llm is not None else build_run_client(config)
     tools = tools if tools is not None else build_toolbox(config)
     run.create()
     report = RunReport(backend="debug")
     started, usage_before = time.monotonic(), llm.usage
     try:
-        with run_lock(run):
+        with run_lock(run), scrubbed_logging(Scrubber.for_config(config)):
             seeds = [seed] if seed is not None else []
             manifest = start_manifest(run, config, seeds, force_config, "debug")
             try:

@@ -169,12 +169,12 @@ def make_context(
     step_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> EpisodeContext:
     """An EpisodeContext like the batch runner's (client and toolbox built from config)."""
-    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.agents.llm.client import build_run_client
     from mcu_sim.runner.runner import build_toolbox
 
     return EpisodeContext(
         config=config,
-        llm=llm if llm is not None else build_client(config.llm, cache_path=config.llm.cache.path),
+        llm=llm if llm is not None else build_run_client(config),
         run_dir=run.root,
         tools=tools if tools is not None else build_toolbox(config),
         use_cache=use_cache,

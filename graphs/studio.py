@@ -76,7 +76,7 @@ class SharedDependencies:
 
     def get(self, config: Any) -> tuple[Any, Any]:
         """(LLM client, toolbox) for ``config``, built on first use."""
-        from mcu_sim.agents.llm.client import build_client
+        from mcu_sim.agents.llm.client import build_run_client
         from mcu_sim.runner.runner import build_toolbox
 
         key = config.model_dump_json()
@@ -84,7 +84,7 @@ class SharedDependencies:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-            llm = build_client(config.llm, cache_path=config.llm.cache.path)
+            llm = build_run_client(config)
             self._items[key] = (llm, build_toolbox(config))
             while len(self._items) > self.maxsize:
                 self._items.popitem(last=False)

@@ -36,7 +36,7 @@ from mcu_sim.runner.event_loop import loop_factory
 from mcu_sim.runner.jobs import EpisodeJob
 from mcu_sim.runner.outputs import RunDir
 from mcu_sim.runner.ray_tools import RemoteToolbox
-from mcu_sim.runner.scrub import Scrubber, secret_values
+from mcu_sim.runner.scrub import Scrubber
 
 T = TypeVar("T")
 
@@ -113,9 +113,9 @@ async def _open_parts(
     config: Config, run_root: str, exits: contextlib.AsyncExitStack
 ) -> tuple[LLMClient, Any]:
     """The LLM client and checkpointer of a session, opened on the running loop."""
-    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.agents.llm.client import build_run_client
 
-    llm = build_client(config.llm, cache_path=config.llm.cache.path, secrets=secret_values(config))
+    llm = build_run_client(config)
     exits.push_async_callback(llm.aclose)
     saver = await exits.enter_async_context(checkpointer_for(config, RunDir(run_root).checkpoints))
     return llm, saver

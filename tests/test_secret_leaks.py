@@ -149,7 +149,9 @@ class _Echoes:
         return scripted_answer(body)
 
 
-def _mcu_run(tmp_path: Path, base_url: str, *extra: str) -> subprocess.CompletedProcess:
+def _mcu_run(
+    tmp_path: Path, base_url: str, *extra: str, command: str = "run", stdin: bytes | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "MCU_TEST_API_KEY": API_KEY, "COLUMNS": "200"}
     args = [
         "--set=images.enabled=false",
@@ -164,8 +166,9 @@ def _mcu_run(tmp_path: Path, base_url: str, *extra: str) -> subprocess.Completed
         "--set=episode.sessions_max=1",
         *extra,
     ]
-    command = [sys.executable, "-m", "mcu_sim.cli", "run", "--no-progress", *args]
-    return subprocess.run(command, capture_output=True, env=env, timeout=300, check=False)
+    progress = ["--no-progress"] if command == "run" else []
+    argv = [sys.executable, "-m", "mcu_sim.cli", command, *progress, *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=300, check=False)
 
 
 def test_no_planted_secret_in_the_run_the_cache_or_the_console(
@@ -217,3 +220,28 @@ def test_a_query_secret_echoed_in_a_404_path_is_masked(
     for form in PLANTED:
         assert form not in console + console.replace(b"\n", b"")
     assert _leaks(out) == [] and _leaks(tmp_path / "cache") == []
+
+
+def test_the_debugger_masks_every_configured_secret_not_only_the_key(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """``mcu debug`` builds its own client: the narrative's reply quotes the web-search URL's
+    query key (not a provider secret) and the 401 quotes all of them; none reaches the run
+    folder (checkpoints included), the LLM cache or the console."""
+    fake_openai.handler = _Echoes()
+    base_url = f"http://bob:{PASSWORD_IN_URL}@127.0.0.1:{fake_openai.port}/v1"
+    out = tmp_path / "run"
+    commands = b"continue\n" * 12 + b"quit\n"
+    done = _mcu_run(
+        tmp_path, base_url, "--seed", "5", "-o", str(out), command="debug", stdin=commands
+    )
+    console = done.stdout + done.stderr
+    console += console.replace(b"\n", b"")
+    assert b"narrative" in console, console.decode()  # the debugger really ran the steps
+    with sqlite3.connect(tmp_path / "cache" / "llm.sqlite") as cache:
+        answers = [row[0] for row in cache.execute("SELECT text FROM responses")]
+    assert any("three sentences, ***" in text for text in answers)  # echoed, then masked
+    for form in PLANTED:
+        assert form not in console, form
+    assert _leaks(out) == [] and _leaks(tmp_path / "cache") == []
+    assert (out / "checkpoints.sqlite").is_file()

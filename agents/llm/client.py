@@ -57,8 +57,8 @@ from mcu_sim.agents.llm.types import (
     Rescue,
     Usage,
 )
-from mcu_sim.config import LLMConfig, ProviderConfig, StepSettings
-from mcu_sim.config_secrets import Scrubber
+from mcu_sim.config import Config, LLMConfig, ProviderConfig, StepSettings
+from mcu_sim.config_secrets import Scrubber, secret_values
 
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger("mcu_sim.llm")
@@ -423,3 +423,15 @@ def build_client(
     if config.cache.enabled:
         cache = ResponseCache(cache_path or config.cache.path)
     return LLMClient(config, adapter, cache, **client_options)
+
+
+def build_run_client(config: Config, **client_options: Any) -> LLMClient:
+    """The client for a run, the debugger, time travel, Studio or the judge: the configured
+    cache, and every secret the whole config holds masked (not only the provider's key) in
+    what the client caches, logs and raises."""
+    return build_client(
+        config.llm,
+        cache_path=config.llm.cache.path,
+        secrets=secret_values(config),
+        **client_options,
+    )

@@ -27,11 +27,11 @@ def _config(run_dir: Path, config: Path | None, overrides: list[str] | None) -> 
 
 
 async def _judge(run_dir: Path, versus: Path | None, cfg: Any, options: Any) -> Any:
-    from mcu_sim.agents.llm.client import build_client
+    from mcu_sim.agents.llm.client import build_run_client
     from mcu_sim.dataset.judge.run import judge_run
     from mcu_sim.dataset.judge.versus import versus_run
 
-    llm = build_client(cfg.llm)
+    llm = build_run_client(cfg)
     try:
         if versus is None:
             return await judge_run(run_dir, cfg, llm, options)
