@@ -27,6 +27,7 @@ from mcu_sim.agents import planner, rewriter
 from mcu_sim.agents.llm.client import LLMError
 from mcu_sim.graphs.context import IMAGES_DISABLED, EpisodeContext, derive_seed
 from mcu_sim.graphs.state import EpisodeState, append, merge_dict, merge_usage, node_reads
+from mcu_sim.storage_errors import storage_failure
 from mcu_sim.tools.base import ToolUnavailable
 from mcu_sim.tools.toolbox import ToolDisabled
 
@@ -224,6 +225,8 @@ async def execute_node(state: AlignState, runtime: Any) -> dict[str, Any]:
     except ToolUnavailable as exc:
         return _unavailable(state, ctx, exc)
     except Exception as exc:  # a tool error is a failed try, recorded, never a crash
+        if storage_failure(exc) is not None:
+            raise  # a full disk is the run's problem, not a missing image: the run stops
         return {"candidates": [], "error": f"{plan['module']} error: {exc}"[:300]}
     return {"candidates": list(candidates), "error": None}
 

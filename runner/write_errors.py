@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 from pathlib import Path
 
-# The errors of the storage, not of the data: disk full, quota, file too large for the
-# file system or a limit, read-only file system, I/O error.
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
-# SQLite's primary result codes for the same: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL
-# (an extended code keeps its primary code in the low byte).
-SQLITE_STORAGE_CODES = frozenset({8, 10, 13})
+from mcu_sim.storage_errors import STORAGE_ERRNOS, storage_failure
+
+__all__ = ["EXIT_CODE", "STORAGE_ERRNOS", "RunStorageError", "storage_error", "storage_failure"]
+
+
 EXIT_CODE = 5  # ``mcu run`` / ``mcu retry-failed`` exit with it (documented in the CLI)
 
 
@@ -35,36 +33,6 @@ class RunStorageError(RuntimeError):
         super().__init__(message)
         self.path = path
         self.reason = reason
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc``, its causes and contexts, and the members of exception groups."""
-    seen: list[BaseException] = []
-    todo = [exc]
-    while todo:
-        current = todo.pop()
-        if any(current is s for s in seen):
-            continue
-        seen.append(current)
-        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
-        if isinstance(current, BaseExceptionGroup):
-            todo += list(current.exceptions)
-    return seen
-
-
-def storage_failure(exc: BaseException) -> BaseException | None:
-    """The storage error behind ``exc`` (itself or one it was raised from), or None."""
-    for error in _chain(exc):
-        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
-            return error
-        if isinstance(error, sqlite3.Error):
-            code = getattr(error, "sqlite_errorcode", None)
-            if code is not None and code & 0xFF in SQLITE_STORAGE_CODES:
-                return error
-            text = str(error).lower()
-            if "disk is full" in text or "disk i/o error" in text or "readonly" in text:
-                return error
-    return None
 
 
 def storage_error(error: BaseException, run_dir: Path, retry_command: str) -> RunStorageError:

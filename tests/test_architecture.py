@@ -41,7 +41,10 @@ MAX_LINES = 450
 # what it exposes; ``graphs/studio.py`` is LangGraph Studio's entry point (langgraph.json),
 # on top with the CLI, since it builds what a run needs.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("config", ("mcu_sim.config", "mcu_sim.config_*", "mcu_sim.redaction")),
+    (
+        "config",
+        ("mcu_sim.config", "mcu_sim.config_*", "mcu_sim.redaction", "mcu_sim.storage_errors"),
+    ),
     ("personas", ("mcu_sim.personas", "mcu_sim.personas.*")),
     ("package API", ("mcu_sim",)),
     ("agents.llm", ("mcu_sim.agents.llm", "mcu_sim.agents.llm.*")),

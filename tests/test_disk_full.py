@@ -135,3 +135,39 @@ def test_storage_errors_are_told_from_episode_errors() -> None:
     assert storage_failure(full) is full
     for other in (OSError(errno.ENOENT, "missing"), ValueError("bad"), sqlite3.IntegrityError()):
         assert storage_failure(other) is None
+
+
+@pytest.mark.images
+@pytest.mark.parametrize("tiny_disk", ["64k"], indirect=True)
+def test_a_full_disk_while_an_image_is_saved_stops_the_step_not_records_it_unaligned(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, tiny_disk: Path
+) -> None:
+    """The aligner records a tool's error as a failed try; a full disk is let through (the
+    runner then stops the run, and a resume aligns the image), never an "unaligned" image.
+    Here the web search's download workers meet it while saving the image they fetched."""
+    from mcu_sim.testing.aligner_run import align_requests, images_settings, sharing_request
+    from mcu_sim.testing.image_site import serve_image_site
+    from mcu_sim.testing.scripted import scripted_answer
+    from mcu_sim.tools.toolbox import ImageToolbox
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "images").symlink_to(tiny_disk)  # the images land on the tiny disk
+    filler = os.open(tiny_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError) as full:
+            while True:
+                os.write(filler, b"\0" * 4096)
+    finally:
+        os.close(filler)
+    assert full.value.errno == errno.ENOSPC
+    fake_openai.handler = scripted_answer
+    unused = {"base": tmp_path / "none", "ckpt": tmp_path / "none.bin"}
+    request = sharing_request("s1-t2", "the latest news photo of the city marathon")
+    with serve_image_site() as site:
+        toolbox = ImageToolbox(images_settings(unused, site.search_url))
+        with pytest.raises(Exception) as stopped:
+            align_requests(fake_openai, run, toolbox, [request], None)
+        assert site.queries, "the search really ran"
+    failure = storage_failure(stopped.value)
+    assert failure is not None and failure.errno == errno.ENOSPC, stopped.value

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+from mcu_sim.storage_errors import storage_failure
 from mcu_sim.tools.base import Candidate, ToolUnavailable
 from mcu_sim.tools.safe_download import FetchError, FetchPolicy, fetch_image
 
@@ -57,6 +58,7 @@ class _Collector:
         self.refusals: list[tuple[str, str]] = []
         self.page_errors: list[str] = []
         self.pages_ok = 0
+        self.storage_error: BaseException | None = None  # a full disk ends the search
 
     def next_rank(self) -> int:
         with self.lock:
@@ -67,6 +69,11 @@ class _Collector:
         log.info("web image refused: %s (%s)", url, reason)
         with self.lock:
             self.refusals.append((url, reason))
+
+    def storage_failed(self, exc: BaseException) -> None:
+        """Remember the first storage failure; the search raises it when the crawl ends."""
+        with self.lock:
+            self.storage_error = self.storage_error or exc
 
     def enough(self) -> bool:
         with self.lock:
@@ -140,7 +147,11 @@ def _hardened_downloader_cls() -> type:
                 try:
                     self.download(task, "jpg")
                 except Exception as exc:  # one bad URL must not end the worker
-                    self.collector.refuse(str(task.get("file_url")), f"internal error: {exc}")
+                    if storage_failure(exc) is not None:  # ... but a full disk ends the search
+                        self.collector.storage_failed(exc)
+                        self.signal.set(reach_max_num=True)
+                    else:
+                        self.collector.refuse(str(task.get("file_url")), f"internal error: {exc}")
                 finally:
                     self.in_queue.task_done()
 
@@ -309,6 +320,8 @@ class WebImageSearch:
         collector.close()
         if failure:
             raise failure[0]
+        if collector.storage_error is not None:
+            raise collector.storage_error
         found = collector.candidates()
         if not found and collector.pages_ok == 0 and collector.page_errors:
             raise ToolUnavailable(TOOL, f"search page unreachable: {collector.page_errors[0]}")
