@@ -228,7 +228,7 @@ class RayEpisodeRunner(EpisodeRunner):
         refs: dict[asyncio.Future, Any] = {}
         try:
             while queue or pending:
-                while queue and len(pending) < self.max_in_flight and not self._over_budget():
+                while queue and len(pending) < self.max_in_flight and not self._should_stop():
                     job = queue.pop()
                     thread = thread_id_for(self.run_id, job.episode_id, shared)
                     payload = {**base, "job": [job.episode_id, job.seed], "thread_id": thread}
@@ -246,6 +246,8 @@ class RayEpisodeRunner(EpisodeRunner):
                     job = pending.pop(future)
                     release(refs.pop(future))
                     await self._collect(job, future, report)
+                if self._storage_error is not None:
+                    await asyncio.wrap_future(monitor.stop.remote().future())
         except (asyncio.CancelledError, KeyboardInterrupt):
             import ray
 
@@ -306,7 +308,7 @@ class RayEpisodeRunner(EpisodeRunner):
     async def _poll_monitor(self, monitor: Any) -> None:
         totals = await monitor.totals.remote()
         self._usage = Usage.from_dict(totals["usage"])
-        if totals["stopped"] and not self._budget_hit.is_set():
+        if totals["stopped"] and self._storage_error is None and not self._budget_hit.is_set():
             self._emit("budget", cost_usd=self._usage.cost_usd, max_cost=self.max_cost)
             self._budget_hit.set()
 
@@ -325,5 +327,8 @@ class RayEpisodeRunner(EpisodeRunner):
                 await forget_finished(self._saver, thread, self.config)
         elif "failure" in result:
             await self.save_failure(job, result["failure"], report)
+        elif "storage" in result:  # its checkpoints stay: a re-run continues it
+            self._storage_trouble(result["storage"])
+            self._emit("stopped", episode_id=job.episode_id)
         else:
             self._emit("stopped", episode_id=job.episode_id)

@@ -37,6 +37,7 @@ from mcu_sim.runner.jobs import EpisodeJob
 from mcu_sim.runner.outputs import RunDir
 from mcu_sim.runner.ray_tools import RemoteToolbox
 from mcu_sim.runner.scrub import Scrubber
+from mcu_sim.storage_errors import storage_failure
 
 T = TypeVar("T")
 
@@ -213,7 +214,8 @@ class EpisodeActor:
 
 
 async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str, Any]:
-    """The episode, or a failure record, or ``stopped``, with this task's usage."""
+    """The episode, or a failure record, or the storage error that stopped it, or
+    ``stopped``, with this task's usage."""
     config, llm, graph = session.config, session.llm, session.graph
     job = EpisodeJob(*payload["job"])
     executions: Counter = Counter()
@@ -245,8 +247,12 @@ async def _episode_in_worker(payload: dict[str, Any], session: Any) -> dict[str,
         )  # fmt: skip
         result = {"episode": episode} if episode is not None else {"stopped": True}
     except Exception as exc:
-        failed_at = await next_nodes(graph, payload["thread_id"])
-        result = {"failure": failure_record(job, exc, failed_at, Scrubber.for_config(config))}
+        if (storage := storage_failure(exc)) is not None:  # no episode's fault: the run stops
+            result = {"storage": storage}
+        else:
+            failed_at = await next_nodes(graph, payload["thread_id"])
+            record = failure_record(job, exc, failed_at, Scrubber.for_config(config))
+            result = {"failure": record}
     await after_step([])
     if not shared:  # an actor's client counts its concurrent episodes together
         result["usage"] = (llm.usage - started).as_dict()

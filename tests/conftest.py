@@ -5,6 +5,8 @@ Kept import-light: nothing here imports torch, and the LLM layer is imported laz
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,3 +51,33 @@ def local_ray() -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _mount_tmpfs(where: Path, options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A tmpfs of ``request.param`` bytes (parametrize indirectly: ``"300k"``), unmounted
+    after the test. Mounting needs root and CAP_SYS_ADMIN; elsewhere the test is skipped."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    mounted = _mount_tmpfs(where, f"size={request.param}")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remount(where: Path, options: str) -> None:
+    """Remount a ``tiny_disk``: ``ro``, or ``rw,size=64m`` to give it room."""
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)

@@ -15,43 +15,15 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mcu_sim.runner.write_errors import EXIT_CODE, storage_failure
 from mcu_sim.testing.fake_openai import FakeOpenAIServer
+from tests.conftest import remount
 
 EPISODES = 16
-
-
-def _mount(where: Path, options: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-        capture_output=True,
-        check=False,
-    )
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A tmpfs of ``request.param`` bytes (mounting needs root and CAP_SYS_ADMIN)."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny tmpfs needs root")
-    mounted = _mount(where, f"size={request.param}")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def _remount(where: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
 
 
 def _mcu(server: FakeOpenAIServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -89,12 +61,12 @@ def test_a_full_disk_stops_the_run_and_a_rerun_resumes_it(
     assert len(finished_before) < EPISODES  # the disk really filled up
     kept = {p.stem: p.read_bytes() for p in (run / "episodes").glob("*.json")}
 
-    _remount(tiny_disk, "ro")  # a read-only run folder: the same clean stop
+    remount(tiny_disk, "ro")  # a read-only run folder: the same clean stop
     _assert_stopped_cleanly(
         _mcu(fake_openai, tmp_path, "--resume", str(run)), run, "Make it writable"
     )
 
-    _remount(tiny_disk, "rw,size=64m")
+    remount(tiny_disk, "rw,size=64m")
     again = _mcu(fake_openai, tmp_path, "--resume", str(run))
     assert again.returncode == 0, again.stderr.decode()
     planned = {f"ep-{seed:08d}" for seed in range(EPISODES)}

@@ -345,3 +345,58 @@ def test_the_ray_driver_deletes_each_written_episodes_thread_with_keep_last(
         assert reader.execute("SELECT COUNT(*) FROM checkpoints").fetchone() == (0,)
     again = asyncio.run(make_runner(config, tmp_path / "ray", backend="ray").run_jobs(jobs))
     assert again.finished == [] and len(again.skipped) == 2
+
+
+@pytest.mark.parametrize("tiny_disk", ["300k"], indirect=True)
+def test_a_full_disk_stops_a_ray_run_and_a_rerun_resumes_it(
+    local_ray: Any, fake_openai: FakeOpenAIServer, tmp_path: Path, tiny_disk: Path
+) -> None:
+    """Workers that cannot write their checkpoints report it as a storage error, not as the
+    episode's failure: the driver starts nothing more, stops those in flight and raises
+    one error; with room again the same run finishes every episode exactly once."""
+    from mcu_sim.runner.write_errors import RunStorageError
+    from tests.conftest import remount
+
+    fake_openai.handler = scripted_answer
+    config = _config(fake_openai, tmp_path, "images.enabled=false", "llm.cache.enabled=false")
+    out, jobs = tiny_disk / "run", plan_jobs(12, 0)
+    with pytest.raises(RunStorageError) as stopped:
+        asyncio.run(RayEpisodeRunner(config, out, max_in_flight=2).run_jobs(jobs))
+    assert str(out) in str(stopped.value) and "--resume" in str(stopped.value)
+    before = set(RunDir(out).finished_ids())
+    assert len(before) < len(jobs)  # the disk really filled up
+    assert list((out / "failures").glob("*")) == []  # no episode is blamed for it
+    asked = sum(1 for r in fake_openai.chat_requests if schema_name(r.body) == "PersonaOutput")
+    assert asked < len(jobs)  # the driver stopped starting episodes
+
+    remount(tiny_disk, "rw,size=64m")
+    again = asyncio.run(RayEpisodeRunner(config, out, max_in_flight=2).run_jobs(jobs))
+    assert again.failed == {} and set(again.finished).isdisjoint(before)
+    assert sorted(RunDir(out).finished_ids()) == sorted(j.episode_id for j in jobs)
+    assert RunDir(out).read_manifest()["state"] == "complete"
+
+
+@pytest.mark.parametrize("tiny_disk", ["2m"], indirect=True)
+def test_a_worker_reports_a_full_disk_as_a_storage_error_not_a_failure(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, fresh_worker: Any, tiny_disk: Path
+) -> None:
+    import errno
+    import os
+
+    from mcu_sim.runner.ray_worker import run_episode_task
+
+    fake_openai.handler = scripted_answer
+    config = _config(fake_openai, tmp_path, "images.enabled=false")
+    payload = _task_payload(config, tiny_disk / "run", "ep-0", 1)
+    assert "episode" in run_episode_task(payload)  # the session is set up, with room
+    filler = os.open(tiny_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError):
+            while True:
+                os.write(filler, b"\0" * 65536)
+    finally:
+        os.close(filler)
+    result = run_episode_task({**payload, "job": ["ep-1", 2], "thread_id": "ep-1"})
+    assert "failure" not in result and "episode" not in result, result
+    error = result["storage"]
+    assert getattr(error, "errno", None) == errno.ENOSPC or "full" in str(error), error
