@@ -148,7 +148,7 @@ async def open_graph(run: RunDir, config: Config | None = None) -> AsyncIterator
         )
     run.create()
     async with checkpointer_for(config, run.checkpoints) as saver:
-        yield RunGraph(compile_graph(saver), run, run_id, shared)
+        yield RunGraph(compile_graph(saver, None, config), run, run_id, shared)
 
 
 def load_run_config(run: RunDir, path: Path | None = None, overrides: list[str] = ()) -> Config:

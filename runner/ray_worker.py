@@ -193,7 +193,7 @@ class EpisodeActor:
             await self.close()
             config, exits = Config.model_validate(payload["config"]), contextlib.AsyncExitStack()
             llm, saver = await _open_parts(config, payload["run_root"], exits)
-            graph, fingerprint = compile_graph(saver), config.fingerprint()
+            graph, fingerprint = compile_graph(saver, None, config), config.fingerprint()
             self._session = ActorSession(key, config, llm, saver, graph, fingerprint, exits)
             self._session.reported = llm.usage
             return self._session

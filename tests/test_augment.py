@@ -403,3 +403,33 @@ def test_the_shipped_sample_reads_whole() -> None:
     assert all(not isinstance(i, InputError) for i in items) and len(items) == 4
     assert sum(len(i["gold_turns"]) for i in items) == 8  # 3 + 1 + 2 + 2, counted by hand
     assert {len(i["sessions"]) for i in items} == {1, 2, 3}
+
+
+def test_augment_on_ray_episode_actors_gives_the_local_runs_episodes(
+    local_ray: Any, fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """``mcu augment --backend ray``: the Ray episode actors run the augmentation graph
+    (not the episode graph) and give the same episodes as the local runner (cache on)."""
+    fake_openai.handler = scripted_answer
+    corpus = _write_jsonl(tmp_path / "in.jsonl", CORPUS)
+    extra = ["images.qa.scorers=[]", "images.qa.clip_threshold=-1"]
+    runs = {}
+    for backend in ("local", "ray"):
+        run = tmp_path / backend
+        args = ["augment", str(corpus), "--mode", "dialogcc", "--out", str(run)]
+        args += ["--no-progress", "--backend", backend]
+        result = CliRunner().invoke(app, [*args, *_overrides(fake_openai, tmp_path, *extra)])
+        assert result.exit_code == 0, result.output
+        runs[backend] = {
+            i: e.model_dump(exclude={"usage", "meta"}) for i, e in _episodes(run).items()
+        }
+    assert len(runs["ray"]) == len(CORPUS)
+    assert all(e["kind"] == "augmented" for e in runs["ray"].values())
+    assert runs["ray"] == runs["local"]
+    assert RunDir(tmp_path / "ray").read_manifest()["backend"] == "ray"
+    # time travel opens an augmented run's threads with the augmentation graph
+    episode_id = sorted(runs["local"])[0]
+    shown = CliRunner().invoke(app, ["history", str(tmp_path / "local" / episode_id), "--json"])
+    assert shown.exit_code == 0, shown.output
+    wrote = " ".join(json.dumps(json.loads(line)) for line in shown.output.splitlines())
+    assert '"scan' in wrote and '"finalize' in wrote and "persona" not in wrote
