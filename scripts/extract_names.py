@@ -38,7 +38,9 @@ reasons and the numbers):
 11. ``respelt``: in Cyrillic- and Arabic-script countries, a spelling one edit from a
     better-ranked kept name, under the same rarity gate (``Mhmoud`` of ``Mahmoud``).
 
-The list stops at ``TOP_N`` names or where the candidates run out. The output records the
+The list stops at ``TOP_N`` names, where the candidates run out, or where the data stops being
+names: when the rules drop more than 65% of the last 200 Latin-script candidates (only the
+two Egyptian lists get there). The output records the
 names-dataset version, its licence and provenance, and for each country and gender how many
 names came from each source, how many candidates each rule dropped and where the list was cut.
 If a list ends up shorter than ``MIN_NAMES`` the script stops with an error instead of writing
@@ -48,6 +50,7 @@ a thin lexicon.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import re
@@ -66,6 +69,12 @@ OUTPUT = REPO / "personas" / "data" / "first_names.json"
 
 TOP_N = 1000
 MIN_NAMES = 30
+# Where the data stops being names: the walk stops when the rules drop more than
+# NOISE_DROP_RATE of the last NOISE_WINDOW Latin-script candidates. Past that point what
+# passes is mostly noise no rule names (``Elprof``, ``Elsakr``, ``Pharaoh``). Only the two
+# Egyptian lists reach it; every other list stays below 0.65 all the way to 1,000 names.
+NOISE_WINDOW = 200
+NOISE_DROP_RATE = 0.65
 GENDER_CODES = {"male": "M", "female": "F"}
 LATIN_SOURCE = "names-dataset, Latin script"
 ROMANISED_SOURCE = "names-dataset, romanised from Hangul (RR)"
@@ -91,6 +100,7 @@ class Selection:
     last_rank: int = 0
     head_names: int = 0
     examined: int = 0
+    noise_stop: str = ""
 
 
 def ranked_candidates(
@@ -189,13 +199,22 @@ def select(
     """The first ``top_n`` names that pass every rule, with the count of each rule's drops."""
     chosen = Selection()
     state = ListState(singles=singles)
+    recent: collections.deque[bool] = collections.deque(maxlen=NOISE_WINDOW)
     for candidate in candidates:
-        if len(chosen.names) == top_n:
+        if len(chosen.names) == top_n or noisy(recent):
             break
         chosen.examined += 1
         name, original = spelled(candidate, code, romanize)
         tail = not rules.in_head(candidate.rank, len(chosen.names))
         reason = drop_reason(candidate, name, code, tail, state)
+        if reason != "not latin script":
+            recent.append(reason is not None)
+        if noisy(recent):
+            share = sum(recent) / len(recent)
+            chosen.noise_stop = (
+                f"stopped at dataset rank {candidate.rank}: the rules dropped {share:.0%} of "
+                f"the last {NOISE_WINDOW} Latin-script candidates"
+            )
         if reason:
             chosen.dropped[reason] += 1
             continue
@@ -210,17 +229,22 @@ def select(
     return chosen
 
 
+def noisy(recent: collections.deque[bool]) -> bool:
+    """A full window in which the rules dropped more than ``NOISE_DROP_RATE``."""
+    return len(recent) == NOISE_WINDOW and sum(recent) > NOISE_DROP_RATE * NOISE_WINDOW
+
+
 def describe(chosen: Selection, candidates: list[Candidate], top_n: int) -> dict[str, Any]:
     """The per-list record: names, sources, and how the selection went."""
     sources = Counter(
         ROMANISED_SOURCE if n in chosen.native else LATIN_SOURCE for n in chosen.names
     )
     full = len(chosen.names) == top_n
-    cut = (
-        f"top {top_n} reached at dataset rank {chosen.last_rank}"
-        if full
-        else f"clean names ran out: all {len(candidates)} candidates examined"
-    )
+    if full:
+        cut = f"top {top_n} reached at dataset rank {chosen.last_rank}"
+    else:
+        ran_out = f"clean names ran out: all {len(candidates)} candidates examined"
+        cut = chosen.noise_stop or ran_out
     return {
         "names": chosen.names,
         "sources": dict(sources),
@@ -296,6 +320,7 @@ def build_metadata(top_n: int) -> dict[str, Any]:
             "rank_ratio": rules.TRUNCATION_RANK_RATIO,
             "common_anywhere_rank": rules.COMMON_ANYWHERE_RANK,
         },
+        "noise_stop": {"window": NOISE_WINDOW, "drop_rate": NOISE_DROP_RATE},
         "policy": (
             "Latin-script names by names-dataset rank per country and gender, cleaned by the "
             "rules of scripts/name_rules.py (see docs/names.md); Hangul names romanised "
