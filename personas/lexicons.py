@@ -7,22 +7,21 @@
   twice, once with ``city-state`` and once with ``country``.
 * ``data/human_attributes.yaml``: our own value lists for the App. A.3 attributes of the
   face prompt, with the rules that combine them (see the file's header).
-* ``data/first_names.json``: the top 50 first names per birthplace country and gender,
-  extracted once from the ``names-dataset`` package by ``scripts/extract_names.py``; the
-  dataset itself is never loaded at run time.
+* ``data/first_names.json``: the top 1,000 first names per birthplace country and gender, as
+  in the paper, extracted once from the ``names-dataset`` package by
+  ``scripts/extract_names.py`` and cleaned by the rules of ``scripts/name_rules.py``
+  (``docs/names.md``); the dataset itself is never loaded at run time.
 * :data:`DEVICE_IMAGE_CATEGORY_EXAMPLES`: the album photo categories the paper's device prompt
   names as examples (App. F). Categories are free text: these guide the model, they do not
   bound it (the paper counts 467K categories in its album, §4.2).
 
 Names in non-Latin scripts: the dialogue is in English, so only names written in Latin
 letters are shipped. names-dataset ranks many names in their native script (Hangul, Han,
-Cyrillic, Arabic); those are skipped and the best-ranked Latin-script names are kept. With
-names-dataset 3.3.1 this yields 50 names for every country and gender, spelled the way
-people of that country romanise their own names (``Sergey``, ``Jiyoung``, ``Mahmoud``). For
-South Korea these Latin spellings rank below the Hangul entries (down to rank ~3,400), and
-are still common given names. The extraction script would romanise Hangul (Revised
-Romanization) if a list came up short and stops with an error rather than ship a thin
-list; each country and gender records where its names came from (``first_name_sources``).
+Cyrillic, Arabic); those are skipped and the best-ranked Latin-script names are kept,
+spelled the way people of that country romanise their own names (``Sergey``, ``Jiyoung``,
+``Mahmoud``). Where fewer than 1,000 Latin-script names pass (South Korean women), Hangul
+names are romanised (Revised Romanization) and join in rank order. Each country and gender
+records where its names came from (``first_name_sources``) and how the list was cut.
 """
 
 from __future__ import annotations
@@ -208,6 +207,8 @@ class NameList(_Frozen):
     sources: dict[str, int]
     romanised_from: dict[str, str] = Field(default_factory=dict)
     deepest_dataset_rank: int | None = None
+    head_names: int | None = None  # how many of ``names`` rank within the dataset's head
+    selection: dict[str, Any] = Field(default_factory=dict)  # kept, dropped by rule, the cut
 
     @model_validator(mode="after")
     def _sources_add_up(self) -> NameList:
@@ -313,6 +314,11 @@ def first_names(country_name: str, gender: str) -> tuple[str, ...]:
 def first_name_sources(country_name: str, gender: str) -> dict[str, int]:
     """How many of that list's names came from each source (e.g. Latin script, romanised)."""
     return dict(_name_list(country_name, gender).sources)
+
+
+def first_name_selection(country_name: str, gender: str) -> dict[str, Any]:
+    """How that list was cut: candidates examined, kept, dropped by each rule, where it stopped."""
+    return dict(_name_list(country_name, gender).selection)
 
 
 def first_names_metadata() -> dict[str, Any]:
