@@ -378,9 +378,6 @@ def index_tune(
     rebuild), and print what was measured."""
     from mcu_sim.tools.index_tune import tune_database
 
-    if not target_recall:
-        console.print("[red]--target-recall must be above 0 to tune[/red]")
-        raise typer.Exit(2)
     try:
         report = tune_database(db, target_recall)
     except (FileNotFoundError, ValueError) as exc:  # DatabaseFormatError is a ValueError

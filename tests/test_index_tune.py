@@ -192,6 +192,10 @@ def test_without_captions_and_retuned_from_the_command_line(data: dict) -> None:
     higher = read_manifest(data["bare"])["embeddings"][KIND]["index_tuning"]
     assert higher["nprobe"] > tuning["nprobe"]
     assert higher["autofaiss_index_param"] == autofaiss_param  # re-tuning starts from it
+    back = CliRunner().invoke(app, ["index", "tune", str(data["bare"]), "--target-recall", "0"])
+    assert back.exit_code == 0, back.output
+    entry = read_manifest(data["bare"])["embeddings"][KIND]  # AutoFaiss's choice again
+    assert entry["index_param"] == autofaiss_param and "index_tuning" not in entry
 
 
 def test_held_out_queries_never_find_themselves_and_captions_come_first(tmp_path: Path) -> None:

@@ -261,14 +261,14 @@ def _paths(db_dir: Path, names: str | list[str] | None) -> list[Path] | None:
 
 
 def tune_entry(
-    db_dir: Path, entry: dict[str, Any], target: float, n_queries: int = TUNE_QUERIES
+    db_dir: Path, entry: dict[str, Any], target: float | None, n_queries: int = TUNE_QUERIES
 ) -> None:
     """Tune both indexes of a manifest entry in place (``index_param``, ``index_tuning``,
     ``caption_index_param``, ``caption_index_tuning``); exact indexes are left alone.
 
     The image index is tuned on caption queries when the entry has captions; the caption
     index on held-out captions. AutoFaiss's own choice is kept in the tuning record, and
-    re-tuning starts from it.
+    re-tuning starts from it; no ``target`` (0 or ``None``) puts it back.
     """
     images, captions = _paths(db_dir, entry.get("images")), _paths(db_dir, entry.get("captions"))
     plans = (
@@ -279,6 +279,11 @@ def tune_entry(
         if not entry.get(index_field) or not base:
             continue
         before = entry.get(f"{prefix}_tuning") or {}
+        if not target:
+            if before:
+                entry[f"{prefix}_param"] = before["autofaiss_index_param"]
+                del entry[f"{prefix}_tuning"]
+            continue
         tuning = tune_index_file(
             Path(db_dir) / entry[index_field],
             base,
@@ -293,10 +298,11 @@ def tune_entry(
 
 
 def tune_database(
-    db_dir: Path, target: float = DEFAULT_TARGET_RECALL, n_queries: int = TUNE_QUERIES
+    db_dir: Path, target: float | None = DEFAULT_TARGET_RECALL, n_queries: int = TUNE_QUERIES
 ) -> dict[str, Any]:
-    """Re-tune every index of an existing database for ``target`` and rewrite its manifest;
-    returns the tuning records by embedding (what ``mcu index tune`` prints)."""
+    """Re-tune every index of an existing database for ``target`` (none: AutoFaiss's own
+    choice back) and rewrite its manifest; returns the tuning records by embedding (what
+    ``mcu index tune`` prints)."""
     manifest = read_manifest(db_dir)
     report = {}
     for kind, entry in manifest["embeddings"].items():
