@@ -278,6 +278,15 @@ def validate(path: Annotated[Path, typer.Argument(help="An episode JSON file.")]
 
 index_app = typer.Typer(help="Build image databases for retrieval.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+TargetRecallOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Choose the smallest nprobe whose recall@10 (of the 64 candidates a search "
+        "rescores) reaches this against exact search; 0 keeps AutoFaiss's 10 ms choice.",
+    ),
+]
 
 
 @index_app.command("build")
@@ -314,6 +323,7 @@ def index_build(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     device: Annotated[str, typer.Option(help="cpu | cuda | mps")] = "cpu",
     minilm: Annotated[bool, typer.Option(help="Also embed captions with MiniLM.")] = True,
+    target_recall: TargetRecallOpt = 0.95,
 ) -> None:
     """Embed images (and captions) in batches and build an AutoFaiss index. A bare model
     name needs --pretrained weights; --random-weights opts into random ones (tests only)."""
@@ -328,7 +338,11 @@ def index_build(
                 raise ValueError("--embeddings takes no --images/--parquet and needs --model")
             check_clip_weights(model, pretrained, random_weights)
             summary = build_from_embeddings(
-                embeddings, out, model_name=model, pretrained=pretrained
+                embeddings,
+                out,
+                model_name=model,
+                pretrained=pretrained,
+                target_recall=target_recall or None,
             )
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
             console.print(f"[red]{exc}[/red]")
@@ -347,11 +361,29 @@ def index_build(
             device=device,
             progress=True,
             minilm=minilm,
+            target_recall=target_recall or None,
         )
     except (ValueError, ToolUnavailable, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     typer.echo(json.dumps(info.__dict__ if hasattr(info, "__dict__") else info, default=str))
+
+
+@index_app.command("tune")
+def index_tune(
+    db: Annotated[Path, typer.Argument(help="An image database folder (db.json).")],
+    target_recall: TargetRecallOpt = 0.95,
+) -> None:
+    """Re-tune the nprobe of a database's approximate indexes for a target recall (no
+    rebuild), and print what was measured."""
+    from mcu_sim.tools.index_tune import tune_database
+
+    try:
+        report = tune_database(db, target_recall)
+    except (FileNotFoundError, ValueError) as exc:  # DatabaseFormatError is a ValueError
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(report, default=str))
 
 
 @app.command("filter")

@@ -2,22 +2,32 @@
 
     python bench/retrieval.py                 # 1,000,000 x 768, 1,000 queries
     python bench/retrieval.py --smoke         # 30,000 x 64, 100 queries, for CI
+    python bench/retrieval.py --workdir DIR --reuse   # measure again what DIR holds
 
 The bench writes synthetic embeddings in the clip-retrieval layout (``img_emb/*.npy`` shards
 of 100,000 rows, ``metadata/*.parquet``), clustered like real CLIP embeddings (a few thousand
 topics, each image near its topic: the nearest neighbours are then a real question, unlike
 uniform noise where every vector is equally far), then runs the product's own path:
 ``build_from_embeddings`` (what ``mcu index build --embeddings`` calls) with the AutoFaiss
-settings we ship, in a child process whose peak RSS is the build's peak memory.
+settings we ship and ``nprobe`` tuned for ``--target-recall`` (``tools/index_tune.py``), in a
+child process whose peak RSS is the build's peak memory. With ``--reuse`` a ``--workdir``
+that already holds the vectors and the database is measured again without rebuilding (and
+re-tuned, in a child, when ``--target-recall`` differs from the one it was built for).
 
-It prints, for 1,000 held-out queries from the same distribution:
+Before timing, every vector shard and index file is read once, so exact search and the index
+both start with the page cache warm. It prints, for 1,000 held-out queries from the same
+distribution (one batch, the same for every search):
 
-- exact search (numpy over the memory-mapped shards): queries per second, batched;
-- the index alone: recall@10 against exact, queries per second (batched and one by one);
+- exact search (numpy over the memory-mapped shards): queries per second, batched (and one by
+  one on the first 20 queries);
+- the index alone with the tuned parameters: recall@10 against exact, queries per second
+  (batched and one by one);
 - the shipped search (``ImageDatabase.search_vector``): the index's pool of 64 candidates
   rescored exactly from the memory-mapped vectors: recall@10 and queries per second, one by
   one as episodes search;
-- build seconds, build peak RSS, index size on disk.
+- a sweep of ``nprobe`` (recall@10, queries per second batched and single), which shows the
+  trade-off the tuning chose from;
+- build seconds (tuning included), build peak RSS, index size on disk.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,14 +56,19 @@ def clustered(rng: np.random.Generator, centers: np.ndarray, n: int, spread: flo
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
+def topic_centres(rng: np.random.Generator, topics: int, dim: int) -> np.ndarray:
+    """The unit topic centres: the first draw of the generator seeded for the layout."""
+    centers = rng.standard_normal((topics, dim), dtype=np.float32)
+    return centers / np.linalg.norm(centers, axis=1, keepdims=True)
+
+
 def write_layout(root: Path, n: int, dim: int, topics: int, seed: int) -> np.ndarray:
     """Write the shards and metadata; return the topic centres (queries come from them)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((topics, dim), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    centers = topic_centres(rng, topics, dim)
     (root / "img_emb").mkdir(parents=True)
     (root / "metadata").mkdir()
     for shard, start in enumerate(range(0, n, SHARD_ROWS)):
@@ -78,27 +94,6 @@ def write_layout(root: Path, n: int, dim: int, topics: int, seed: int) -> np.nda
     return centers
 
 
-def exact_top(shards: list[Path], queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
-    """Exact top-``k`` by inner product over the memory-mapped shards, and the seconds."""
-    started = time.perf_counter()
-    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_ids = np.zeros((len(queries), k), dtype=np.int64)
-    offset = 0
-    for path in shards:
-        base = np.load(path, mmap_mode="r")
-        for start in range(0, base.shape[0], 50_000):
-            block = np.asarray(base[start : start + 50_000])
-            scores = queries @ block.T
-            top = np.argpartition(-scores, k, axis=1)[:, :k]
-            cand_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], 1)
-            cand_ids = np.concatenate([best_ids, top + offset + start], 1)
-            keep = np.argsort(-cand_scores, axis=1)[:, :k]
-            best_scores = np.take_along_axis(cand_scores, keep, 1)
-            best_ids = np.take_along_axis(cand_ids, keep, 1)
-        offset += base.shape[0]
-    return best_ids, time.perf_counter() - started
-
-
 class NoTextEncoder:
     """Stands in for the CLIP text encoder: the bench searches by vector only."""
 
@@ -114,13 +109,35 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return sum(hits) / truth.size
 
 
-def build_child(layout: Path, out: Path) -> None:
+def build_child(layout: Path, out: Path, target: float) -> None:
     """Runs in the child process: the product's build, then its own peak RSS."""
     from mcu_sim.tools.index_embeddings import build_from_embeddings
 
-    summary = build_from_embeddings(layout, out, model_name="ViT-L-14", progress=False)
+    summary = build_from_embeddings(
+        layout, out, model_name="ViT-L-14", progress=False, target_recall=target or None
+    )
     summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(summary))
+
+
+def tune_child(db: Path, target: float) -> None:
+    """Runs in the child process: re-tune a kept database (``mcu index tune``)."""
+    from mcu_sim.tools.index_tune import tune_database
+
+    started = time.monotonic()
+    report = tune_database(db, target)
+    summary = {"seconds": round(time.monotonic() - started, 1), "tuning": report}
+    summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(summary))
+
+
+def _child(*args: str) -> dict[str, Any]:
+    child = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=False
+    )
+    if child.returncode != 0:
+        raise SystemExit(f"{args[0]} failed:\n{child.stderr[-3000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -130,56 +147,132 @@ def main() -> None:
     parser.add_argument("--topics", type=int, default=5_000)
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--target-recall", type=float, default=0.95, help="0: AutoFaiss's")
+    parser.add_argument(
+        "--sweep", default="1,2,4,8,16,32,64,128,256", help="nprobe values to measure"
+    )
     parser.add_argument("--workdir", type=Path, help="keep the files here (default: a temp dir)")
+    parser.add_argument("--reuse", action="store_true", help="reuse what --workdir holds")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--json", action="store_true", help="one JSON line")
-    parser.add_argument("--build-child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--build-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--tune-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build_child:
-        build_child(*args.build_child)
+        build_child(
+            Path(args.build_child[0]), Path(args.build_child[1]), float(args.build_child[2])
+        )
+        return
+    if args.tune_child:
+        tune_child(Path(args.tune_child[0]), float(args.tune_child[1]))
         return
     if args.smoke:
         args.n, args.dim, args.topics, args.queries = 30_000, 64, 300, 100
+    if args.reuse and not args.workdir:
+        parser.error("--reuse needs --workdir")
     with tempfile.TemporaryDirectory(prefix="mcu-bench-retrieval-") as tmp:
         result = run(args, args.workdir or Path(tmp))
     print(json.dumps(result) if args.json else _table(result))
+
+
+def _prepare(args: argparse.Namespace, work: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The vectors and the database (made, or reused); the topic centres and build summary."""
+    layout, db = work / "emb", work / "db"
+    shape = {"n": args.n, "dim": args.dim, "topics": args.topics, "seed": 0}
+    marker, built = layout / "bench.json", work / "build.json"
+    reuse = args.reuse and marker.is_file() and json.loads(marker.read_text()) == shape
+    if reuse:
+        centers = topic_centres(np.random.default_rng(0), args.topics, args.dim)
+        generate_s = json.loads(built.read_text()).get("generate_s") if built.is_file() else None
+    else:
+        for stale in (layout, db):
+            if stale.exists():
+                shutil.rmtree(stale)
+        started = time.perf_counter()
+        centers = write_layout(layout, args.n, args.dim, args.topics, seed=0)
+        generate_s = round(time.perf_counter() - started, 1)
+        marker.write_text(json.dumps(shape))
+    if not (reuse and built.is_file() and (db / "db.json").is_file()):
+        if db.exists():
+            shutil.rmtree(db)
+        build = _child("--build-child", str(layout), str(db), str(args.target_recall))
+        build["generate_s"] = generate_s
+        built.write_text(json.dumps(build))
+    build = json.loads(built.read_text())
+    tuning = build.get("index_tuning") or {}
+    if args.target_recall and tuning.get("target_recall") != args.target_recall:
+        build["retune"] = _child("--tune-child", str(db), str(args.target_recall))
+        build["index_tuning"] = next(iter(build["retune"]["tuning"].values()))["images"]
+    elif not args.target_recall and tuning:
+        raise SystemExit("--target-recall 0 on a tuned database: rebuild without --reuse")
+    return centers, build
+
+
+def _warm(paths: list[Path]) -> None:
+    """Read every file once: the page cache is then warm for exact search and index alike."""
+    for path in paths:
+        with open(path, "rb") as handle:
+            while handle.read(64 * 2**20):
+                pass
+
+
+def _timed_search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
+    """The index's top ``k`` of the batch, queries per second batched and one by one."""
+    t0 = time.perf_counter()
+    _, found = index.search(queries, k)
+    batch_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for q in queries:
+        index.search(q[None, :], k)
+    single_s = time.perf_counter() - t0
+    return found, len(queries) / batch_s, len(queries) / single_s
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import faiss
 
     from mcu_sim.tools.image_db import read_manifest
+    from mcu_sim.tools.index_tune import exact_top
     from mcu_sim.tools.retrieval import ImageDatabase
 
-    layout, db = work / "emb", work / "db"
-    started = time.perf_counter()
-    centers = write_layout(layout, args.n, args.dim, args.topics, seed=0)
-    generate_s = time.perf_counter() - started
+    db = work / "db"
+    centers, build = _prepare(args, work)
     queries = clustered(np.random.default_rng(1), centers, args.queries, spread=1.0)
-    child = subprocess.run(
-        [sys.executable, __file__, "--build-child", str(layout), str(db)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if child.returncode != 0:
-        raise SystemExit(f"build failed:\n{child.stderr[-3000:]}")
-    build = json.loads(child.stdout.strip().splitlines()[-1])
     entry = next(iter(read_manifest(db)["embeddings"].values()))
     shards = [Path(p) for p in entry["images"]]
-    truth, exact_s = exact_top(shards, queries, args.k)
+    _warm([*shards, *db.glob("*.faiss")])
+    t0 = time.perf_counter()
+    truth = exact_top(shards, queries, args.k)
+    exact_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for q in queries[:20]:
+        exact_top(shards, q[None, :], args.k)
+    exact_single_qps = 20 / (time.perf_counter() - t0)
 
     index = faiss.read_index(str(db / entry["image_index"]), faiss.IO_FLAG_MMAP)
+    space = faiss.ParameterSpace()
+    sweep = []
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        tuning = build.get("index_tuning") or {}
+        values = {int(v) for v in args.sweep.split(",")} | {tuning.get("nprobe") or 1}
+        autofaiss = (tuning.get("autofaiss_index_param") or "").removeprefix("nprobe=")
+        values |= {int(autofaiss)} if autofaiss.isdigit() else set()
+        for nprobe in sorted(v for v in values if v <= ivf.nlist):
+            space.set_index_parameters(index, f"nprobe={nprobe}")
+            found, batched, single = _timed_search(index, queries, args.k)
+            sweep.append(
+                {
+                    "nprobe": nprobe,
+                    "recall_at_10": round(recall(found, truth), 4),
+                    "qps_batched": round(batched, 1),
+                    "qps_single": round(single, 1),
+                    "speedup_batched": round(batched * exact_s / len(queries), 2),
+                }
+            )
     if entry.get("index_param"):
-        faiss.ParameterSpace().set_index_parameters(index, entry["index_param"])
-    index.search(queries[:10], args.k)  # warm the page cache of the lists a little
-    t0 = time.perf_counter()
-    _, found = index.search(queries, args.k)
-    index_batch_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for q in queries:
-        index.search(q[None, :], args.k)
-    index_single_s = time.perf_counter() - t0
+        space.set_index_parameters(index, entry["index_param"])
+    found, index_qps_batched, index_qps_single = _timed_search(index, queries, args.k)
 
     # the shipped search: a pool from the index, rescored exactly; no text encoder needed
     key = (entry["kind"], entry.get("pretrained"), "cpu")
@@ -193,30 +286,43 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     shipped_s = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in db.glob("*.faiss"))
     n_q = len(queries)
+    exact_qps = n_q / exact_s
     return {
         "vectors": args.n,
         "dim": args.dim,
         "queries": n_q,
         "index_key": entry["index_key"],
         "index_param": entry.get("index_param"),
-        "generate_s": round(generate_s, 1),
+        "index_tuning": build.get("index_tuning"),
+        "generate_s": build.get("generate_s"),
         "build_s": build["seconds"],
         "build_peak_rss_mb": round(build["peak_rss_mb"], 1),
+        "retune_s": build.get("retune", {}).get("seconds"),
         "vectors_on_disk_mb": round(sum(p.stat().st_size for p in shards) / 2**20, 1),
         "index_on_disk_mb": round(size / 2**20, 1),
-        "exact_qps_batched": round(n_q / exact_s, 1),
+        "exact_qps_batched": round(exact_qps, 1),
+        "exact_qps_single": round(exact_single_qps, 2),
         "index_recall_at_10": round(recall(found, truth), 4),
-        "index_qps_batched": round(n_q / index_batch_s, 1),
-        "index_qps_single": round(n_q / index_single_s, 1),
+        "index_qps_batched": round(index_qps_batched, 1),
+        "index_qps_single": round(index_qps_single, 1),
         "shipped_recall_at_10": round(recall(np.array(database_hits), truth), 4),
         "shipped_qps_single": round(n_q / shipped_s, 1),
         "shipped_speedup_vs_exact": round(exact_s / shipped_s, 2),
-        "index_speedup_vs_exact": round(exact_s / index_batch_s, 2),
+        "index_speedup_vs_exact": round(index_qps_batched / exact_qps, 2),
+        "sweep": sweep,
     }
 
 
 def _table(result: dict[str, Any]) -> str:
-    return "\n".join(f"{key:28} {value}" for key, value in result.items())
+    lines = [f"{key:28} {value}" for key, value in result.items() if key != "sweep"]
+    if result["sweep"]:
+        lines += ["", "nprobe  recall@10  qps batched  qps single  speed-up (batched)"]
+        lines += [
+            f"{row['nprobe']:6}  {row['recall_at_10']:9}  {row['qps_batched']:11}  "
+            f"{row['qps_single']:10}  {row['speedup_batched']:6}x"
+            for row in result["sweep"]
+        ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,16 @@ def test_retrieval_smoke() -> None:
     # the shipped search rescores the index's pool exactly: never worse than the index alone
     assert result["shipped_recall_at_10"] >= result["index_recall_at_10"]
     assert result["exact_qps_batched"] > 0 and result["shipped_qps_single"] > 0
+    # nprobe was tuned at build time for recall 0.95, and that is what the search uses
+    tuning = result["index_tuning"]
+    assert tuning["target_recall"] == 0.95 and tuning["recall_low"] >= 0.95
+    assert result["index_param"] == f"nprobe={tuning['nprobe']}" and tuning["nprobe"] < 512
+    sweep = {row["nprobe"]: row for row in result["sweep"]}
+    autofaiss = int(tuning["autofaiss_index_param"].removeprefix("nprobe="))
+    assert tuning["nprobe"] in sweep and autofaiss in sweep
+    assert sweep[tuning["nprobe"]]["recall_at_10"] == result["index_recall_at_10"]
+    recalls = [row["recall_at_10"] for row in result["sweep"]]
+    assert recalls == sorted(recalls)  # more lists probed, exact distances: never worse
 
 
 def test_ray_throughput_smoke() -> None:

@@ -206,3 +206,27 @@ class ClipEmbedder:
         with torch.inference_mode():
             feats = self._model.encode_image(batch.to(self._device()))
         return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+
+
+def carries_weights(model_name: str) -> bool:
+    """``local-dir:`` and ``hf-hub:`` models bring their own weights; a bare name does not."""
+    return model_name.startswith(("local-dir:", "hf-hub:"))
+
+
+def check_clip_weights(
+    model_name: str | None, pretrained: str | None, random_weights: bool
+) -> None:
+    """Refuse to embed with random weights by accident.
+
+    A bare open_clip name (``ViT-L-14-336``) without ``pretrained`` would build a randomly
+    initialised model, whose database looks fine but retrieves nonsense. That takes an
+    explicit ``random_weights=True`` (``--random-weights``), meant for tests.
+    """
+    if model_name is None or pretrained or random_weights or carries_weights(model_name):
+        return
+    raise ValueError(
+        f"open_clip {model_name!r} needs weights: pass --pretrained with a local weights "
+        "file (or an open_clip pretrained tag already in the Hub cache), use a local-dir: or "
+        "hf-hub: model, or --model none for a caption-only database. --random-weights builds "
+        "with random weights on purpose (tests only: its retrieval is meaningless)."
+    )

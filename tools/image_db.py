@@ -34,6 +34,7 @@ MANIFEST = "db.json"
 ITEMS = "items.jsonl"
 MINILM_KIND = "minilm"
 DEFAULT_ALPHA = 0.5
+SEARCH_POOL = 64  # candidates a search takes from each index, then rescores exactly
 
 
 class DatabaseFormatError(ValueError):

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mcu_sim.tools.embedders import carries_weights, check_clip_weights
 from mcu_sim.tools.image_db import (
     MANIFEST,
     MINILM_KIND,
+    SEARCH_POOL,
     DbItem,
     embedding_slug,
     new_manifest,
@@ -33,6 +35,7 @@ from mcu_sim.tools.image_db import (
     write_manifest,
 )
 from mcu_sim.tools.index_inputs import collect_items
+from mcu_sim.tools.index_tune import DEFAULT_TARGET_RECALL, tune_entry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,6 +59,7 @@ class IndexInfo:
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
     stats: dict[str, float | int] | None = None
+    index_tuning: dict[str, Any] | None = None  # how the image index's nprobe was chosen
 
 
 def _progress(enabled: bool) -> Any:
@@ -101,11 +105,13 @@ def _autofaiss_manners(progress: bool) -> Iterator[None]:
 
 # The AutoFaiss settings we ship (bench/retrieval.py measures them at 1M vectors). Indexes are
 # built memory-mappable so a database of millions is searched from the page cache, not RAM.
+# AutoFaiss's search parameters (tuned for a query-time budget) are then re-tuned for recall
+# (tools/index_tune.py) unless the build is asked for no target recall.
 AUTOFAISS_SETTINGS: dict[str, Any] = {
     "max_index_memory_usage": "4G",
     "current_memory_available": "8G",
     "max_index_query_time_ms": 10.0,
-    "min_nearest_neighbors_to_retrieve": 64,
+    "min_nearest_neighbors_to_retrieve": SEARCH_POOL,
     "should_be_memory_mappable": True,
 }
 
@@ -180,11 +186,6 @@ def autofaiss_index(
     return infos
 
 
-def faiss_index(npy_path: Path, index_path: Path, n_rows: int, progress: bool = False) -> str:
-    """Build and save an AutoFaiss index over one normalised ``.npy``; returns its key."""
-    return str(autofaiss_index(npy_path, index_path, n_rows, progress)["index_key"])
-
-
 def _open_matrix(path: Path, rows: int, dim: int) -> np.ndarray:
     import numpy as np
 
@@ -201,6 +202,7 @@ def _embed_clip(
     batch_size: int,
     device: str,
     progress: bool,
+    target_recall: float | None,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     import numpy as np
 
@@ -254,14 +256,18 @@ def _embed_clip(
         "caption_index": None,
         "stats": None,
     }
-    entry["index_key"] = faiss_index(img_path, out / entry["image_index"], len(items), progress)
+    infos = autofaiss_index(img_path, out / entry["image_index"], len(items), progress)
+    entry.update(index_key=infos["index_key"], index_param=infos.get("index_param") or None)
     if captions is not None:
         captions.flush()
         entry["captions"] = cap_path.name
         entry["caption_index"] = f"{slug}.captions.faiss"
-        faiss_index(cap_path, out / entry["caption_index"], len(items), progress)
+        infos = autofaiss_index(cap_path, out / entry["caption_index"], len(items), progress)
+        entry["caption_index_param"] = infos.get("index_param") or None
         stats = similarity_stats(images, captions, captioned)
         entry["stats"] = stats.to_dict() if stats else None
+    if target_recall:
+        tune_entry(out, entry, target_recall)
     return entry, skipped
 
 
@@ -282,7 +288,9 @@ def _verify_files(items: list[DbItem], files: list[Path], progress: bool) -> lis
     return skipped
 
 
-def _embed_minilm(items: list[DbItem], out: Path, *, device: str, progress: bool) -> dict[str, Any]:
+def _embed_minilm(
+    items: list[DbItem], out: Path, *, device: str, progress: bool, target_recall: float | None
+) -> dict[str, Any]:
     from mcu_sim.tools.embedders import MiniLMEmbedder
 
     embedder = MiniLMEmbedder(device)
@@ -298,14 +306,18 @@ def _embed_minilm(items: list[DbItem], out: Path, *, device: str, progress: bool
             bar.advance(task, len(chunk))
     matrix.flush()
     index_name = f"{embedding_slug(MINILM_KIND)}.captions.faiss"
-    key = faiss_index(path, out / index_name, len(items), progress)
-    return {
+    infos = autofaiss_index(path, out / index_name, len(items), progress)
+    entry = {
         "kind": MINILM_KIND,
         "dim": int(matrix.shape[1]),
         "captions": path.name,
         "caption_index": index_name,
-        "index_key": key,
+        "index_key": infos["index_key"],
+        "caption_index_param": infos.get("index_param") or None,
     }
+    if target_recall:
+        tune_entry(out, entry, target_recall)
+    return entry
 
 
 def _check_out(out: Path, images_dir: Path | None) -> None:
@@ -335,30 +347,6 @@ def _prepare_out(out: Path, items: list[DbItem], images_root: str) -> dict[str, 
     return manifest
 
 
-def carries_weights(model_name: str) -> bool:
-    """``local-dir:`` and ``hf-hub:`` models bring their own weights; a bare name does not."""
-    return model_name.startswith(("local-dir:", "hf-hub:"))
-
-
-def check_clip_weights(
-    model_name: str | None, pretrained: str | None, random_weights: bool
-) -> None:
-    """Refuse to embed with random weights by accident.
-
-    A bare open_clip name (``ViT-L-14-336``) without ``pretrained`` would build a randomly
-    initialised model, whose database looks fine but retrieves nonsense. That takes an
-    explicit ``random_weights=True`` (``--random-weights``), meant for tests.
-    """
-    if model_name is None or pretrained or random_weights or carries_weights(model_name):
-        return
-    raise ValueError(
-        f"open_clip {model_name!r} needs weights: pass --pretrained with a local weights "
-        "file (or an open_clip pretrained tag already in the Hub cache), use a local-dir: or "
-        "hf-hub: model, or --model none for a caption-only database. --random-weights builds "
-        "with random weights on purpose (tests only: its retrieval is meaningless)."
-    )
-
-
 def build_index(
     images_dir: Path | None,
     parquet: Path | None,
@@ -371,6 +359,7 @@ def build_index(
     device: str = "cpu",
     progress: bool = True,
     minilm: bool = True,
+    target_recall: float | None = DEFAULT_TARGET_RECALL,
 ) -> IndexInfo:
     """Build (or extend) the image database in ``out``.
 
@@ -380,7 +369,9 @@ def build_index(
     (see :func:`check_clip_weights`). With ``minilm`` the captions are also embedded with
     all-MiniLM-L6-v2 (the fallback used when no CLIP weights are configured).
     ``model_name=None`` builds a caption-only database. Running it again on the same images
-    with another model adds that model's embeddings to the database.
+    with another model adds that model's embeddings to the database. Approximate indexes
+    get the smallest ``nprobe`` reaching ``target_recall`` (``None``: AutoFaiss's choice for
+    its query-time budget); see :mod:`mcu_sim.tools.index_tune`.
     """
     started = time.monotonic()
     if (images_dir is None) == (parquet is None):
@@ -409,13 +400,14 @@ def build_index(
             batch_size=batch_size,
             device=device,
             progress=progress,
+            target_recall=target_recall,
         )
         manifest["embeddings"][clip_entry["kind"]] = clip_entry
     else:
         skipped = _verify_files(items, files, progress)
     if minilm and n_captions:
         manifest["embeddings"][MINILM_KIND] = _embed_minilm(
-            items, out, device=device, progress=progress
+            items, out, device=device, progress=progress, target_recall=target_recall
         )
     write_items(out, items)  # items and manifest last: a crash leaves no half database
     manifest["n_items"] = len(items)
@@ -432,4 +424,5 @@ def build_index(
         seconds=round(time.monotonic() - started, 3),
         skipped=skipped,
         stats=clip_entry["stats"] if clip_entry else None,
+        index_tuning=clip_entry.get("index_tuning") if clip_entry else None,
     )

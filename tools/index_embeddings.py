@@ -31,6 +31,7 @@ from mcu_sim.tools.image_db import (
     new_manifest,
     write_manifest,
 )
+from mcu_sim.tools.index_tune import DEFAULT_TARGET_RECALL, tune_entry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -204,11 +205,14 @@ def build_from_embeddings(
     pretrained: str | None = None,
     progress: bool = True,
     stats_sample: int = 2000,
+    target_recall: float | None = DEFAULT_TARGET_RECALL,
 ) -> dict[str, Any]:
     """Index a clip-retrieval folder into the database ``out``; returns a summary.
 
     ``model_name``/``pretrained`` name the CLIP model the embeddings were made with: searches
-    encode descriptions with it, so it must be that very model.
+    encode descriptions with it, so it must be that very model. Approximate indexes get the
+    smallest ``nprobe`` reaching ``target_recall``, the image index measured with the caption
+    embeddings as queries when there are any (``None``: AutoFaiss's time-budget choice).
     """
     from mcu_sim.tools.image_db import similarity_stats
     from mcu_sim.tools.index_build import autofaiss_index
@@ -255,6 +259,8 @@ def build_from_embeddings(
             ShardedRows(layout.images)[sample], ShardedRows(layout.texts)[sample], has_caption
         )
         entry["stats"] = stats.to_dict() if stats else None
+    if target_recall:
+        tune_entry(out, entry, target_recall)
     manifest = new_manifest(".", n)
     manifest["source"] = {
         "layout": "clip-retrieval",
@@ -271,6 +277,7 @@ def build_from_embeddings(
         "embedding": kind,
         "index_key": entry["index_key"],
         "index_param": entry["index_param"],
+        "index_tuning": entry.get("index_tuning"),
         "stats": entry["stats"],
         "seconds": round(time.monotonic() - started, 3),
     }

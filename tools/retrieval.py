@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from mcu_sim.tools.base import Candidate, ToolUnavailable
 from mcu_sim.tools.image_db import (
     MINILM_KIND,
+    SEARCH_POOL,
     DatabaseFormatError,
     DbItem,
     ZStats,
@@ -118,7 +119,7 @@ class ImageDatabase:
         clip_pretrained: str | None = None,
         device: str = "cpu",
         combine: bool = True,
-        pool: int = 64,
+        pool: int = SEARCH_POOL,
         min_similarity: float | None = None,
         min_combined: float | None = None,
         encoders: dict[tuple[str, str | None, str], Any] | None = None,
