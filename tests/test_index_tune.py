@@ -227,3 +227,29 @@ def test_an_exact_index_is_not_tuned(tmp_path: Path) -> None:
     flat = faiss.IndexFlatIP(8)
     flat.add(vectors)
     assert tune_nprobe(flat, [tmp_path / "v.npy"]) is None
+
+
+def test_building_an_index_leaves_the_callers_logging_alone(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """AutoFaiss configures logging when it starts (``dictConfig`` closes the handlers
+    installed, ``basicConfig`` adds one to stderr where there was none) and draws progress
+    bars; it runs in a child process, so the caller's logging is as it was and, without
+    ``progress``, nothing is drawn."""
+    import logging
+
+    from mcu_sim.tools.index_build import autofaiss_index
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    root.handlers = []  # an application that logs nothing: AutoFaiss would add a handler
+    try:
+        shard = tmp_path / "img_emb_0.npy"
+        np.save(shard, _unit(np.random.default_rng(0).standard_normal((500, 16))))
+        infos = autofaiss_index(shard, tmp_path / "x.faiss", 500)
+        assert infos["index_key"] == "Flat" and (tmp_path / "x.faiss").is_file()
+        assert root.handlers == [] and root.level == saved[1]
+    finally:
+        root.handlers, _ = saved
+    printed = capfd.readouterr()
+    assert "it/s" not in printed.err and "%|" not in printed.err  # no tqdm bar

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,27 +81,36 @@ def _progress(enabled: bool) -> Any:
     )
 
 
-@contextmanager
-def _autofaiss_manners(progress: bool) -> Iterator[None]:
-    """Stop autofaiss from reconfiguring logging, and hush its bars unless ``progress``.
+def _autofaiss_in_child(progress: bool, arguments: dict[str, Any]) -> dict[str, Any] | None:
+    """Runs in a child process: ``autofaiss.build_index``; its infos, or None when it built
+    nothing.
 
-    ``autofaiss.build_index`` calls ``logging.config.dictConfig``, which closes every
-    handler already installed (the application's, pytest's). We swap its setup for a no-op
-    for the duration of the call; likewise the tqdm bars of its embedding reader.
+    AutoFaiss configures logging when it starts (``logging.config.dictConfig``, which closes
+    every handler the calling process installed) and draws tqdm bars; in a child of its own
+    neither touches the caller, its peak memory is returned to the system when it ends, and
+    a crash inside faiss becomes an error here instead of the end of the run.
     """
-    import functools
-
-    from autofaiss.external import quantize
-    from embedding_reader import numpy_reader
-
-    saved = (quantize.setup_logging, numpy_reader.tqdm)
-    quantize.setup_logging = lambda level: None
     if not progress:
-        numpy_reader.tqdm = functools.partial(numpy_reader.tqdm, disable=True)
-    try:
-        yield
-    finally:
-        quantize.setup_logging, numpy_reader.tqdm = saved
+        os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when it is first imported, below
+    from autofaiss import build_index
+
+    index, infos = build_index(**arguments)
+    if index is None:
+        return None
+    return dict(infos) if isinstance(infos, dict) else {}
+
+
+def _run_autofaiss(progress: bool, arguments: dict[str, Any]) -> dict[str, Any] | None:
+    """:func:`_autofaiss_in_child` in a fresh (spawned) process, waited for."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        try:
+            return pool.submit(_autofaiss_in_child, progress, arguments).result()
+        except BrokenProcessPool as exc:
+            raise RuntimeError(
+                f"autofaiss died while building {arguments['index_path']} (the process "
+                "building it was killed or crashed; see its output above)"
+            ) from exc
 
 
 # The AutoFaiss settings we ship (bench/retrieval.py measures them at 1M vectors). Indexes are
@@ -150,7 +160,6 @@ def autofaiss_index(
     with at least ``index_key`` (and ``index_param``, the search parameters it chose).
     """
     import numpy as np
-    from autofaiss import build_index as autofaiss_build
 
     paths = [shards] if isinstance(shards, Path) else list(shards)
     dim = int(np.load(paths[0], mmap_mode="r").shape[1])
@@ -165,23 +174,24 @@ def autofaiss_index(
                 link.symlink_to(Path(path).resolve())
             except OSError:
                 np.save(link, np.load(path, mmap_mode="r"))
-        with _autofaiss_manners(progress):
-            index, infos = autofaiss_build(
-                embeddings=str(folder),
-                index_path=str(index_path),
-                index_infos_path=str(Path(tmp) / "infos.json"),
-                metric_type="ip",
-                save_on_disk=True,
-                nb_cores=max(1, min(4, os.cpu_count() or 1)),
-                verbose=logging.WARNING,
+        infos = _run_autofaiss(
+            progress,
+            {
+                "embeddings": str(folder),
+                "index_path": str(index_path),
+                "index_infos_path": str(Path(tmp) / "infos.json"),
+                "metric_type": "ip",
+                "save_on_disk": True,
+                "nb_cores": max(1, min(4, os.cpu_count() or 1)),
+                "verbose": logging.WARNING,
                 **settings,
-            )
-    if index is None:
+            },
+        )
+    if infos is None:
         raise RuntimeError(
             f"autofaiss could not build an index over {n_rows} vectors ({paths[0]}...); "
             "see the autofaiss log above"
         )
-    infos = dict(infos) if isinstance(infos, dict) else {}
     infos.setdefault("index_key", settings["index_key"])
     return infos
 
