@@ -73,6 +73,11 @@ def test_layout_read_in_shard_order_and_searched(tmp_path: Path, tiny_clip: str)
     vectors = np.concatenate([shards[n][0] for n in order])
     keys = [row["key"] for n in order for row in shards[n][2]]
     assert np.array_equal(ShardedRows(layout.images)[[8, 0, 3]], vectors[[8, 0, 3]])
+    rows = [8, 0, 3, 3, 5, 1, 6]  # any order, repeats, rows of every shard
+    assert np.array_equal(ShardedRows(layout.images)[rows], vectors[rows])
+    assert np.array_equal(ShardedRows(layout.images)[4], vectors[4])
+    with pytest.raises(IndexError):
+        ShardedRows(layout.images)[[9]]
 
     out = tmp_path / "db"
     args = ["index", "build", "--embeddings", str(root), "--out", str(out), "--model", tiny_clip]
@@ -160,3 +165,22 @@ def test_config_databases_open_a_database_set(tmp_path: Path, tiny_clip: str) ->
     assert isinstance(tool, DatabaseSet)
     assert [db.db_dir for db in tool.databases] == [a, b]
     assert tool.embedding_kind == f"clip:{tiny_clip}"
+
+
+def test_has_captions_agrees_with_the_items_captions(tmp_path: Path) -> None:
+    """The search asks which of its candidates have a caption in one Arrow take; the answer
+    is what each :class:`DbItem` would say (missing, empty and blank captions have none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mcu_sim.tools.index_embeddings import ParquetItems
+
+    captions = ["a dog", None, "", "   ", " a cat ", 7, "x"]
+    first, second = tmp_path / "m0.parquet", tmp_path / "m1.parquet"
+    pq.write_table(pa.table({"caption": [str(c) if c == 7 else c for c in captions[:4]]}), first)
+    pq.write_table(pa.table({"caption": [str(c) if c == 7 else c for c in captions[4:]]}), second)
+    items = ParquetItems([first, second])
+    rows = np.array([6, 0, 1, 2, 3, 4, 5, 0])
+    expected = [bool(items[int(r)].caption) for r in rows]
+    assert expected == [True, True, False, False, False, True, True, True]
+    assert items.has_captions(rows).tolist() == expected

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,10 +125,13 @@ class ShardedRows:
         import numpy as np
 
         wanted = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= self.shape[0]):
+            raise IndexError(f"row out of range 0-{self.shape[0] - 1}")
         out = np.empty((wanted.size, self.shape[1]), dtype=np.float32)
-        for pos, row in enumerate(wanted):
-            shard = bisect_right(self.starts, int(row)) - 1
-            out[pos] = self.shards[shard][int(row) - self.starts[shard]]
+        shard_of = np.searchsorted(self.starts, wanted, side="right") - 1
+        for shard in np.unique(shard_of):  # one gather per shard, not one read per row
+            at = np.flatnonzero(shard_of == shard)
+            out[at] = self.shards[shard][wanted[at] - self.starts[shard]]
         return out if np.ndim(rows) else out[0]
 
 
@@ -180,6 +182,20 @@ class ParquetItems:
 
     def __iter__(self) -> Any:
         return (self[row] for row in range(len(self)))
+
+    def has_captions(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each of ``rows`` has a caption (not blank), read as one Arrow take: a
+        search asks this of its whole candidate pool, a :class:`DbItem` each would cost
+        more than the search."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        column = self._cols.get("caption")
+        if column is None:
+            return np.zeros(len(rows), dtype=bool)
+        taken = pc.utf8_trim_whitespace(pc.cast(pc.take(column, rows), "string"))
+        present = pc.and_(pc.is_valid(taken), pc.not_equal(taken, ""))
+        return np.asarray(pc.fill_null(present, False).to_numpy(zero_copy_only=False), bool)
 
 
 def _check_normalised(layout: EmbeddingsLayout) -> None:
@@ -254,7 +270,7 @@ def build_from_embeddings(
         items = ParquetItems(layout.metadata)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, size=min(n, stats_sample), replace=False))
-        has_caption = np.array([bool(items[int(r)].caption) for r in sample])
+        has_caption = items.has_captions(sample)
         stats = similarity_stats(
             ShardedRows(layout.images)[sample], ShardedRows(layout.texts)[sample], has_caption
         )

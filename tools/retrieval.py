@@ -292,7 +292,10 @@ class ImageDatabase:
     def _score(self, emb: _Embedding, q: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         import numpy as np
 
-        has_caption = np.array([bool(self._items[r].caption) for r in rows])
+        if hasattr(self._items, "has_captions"):  # a database of embeddings: Arrow metadata
+            has_caption = self._items.has_captions(rows)
+        else:
+            has_caption = np.array([bool(self._items[r].caption) for r in rows])
         cap_sim = None
         if emb.captions is not None:
             cap_sim = np.asarray(emb.captions[rows], dtype=np.float32) @ q
