@@ -159,6 +159,7 @@ class ParquetItems:
         self._cols = {
             field: self.table.column(name) for field, name in self.columns.items() if name
         }
+        self._caption_mask: np.ndarray | None = None  # built on first use
 
     def __len__(self) -> int:
         return self.table.num_rows if self.table is not None else 0
@@ -184,18 +185,25 @@ class ParquetItems:
         return (self[row] for row in range(len(self)))
 
     def has_captions(self, rows: np.ndarray) -> np.ndarray:
-        """Whether each of ``rows`` has a caption (not blank), read as one Arrow take: a
-        search asks this of its whole candidate pool, a :class:`DbItem` each would cost
-        more than the search."""
+        """Whether each of ``rows`` has a caption (not blank). A search asks this of its
+        whole candidate pool, so the answer for every row is worked out once, by Arrow over
+        the whole column (one byte per row), and then only looked up."""
+        import numpy as np
+
+        if self._caption_mask is None:
+            self._caption_mask = self._captions_present()
+        return self._caption_mask[np.asarray(rows, dtype=np.int64)]
+
+    def _captions_present(self) -> np.ndarray:
         import numpy as np
         import pyarrow.compute as pc
 
         column = self._cols.get("caption")
         if column is None:
-            return np.zeros(len(rows), dtype=bool)
-        taken = pc.utf8_trim_whitespace(pc.cast(pc.take(column, rows), "string"))
-        present = pc.and_(pc.is_valid(taken), pc.not_equal(taken, ""))
-        return np.asarray(pc.fill_null(present, False).to_numpy(zero_copy_only=False), bool)
+            return np.zeros(len(self), dtype=bool)
+        text = pc.utf8_trim_whitespace(pc.cast(column, "string"))
+        present = pc.fill_null(pc.and_(pc.is_valid(text), pc.not_equal(text, "")), False)
+        return np.asarray(present.to_numpy(), dtype=bool)
 
 
 def _check_normalised(layout: EmbeddingsLayout) -> None:
