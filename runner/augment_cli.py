@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,14 @@ def _print_eval(run_dir: Path) -> None:
         return
     typer.echo(format_result(result))
     console.print(f"wrote {run_dir / RESULT_FILE}")
+
+
+def _print_estimate(cfg: Any, input_path: Path, layout: Any, mode: str, split: str | None) -> None:
+    """``--estimate``: the dry run's prediction for the whole input; ``out`` is untouched."""
+    from mcu_sim.runner.estimate import format_estimate
+    from mcu_sim.runner.estimate_augment import estimate_augment
+
+    typer.echo(format_estimate(estimate_augment(cfg, input_path, layout, mode, split)))
 
 
 def augment(
@@ -49,6 +57,10 @@ def augment(
     force_config: Annotated[bool, typer.Option("--force-config")] = False,
     backend: Annotated[str | None, typer.Option(help="local | ray (default: run.backend).")] = None,
     progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate", help="Predict calls, tokens and cost (a dry run); run nothing."),
+    ] = False,
 ) -> None:
     """Give existing text-only dialogues images (MAGID or DialogCC) as episodes in RUN_DIR.
     Re-running the same command resumes; malformed records are reported and skipped."""
@@ -66,6 +78,9 @@ def augment(
     try:
         cfg = augment_config(load_config(config, overrides or []), mode)
         layout = load_mapping(mapping, map_options or [])
+        if estimate:
+            _print_estimate(cfg, input_path, layout, mode, split)
+            return
         prepared = prepare_inputs(out, input_path, layout, mode, split)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")

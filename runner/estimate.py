@@ -227,13 +227,24 @@ def dry_run(
 ) -> tuple[list[dict], list[int], dict[str, dict[str, float]]]:
     """Run sample episodes against a fake endpoint; return (request bodies, sessions, the
     episodes' usage summed per node)."""
+    from mcu_sim.runner.runner import plan_jobs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return dry_run_jobs(config, Path(tmp) / "run", plan_jobs(episodes, config.run.seed))
+
+
+def dry_run_jobs(
+    config: Config, run_dir: Path, jobs: list[Any]
+) -> tuple[list[dict], list[int], dict[str, dict[str, float]]]:
+    """:func:`dry_run` of the given ``jobs`` in ``run_dir`` (``mcu augment --estimate``
+    prepares its sample dialogues there first)."""
     from mcu_sim.agents.llm.client import build_client
-    from mcu_sim.runner.runner import EpisodeRunner, plan_jobs
+    from mcu_sim.runner.runner import EpisodeRunner
     from mcu_sim.testing.fake_openai import FakeOpenAIServer
     from mcu_sim.testing.scripted import scripted_answer
 
     images_on = images_config(config).enabled
-    with FakeOpenAIServer(scripted_answer) as server, tempfile.TemporaryDirectory() as tmp:
+    with FakeOpenAIServer(scripted_answer) as server:
         provider = config.llm.provider.model_dump()
         provider.update(kind="openai_compatible", base_url=server.url, api_key_env=None)
         llm_config = config.llm.model_copy(
@@ -244,13 +255,13 @@ def dry_run(
         )
         runner = EpisodeRunner(
             dry_run_config(config),
-            Path(tmp) / "run",
+            run_dir,
             llm=build_client(llm_config, environ={}),
             tools=dry_run_tools(config) if images_on else None,
             use_cache=False,
-            max_in_flight=episodes,
+            max_in_flight=len(jobs),
         )
-        report = asyncio.run(runner.run_jobs(plan_jobs(episodes, config.run.seed)))
+        report = asyncio.run(runner.run_jobs(jobs))
         if report.failed:
             reason = next(iter(report.failed.values()))
             raise ValueError(f"the estimate's dry run failed: {reason}")

@@ -433,3 +433,32 @@ def test_augment_on_ray_episode_actors_gives_the_local_runs_episodes(
     assert shown.exit_code == 0, shown.output
     wrote = " ".join(json.dumps(json.loads(line)) for line in shown.output.splitlines())
     assert '"scan' in wrote and '"finalize' in wrote and "persona" not in wrote
+
+
+def test_estimate_predicts_the_calls_of_the_augment_run(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """``mcu augment --estimate`` runs a sample of the input's own dialogues through the real
+    graph (here: all of them, so the prediction must be exact), writes nothing to the run
+    directory, and prices the tokens with the configured prices."""
+    from mcu_sim.runner.estimate_augment import spread
+
+    assert spread(list(range(10)), 4) == [0, 2, 5, 7] and spread([1, 2], 4) == [1, 2]
+    fake_openai.handler = scripted_answer
+    corpus = _write_jsonl(tmp_path / "in.jsonl", [*CORPUS, {"id": "bad", "sessions": "x"}])
+    run = tmp_path / "run"
+    price = "llm.provider.prices={fake-model: {input: 1.0, output: 4.0}}"
+    extra = ["images.qa.scorers=[]", "images.qa.clip_threshold=-1", price]
+    args = ["augment", str(corpus), "--mode", "dialogcc", "--out", str(run), "--no-progress"]
+    predicted = CliRunner().invoke(
+        app, [*args, "--estimate", *_overrides(fake_openai, tmp_path, *extra)]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    assert not run.exists() and fake_openai.chat_requests == []  # nothing ran for real
+    text = " ".join(predicted.output.split())
+    assert "2 episodes:" in text and "1 unreadable record(s) left out" in text
+    calls = int(text.split("2 episodes: ")[1].split(" LLM calls")[0].replace(",", ""))
+    assert "unknown" not in text.split("cost ")[1][:12]  # priced
+    done = CliRunner().invoke(app, [*args, *_overrides(fake_openai, tmp_path, *extra)])
+    assert done.exit_code == 0, done.output
+    assert calls == len(fake_openai.chat_requests) > 0
