@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from mcu_sim.tools.base import sha256_file
-from mcu_sim.tools.image_db import read_manifest, write_manifest
-from mcu_sim.tools.index_embeddings import ShardedRows, read_layout
+from mcu_sim.tools.image_db import ShardedRows, read_manifest, write_manifest
+from mcu_sim.tools.index_embeddings import read_layout
 from mcu_sim.tools.retrieval import ImageDatabase
 from mcu_sim.tools.retrieval_multi import DatabaseSet
 

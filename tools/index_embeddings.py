@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcu_sim.tools.image_db import (
     DbItem,
+    ShardedRows,
     clip_kind,
     embedding_slug,
     new_manifest,
@@ -104,35 +105,6 @@ def read_layout(root: Path) -> EmbeddingsLayout:
         rows.append(int(matrix.shape[0]))
     assert dim is not None
     return EmbeddingsLayout(root, images, texts, metadata, rows, dim)
-
-
-class ShardedRows:
-    """Rows of several memory-mapped ``.npy`` shards, addressed as one matrix (``m[rows]``)."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        import numpy as np
-
-        self.shards = [np.load(p, mmap_mode="r") for p in paths]
-        self.starts = [0]
-        for shard in self.shards:
-            self.starts.append(self.starts[-1] + shard.shape[0])
-        self.shape = (self.starts[-1], int(self.shards[0].shape[1]))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: Any) -> np.ndarray:
-        import numpy as np
-
-        wanted = np.atleast_1d(np.asarray(rows, dtype=np.int64))
-        if wanted.size and (wanted.min() < 0 or wanted.max() >= self.shape[0]):
-            raise IndexError(f"row out of range 0-{self.shape[0] - 1}")
-        out = np.empty((wanted.size, self.shape[1]), dtype=np.float32)
-        shard_of = np.searchsorted(self.starts, wanted, side="right") - 1
-        for shard in np.unique(shard_of):  # one gather per shard, not one read per row
-            at = np.flatnonzero(shard_of == shard)
-            out[at] = self.shards[shard][wanted[at] - self.starts[shard]]
-        return out if np.ndim(rows) else out[0]
 
 
 def _column(names: list[str], choices: tuple[str, ...]) -> str | None:

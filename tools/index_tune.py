@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcu_sim.tools.image_db import SEARCH_POOL, read_manifest, write_manifest
+from mcu_sim.tools.image_db import SEARCH_POOL, ShardedRows, read_manifest, write_manifest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,23 +39,6 @@ TUNE_QUERIES = 500  # a minute of exact search at 1M x 768 on two cores
 TUNE_K = 10
 CONFIDENCE_Z = 1.645  # one-sided 95 %
 EXACT_BLOCK = 50_000
-
-
-def read_rows(paths: list[Path], rows: np.ndarray) -> np.ndarray:
-    """Rows (global numbers, any order) of ``.npy`` shards read as one matrix, as float32."""
-    import numpy as np
-
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty((rows.size, 0), dtype=np.float32)
-    start = 0
-    for path in paths:
-        shard = np.load(path, mmap_mode="r")
-        if out.shape[1] == 0:
-            out = np.zeros((rows.size, shard.shape[1]), dtype=np.float32)
-        inside = (rows >= start) & (rows < start + shard.shape[0])
-        out[inside] = shard[rows[inside] - start]
-        start += shard.shape[0]
-    return out
 
 
 def exact_top(
@@ -120,7 +103,7 @@ def tuning_queries(
     for source, paths in (("captions", captions), ("held-out vectors", base)):
         if not paths:
             continue
-        vectors = read_rows(paths, rows)
+        vectors = ShardedRows(paths)[rows]
         norms = np.linalg.norm(vectors, axis=1)
         keep = np.flatnonzero(norms > 0)
         keep = np.sort(rng.permutation(keep)[:n])

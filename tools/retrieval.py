@@ -34,6 +34,7 @@ from mcu_sim.tools.image_db import (
     SEARCH_POOL,
     DatabaseFormatError,
     DbItem,
+    ShardedRows,
     ZStats,
     clip_kind,
     dialogcc_score,
@@ -43,7 +44,7 @@ from mcu_sim.tools.image_db import (
     read_manifest,
 )
 from mcu_sim.tools.index_build import IndexInfo, build_index
-from mcu_sim.tools.index_embeddings import ParquetItems, ShardedRows
+from mcu_sim.tools.index_embeddings import ParquetItems
 
 if TYPE_CHECKING:
     import numpy as np
