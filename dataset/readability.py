@@ -2,7 +2,8 @@
 
 A text reads as English when it has at least three words and at least 80 % of them are
 English words by the word-frequency list of ``wordfreq`` (Zipf frequency of at least
-``MIN_ZIPF``, letters only: ``0056`` or ``image_id`` never count). Groups: utterances,
+``MIN_ZIPF``, letters only: ``0056`` or ``image_id`` never count); the person's own name
+counts as an English word. Groups: utterances,
 events, persona sentences, narratives, image descriptions (album photos and shared ones).
 
 ``wordfreq`` comes with the ``report`` extra (``pip install 'mcu-sim[report]'``).
@@ -39,15 +40,32 @@ def _letters(token: str) -> bool:
     return token.replace("'", "").replace("’", "").isalpha()
 
 
-def reads_as_english(text: str) -> bool:
-    """At least ``MIN_WORDS`` tokens, and at least 80 % of them English words."""
+def reads_as_english(text: str, names: frozenset[str] = frozenset()) -> bool:
+    """At least ``MIN_WORDS`` tokens, and at least 80 % of them English words. A token in
+    ``names`` (lower case; the episode's person, whose first name is drawn from 1,000 per
+    country and is often no English word) counts as one, possessive or not."""
     zipf = _zipf()
     tokens = [t.strip(".,!?;:\"'()“”‘’-") for t in _TOKEN.findall(text)]
     tokens = [t for t in tokens if t]
     if len(tokens) < MIN_WORDS:
         return False
-    english = sum(1 for t in tokens if _letters(t) and zipf(t, "en") >= MIN_ZIPF)
+    english = sum(1 for t in tokens if _is_name(t, names) or _is_english(t, zipf))
     return english >= MIN_ENGLISH_SHARE * len(tokens)
+
+
+def _is_english(token: str, zipf: Any) -> bool:
+    return _letters(token) and zipf(token, "en") >= MIN_ZIPF
+
+
+def _is_name(token: str, names: frozenset[str]) -> bool:
+    bare = token.lower().removesuffix("'s").removesuffix("’s")
+    return bool(names) and bare in names
+
+
+def episode_names(episode: dict[str, Any]) -> frozenset[str]:
+    """The words of the episode's person's name, lower case."""
+    name = (episode.get("demographics") or {}).get("name") or ""
+    return frozenset(word.lower() for word in name.replace("-", " ").split())
 
 
 def episode_texts(episode: dict[str, Any]) -> dict[str, list[str]]:
@@ -68,11 +86,12 @@ def readability(episodes: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]
     text), plus ``unreadable``: up to five examples that failed."""
     result = {g: {"texts": 0, "readable": 0, "share": 1.0, "unreadable": []} for g in GROUPS}
     for episode in episodes:
+        names = episode_names(episode)
         for group, texts in episode_texts(episode).items():
             entry = result[group]
             for text in texts:
                 entry["texts"] += 1
-                if reads_as_english(text):
+                if reads_as_english(text, names):
                     entry["readable"] += 1
                 elif len(entry["unreadable"]) < 5:
                     entry["unreadable"].append(text)

@@ -113,6 +113,21 @@ def test_broken_text_is_retried_then_falls_back(fake_openai, bad: str) -> None:
     assert completion.usage.calls == 3 * tries
 
 
+def test_an_event_that_says_nothing_but_the_name_is_asked_again(fake_openai) -> None:
+    """A 135M model may answer the name and little else (seen in the README demo); words
+    and punctuation pass every other check, so the event asks for two content words."""
+    answers = iter(["Lena, Lena's a person.", "Lena joins a dance class near her home."])
+    fake_openai.handler = lambda body: next(answers, "Lena practices every single evening.")
+    call = RoleCall(llm=client_for(fake_openai, None), settings=StepSettings(), seed=5)
+    graph, completion, _ = asyncio.run(
+        stepwise_events.generate_events(
+            call, "Lena", "Lena dances.", 0, 1, WINDOW, random.Random(3)
+        )
+    )
+    assert graph.events[0].event == "Lena joins a dance class near her home."
+    assert len(fake_openai.chat_requests) == 2
+
+
 def test_a_good_answer_after_a_bad_one_is_used(fake_openai) -> None:
     answers = iter(["12 34 56 78 90", "Lena joins a dance class near her home."])
     fake_openai.handler = lambda body: next(answers, "Lena practices every single evening.")
@@ -161,6 +176,11 @@ def test_tidy_and_readability() -> None:
     assert reads_as_english("Hello! I'm glad you're having a great day.")
     assert not reads_as_english("quanquiamagrafe 0056 image_id_original")
     assert not reads_as_english("Dance show")  # under three words
+    # the person's name is no English word, but is no sign of broken text either
+    assert not reads_as_english("The person is Zhidong!")
+    assert reads_as_english("The person is Zhidong!", frozenset({"zhidong"}))
+    assert reads_as_english("Zhidong's dog ran off.", frozenset({"zhidong"}))
+    assert not reads_as_english("Zhidong Zhidong qxzv wrrp.", frozenset({"zhidong"}))
 
 
 def test_auto_strategy_follows_the_provider() -> None:

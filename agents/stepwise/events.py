@@ -71,6 +71,7 @@ async def generate_events(
             max_chars=300,
             starts=(name,),
             attempts=EVENT_ATTEMPTS,
+            min_content=2,
             narrative=narrative,
             previous=texts,
             name=name,

@@ -141,6 +141,15 @@ def check_text(
         raise ValueError(f"a word of over 20 letters: {stripped!r:.80}")
 
 
+def check_content(text: str, least: int, besides: tuple[str, ...] = ()) -> None:
+    """Refuse ``text`` with fewer than ``least`` content words other than the words of
+    ``besides`` (possessive or not): "Lena, Lena's a person." is words, but no event."""
+    given = {word.lower() for phrase in besides for word in words(phrase)}
+    found = [w for w in content_words(text) if w.removesuffix("'s") not in given]
+    if len(found) < least:
+        raise ValueError(f"{len(found)} content word(s), at least {least} wanted: {text!r:.80}")
+
+
 ECHO_WORDS = 5  # this many words in a row copied from the request make an echo
 
 
@@ -213,6 +222,7 @@ async def ask_text(
     starts: tuple[str, ...] = (),
     refuse: re.Pattern[str] | None = None,
     attempts: int = ATTEMPTS,
+    min_content: int = 0,
     **variables: Any,
 ) -> str:
     """Ask ``prompt_name`` for one short piece of text; tidy and check it.
@@ -221,7 +231,8 @@ async def ask_text(
     ``fallback`` is used and ``what`` with the last reason is noted in ``pieces``.
     ``history`` (chat messages) goes between the prompt's system and user parts; with
     ``starts``, the answer must start with one of these (e.g. ``"A photo of"``); one
-    that ``refuse`` matches is refused."""
+    that ``refuse`` matches is refused; one with fewer than ``min_content`` content words
+    besides the ``starts`` words (a name) says nothing and is refused too."""
     prompt = load_prompt(prompt_name)
     pieces.versions[prompt.name] = prompt.version
     system, user = prompt.render(**variables)
@@ -233,6 +244,7 @@ async def ask_text(
     def check(raw: str) -> None:
         text = tidy(raw, max_sentences, max_chars)
         check_text(text, min_words, starts=starts)
+        check_content(text, min_content, starts)
         check_echo(text, seen)
         if refuse is not None and refuse.search(text):
             raise ValueError(f"says what this speaker would not: {text!r:.80}")
