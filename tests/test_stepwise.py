@@ -119,7 +119,7 @@ def test_an_event_that_says_nothing_but_the_name_is_asked_again(fake_openai) -> 
     answers = iter(["Lena, Lena's a person.", "Lena joins a dance class near her home."])
     fake_openai.handler = lambda body: next(answers, "Lena practices every single evening.")
     call = RoleCall(llm=client_for(fake_openai, None), settings=StepSettings(), seed=5)
-    graph, completion, _ = asyncio.run(
+    graph, _, _ = asyncio.run(
         stepwise_events.generate_events(
             call, "Lena", "Lena dances.", 0, 1, WINDOW, random.Random(3)
         )
