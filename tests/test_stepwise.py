@@ -167,6 +167,17 @@ def test_an_answer_that_copies_its_request_is_refused() -> None:
     check_echo("Quan meets an old friend from the bus company.", seen)
 
 
+def test_the_person_does_not_greet_themselves_or_talk_like_the_assistant() -> None:
+    from mcu_sim.agents.stepwise.dialogue import person_refusals
+
+    refused = person_refusals("Zhidong")
+    for said in ("Hi Zhidong! Thanks for asking.", "Thank you, Zhidong.", "How can I help?"):
+        assert refused.search(said), said
+    for said in ("Hi! I'm Zhidong, nice to meet you.", "Zhidong here, back from the lake."):
+        assert not refused.search(said), said
+    assert person_refusals("A.J.").search("hey A.J. how are you")  # the name is literal
+
+
 def test_tidy_and_readability() -> None:
     assert tidy('AI Assistant: "Hello Quan! How was the show? It was') == (
         "Hello Quan! How was the show?"

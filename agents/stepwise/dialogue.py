@@ -26,6 +26,15 @@ CONTEXT_TURNS = 6  # the last turns of the chat the next utterance sees
 ASSISTANT_TALK = re.compile(
     r"\b(assist\w*|help you|how can i|i'?m sorry|i'?m unable|contact me|reach me)\b", re.I
 )
+
+
+def person_refusals(name: str) -> re.Pattern[str]:
+    """What the person would not say: assistant talk, or greeting themselves by name (a
+    small model playing them answers "Hi Lena!" to the assistant's "Hi Lena!")."""
+    greeting = rf"\b(?:hi|hello|hey|dear|thanks|thank you),?\s+{re.escape(name)}(?!\w)"
+    return re.compile(f"{ASSISTANT_TALK.pattern}|{greeting}", re.I)
+
+
 QUOTING = re.compile(r"says:|said:|\"")  # a rationale that quotes the chat again
 OPENER = "Hi!"  # what the person says to open the app, before the first utterance
 
@@ -147,6 +156,7 @@ async def generate_session(
     utterances: list[str] = []
     moments: list[dict[str, Any]] = []
     after_photo = False
+    refusals = person_refusals(name)
     for number in range(1, count + 1):
         speaker = ASSISTANT if number % 2 == 1 else name
         history = chat_history(said, speaker)
@@ -172,7 +182,7 @@ async def generate_session(
             event=variables["event"],
             recap=_recap(variables),
             hint=_hint(speaker, name, number, after_photo),
-            refuse=None if speaker == ASSISTANT else ASSISTANT_TALK,
+            refuse=None if speaker == ASSISTANT else refusals,
         )
         utterances.append(text)
         said.append((speaker, text))
