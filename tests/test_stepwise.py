@@ -171,11 +171,12 @@ def test_the_person_does_not_greet_themselves_or_talk_like_the_assistant() -> No
     from mcu_sim.agents.stepwise.dialogue import person_refusals
 
     refused = person_refusals("Zhidong")
-    for said in ("Hi Zhidong! Thanks for asking.", "Thank you, Zhidong.", "How can I help?"):
+    greetings = ("Hi Zhidong! Thanks.", "Hai Zhidong, hope you're well.", "Zhidong! Good to see.")
+    for said in (*greetings, "Thank you, Zhidong.", "How can I help?"):
         assert refused.search(said), said
     for said in ("Hi! I'm Zhidong, nice to meet you.", "Zhidong here, back from the lake."):
         assert not refused.search(said), said
-    assert person_refusals("A.J.").search("hey A.J. how are you")  # the name is literal
+    assert person_refusals("A.J.").search("hey A.J., how are you")  # the name is literal
 
 
 def test_tidy_and_readability() -> None:

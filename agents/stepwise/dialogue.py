@@ -31,7 +31,9 @@ ASSISTANT_TALK = re.compile(
 def person_refusals(name: str) -> re.Pattern[str]:
     """What the person would not say: assistant talk, or greeting themselves by name (a
     small model playing them answers "Hi Lena!" to the assistant's "Hi Lena!")."""
-    greeting = rf"\b(?:hi|hello|hey|dear|thanks|thank you),?\s+{re.escape(name)}(?!\w)"
+    own = re.escape(name)
+    # "Hi Lena!", "Hai Lena,", "Lena!" opening the line, or "thanks, Lena" anywhere
+    greeting = rf"^\W*(?:\w+,?\s+)?{own}\s*[!,]|\b(?:thanks|thank you|dear),?\s+{own}(?!\w)"
     return re.compile(f"{ASSISTANT_TALK.pattern}|{greeting}", re.I)
 
 
