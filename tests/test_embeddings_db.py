@@ -167,20 +167,22 @@ def test_config_databases_open_a_database_set(tmp_path: Path, tiny_clip: str) ->
     assert tool.embedding_kind == f"clip:{tiny_clip}"
 
 
-def test_has_captions_agrees_with_the_items_captions(tmp_path: Path) -> None:
-    """The search asks which of its candidates have a caption in one Arrow take; the answer
-    is what each :class:`DbItem` would say (missing, empty and blank captions have none)."""
+def test_the_caption_mask_agrees_with_the_items_captions(tmp_path: Path) -> None:
+    """A search asks which of its candidates have a caption from a mask worked out once per
+    database: Arrow over the metadata column for embeddings, the items otherwise; it says
+    what each :class:`DbItem` would say (missing, empty and blank captions have none)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from mcu_sim.tools.index_embeddings import ParquetItems
+    from mcu_sim.tools.retrieval import caption_mask
 
-    captions = ["a dog", None, "", "   ", " a cat ", 7, "x"]
+    captions = ["a dog", None, "", "   ", " a cat ", "7", "x"]
     first, second = tmp_path / "m0.parquet", tmp_path / "m1.parquet"
-    pq.write_table(pa.table({"caption": [str(c) if c == 7 else c for c in captions[:4]]}), first)
-    pq.write_table(pa.table({"caption": [str(c) if c == 7 else c for c in captions[4:]]}), second)
+    pq.write_table(pa.table({"caption": captions[:4]}), first)
+    pq.write_table(pa.table({"caption": captions[4:]}), second)
     items = ParquetItems([first, second])
-    rows = np.array([6, 0, 1, 2, 3, 4, 5, 0])
-    expected = [bool(items[int(r)].caption) for r in rows]
-    assert expected == [True, True, False, False, False, True, True, True]
-    assert items.has_captions(rows).tolist() == expected
+    expected = [bool(items[row].caption) for row in range(len(items))]
+    assert expected == [True, False, False, False, True, True, True]
+    assert caption_mask(items).tolist() == expected
+    assert caption_mask(list(items)).tolist() == expected  # a database of image files

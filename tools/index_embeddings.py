@@ -131,7 +131,6 @@ class ParquetItems:
         self._cols = {
             field: self.table.column(name) for field, name in self.columns.items() if name
         }
-        self._caption_mask: np.ndarray | None = None  # built on first use
 
     def __len__(self) -> int:
         return self.table.num_rows if self.table is not None else 0
@@ -156,17 +155,10 @@ class ParquetItems:
     def __iter__(self) -> Any:
         return (self[row] for row in range(len(self)))
 
-    def has_captions(self, rows: np.ndarray) -> np.ndarray:
-        """Whether each of ``rows`` has a caption (not blank). A search asks this of its
-        whole candidate pool, so the answer for every row is worked out once, by Arrow over
-        the whole column (one byte per row), and then only looked up."""
-        import numpy as np
-
-        if self._caption_mask is None:
-            self._caption_mask = self._captions_present()
-        return self._caption_mask[np.asarray(rows, dtype=np.int64)]
-
-    def _captions_present(self) -> np.ndarray:
+    def caption_mask(self) -> np.ndarray:
+        """Whether each row has a caption (not blank), one byte per row, worked out by Arrow
+        over the whole column: a search asks it of every candidate, which a :class:`DbItem`
+        per candidate made cost more than the search."""
         import numpy as np
         import pyarrow.compute as pc
 
@@ -250,7 +242,7 @@ def build_from_embeddings(
         items = ParquetItems(layout.metadata)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, size=min(n, stats_sample), replace=False))
-        has_caption = items.has_captions(sample)
+        has_caption = items.caption_mask()[sample]
         stats = similarity_stats(
             ShardedRows(layout.images)[sample], ShardedRows(layout.texts)[sample], has_caption
         )

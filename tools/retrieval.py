@@ -109,6 +109,15 @@ class _Embedding:
         self.stats = ZStats.from_dict(stats) if stats else None
 
 
+def caption_mask(items: Sequence[DbItem]) -> np.ndarray:
+    """Whether each item has a caption, one byte per item, worked out once per database."""
+    import numpy as np
+
+    if isinstance(items, ParquetItems):  # millions of rows: Arrow, not an item per row
+        return items.caption_mask()
+    return np.array([bool(item.caption) for item in items], dtype=bool)
+
+
 class ImageDatabase:
     """Search an image database by text, returning copies of the best images as candidates."""
 
@@ -140,6 +149,7 @@ class ImageDatabase:
         self._manifest: dict[str, Any] | None = None
         self._choice: dict[str, Any] | None = None
         self._items: Sequence[DbItem] = []
+        self._has_caption: np.ndarray | None = None
         self._excluded: set[int] = set()
         self._embedding: _Embedding | None = None
         self._lock = threading.Lock()
@@ -247,8 +257,11 @@ class ImageDatabase:
             except (DatabaseFormatError, OSError) as exc:
                 raise ToolUnavailable(TOOL, str(exc)) from exc
             skipped = {entry[0] for entry in self._manifest.get("skipped", [])}
-            self._excluded = {i for i, it in enumerate(items) if it.id in skipped}
+            self._excluded = set()
+            if skipped:  # an item each only when some were skipped (millions otherwise)
+                self._excluded = {i for i, it in enumerate(items) if it.id in skipped}
             self._items = items
+            self._has_caption = caption_mask(items)
             self._embedding = _Embedding(self.db_dir, choice, encoder)
 
     # -- searching -------------------------------------------------------------------------
@@ -293,10 +306,8 @@ class ImageDatabase:
     def _score(self, emb: _Embedding, q: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         import numpy as np
 
-        if hasattr(self._items, "has_captions"):  # a database of embeddings: Arrow metadata
-            has_caption = self._items.has_captions(rows)
-        else:
-            has_caption = np.array([bool(self._items[r].caption) for r in rows])
+        assert self._has_caption is not None  # set with the items by load()
+        has_caption = self._has_caption[rows]
         cap_sim = None
         if emb.captions is not None:
             cap_sim = np.asarray(emb.captions[rows], dtype=np.float32) @ q
