@@ -272,6 +272,17 @@ def dry_run_jobs(
     return bodies, sessions, usage
 
 
+def prompt_tokens_by_role(bodies: list[dict], count: Any) -> dict[str, list[int]]:
+    """Each request's prompt tokens (``count`` of :func:`prompt_text`), by the schema name of
+    the answer it asks for."""
+    from mcu_sim.testing.scripted import schema_of
+
+    per_role: dict[str, list[int]] = defaultdict(list)
+    for body in bodies:
+        per_role[schema_of(body)[0]].append(count(prompt_text(body)))
+    return per_role
+
+
 def usage_per_node(run: Any, ids: list[str]) -> dict[str, dict[str, float]]:
     """The ``usage`` of the episodes ``ids`` of ``run`` (a RunDir), summed per node."""
     totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -293,16 +304,13 @@ def repeated_share(values: dict[str, float]) -> float:
 
 def estimate_run(config: Config, episodes: int, from_run: Path | None = None) -> Estimate:
     """Predict the calls, tokens and cost of ``episodes`` episodes with ``config``."""
-    from mcu_sim.testing.scripted import schema_of
 
     count, tokenizer = token_counter(config.llm.provider.model)
     bodies, sessions, node_usage = dry_run(config)
     sampled = len(sessions)
     expected = expected_sessions(config)
     session_scale = expected / max(statistics.mean(sessions), 1e-9)
-    per_role: dict[str, list[int]] = defaultdict(list)
-    for body in bodies:
-        per_role[schema_of(body)[0]].append(count(prompt_text(body)))
+    per_role = prompt_tokens_by_role(bodies, count)
     album = config.episode.device_images
     result = Estimate(episodes=episodes, tokenizer=tokenizer)
     for role, prompts in per_role.items():

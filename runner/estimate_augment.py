@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from mcu_sim.runner.estimate import (
     RoleEstimate,
     dry_run_jobs,
     price_roles,
-    prompt_text,
+    prompt_tokens_by_role,
     repeated_share,
     token_counter,
 )
@@ -68,7 +67,6 @@ def estimate_augment(
     """Predict the calls, tokens and cost of augmenting every readable dialogue of
     ``input_path`` with ``config`` (already set up for ``mode`` by ``augment_config``)."""
     from mcu_sim.runner.augment import prepare_inputs
-    from mcu_sim.testing.scripted import schema_of
 
     with tempfile.TemporaryDirectory(prefix="mcu-estimate-") as tmp:
         run_dir = Path(tmp) / "run"
@@ -81,9 +79,7 @@ def estimate_augment(
     sample_turns = sum(turns[job.episode_id] for job in picked)
     mean_turns = statistics.mean(turns.values())
     count, tokenizer = token_counter(config.llm.provider.model)
-    per_role: dict[str, list[int]] = defaultdict(list)
-    for body in bodies:
-        per_role[schema_of(body)[0]].append(count(prompt_text(body)))
+    per_role = prompt_tokens_by_role(bodies, count)
     result = Estimate(episodes=len(prepared.jobs), tokenizer=tokenizer)
     for role, prompts in per_role.items():
         step, node, completion = AUGMENT_ROLES.get(role, (role, role, 100))
