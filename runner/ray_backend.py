@@ -226,6 +226,7 @@ class RayEpisodeRunner(EpisodeRunner):
         queue = list(reversed(jobs))
         pending: dict[asyncio.Future, EpisodeJob] = {}
         refs: dict[asyncio.Future, Any] = {}
+        told_to_stop = False
         try:
             while queue or pending:
                 while queue and len(pending) < self.max_in_flight and not self._should_stop():
@@ -246,8 +247,10 @@ class RayEpisodeRunner(EpisodeRunner):
                     job = pending.pop(future)
                     release(refs.pop(future))
                     await self._collect(job, future, report)
-                if self._storage_error is not None:
+                if self._storage_error is not None and not told_to_stop:
+                    # the episodes in flight stop after their step, as for the budget
                     await asyncio.wrap_future(monitor.stop.remote().future())
+                    told_to_stop = True
         except (asyncio.CancelledError, KeyboardInterrupt):
             import ray
 
